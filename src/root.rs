@@ -1,0 +1,182 @@
+//! The system olboot works on: the running one (`/`) or one mounted at `--root DIR`.
+//!
+//! Config paths are written as the target system sees them (`/opt/openlibrary/olsystem/etc`).
+//! Under `--root` they must be resolved *inside* DIR: an absolute symlink in the target such as
+//! `/opt/openlibrary/olsystem -> /opt/openlibrary/deploys/olsystem/<sha>` points into DIR, never
+//! at the rescue system's own `/opt`. This type is the one place that does that.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+
+/// Symlink hops allowed while resolving one path, as the kernel's `MAXSYMLINKS`.
+const MAX_HOPS: u32 = 40;
+
+/// The root of the system being converged.
+#[derive(Debug, Clone)]
+pub struct Root {
+    dir: PathBuf,
+}
+
+impl Root {
+    /// The running system.
+    pub fn live() -> Root {
+        Root {
+            dir: PathBuf::from("/"),
+        }
+    }
+
+    /// A system mounted at `dir` (an absolute path).
+    pub fn at(dir: impl Into<PathBuf>) -> Root {
+        Root { dir: dir.into() }
+    }
+
+    /// Whether this is the running system (`/`), whose kernel state olboot may change.
+    pub fn is_live(&self) -> bool {
+        self.dir == Path::new("/")
+    }
+
+    /// The directory the target system is mounted at (`/` when live).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path on this machine of `target`, an absolute path as the target sees it.
+    ///
+    /// Every component but the last is resolved inside the root, following symlinks as the
+    /// target system would; the last component is left as it is, so callers can `lstat` a
+    /// symlink itself. Missing components are kept literally.
+    pub fn path(&self, target: &Path) -> PathBuf {
+        if self.is_live() {
+            return target.to_path_buf();
+        }
+        match self.resolve_parent(target) {
+            Ok(p) => p,
+            // Too many hops: hand back the literal path, whose use then fails with ELOOP.
+            Err(_) => self.join_literal(target),
+        }
+    }
+
+    /// `target` below the root without resolving anything.
+    fn join_literal(&self, target: &Path) -> PathBuf {
+        self.dir.join(target.strip_prefix("/").unwrap_or(target))
+    }
+
+    fn resolve_parent(&self, target: &Path) -> io::Result<PathBuf> {
+        // `todo` holds the components still to walk, last one first (a stack).
+        let mut todo: Vec<OsString> = Vec::new();
+        push_components(&mut todo, target);
+        let last = loop {
+            match todo.first() {
+                None => return Ok(self.dir.clone()),
+                Some(c) if c == ".." => {
+                    // A trailing `..` names a directory: resolve it like the others.
+                    todo.insert(0, OsString::from("."));
+                }
+                Some(_) => break todo.remove(0),
+            }
+        };
+        let mut cur: Vec<OsString> = Vec::new();
+        let mut hops = 0;
+        while let Some(comp) = todo.pop() {
+            if comp == ".." {
+                cur.pop();
+                continue;
+            }
+            if comp == "." {
+                continue;
+            }
+            let mut host = self.dir.clone();
+            host.extend(&cur);
+            host.push(&comp);
+            match std::fs::read_link(&host) {
+                Ok(link) => {
+                    hops += 1;
+                    if hops > MAX_HOPS {
+                        return Err(io::Error::from_raw_os_error(
+                            rustix::io::Errno::LOOP.raw_os_error(),
+                        ));
+                    }
+                    if link.is_absolute() {
+                        cur.clear();
+                    }
+                    push_components(&mut todo, &link);
+                }
+                Err(_) => cur.push(comp),
+            }
+        }
+        let mut out = self.dir.clone();
+        out.extend(&cur);
+        out.push(last);
+        Ok(out)
+    }
+}
+
+/// Push the normal, `..` and `.` components of `p` onto the stack `todo` so that the first
+/// component is popped first.
+fn push_components(todo: &mut Vec<OsString>, p: &Path) {
+    for c in p.components().rev() {
+        match c {
+            Component::Normal(n) => todo.push(n.to_os_string()),
+            Component::ParentDir => todo.push(OsString::from("..")),
+            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    #[test]
+    fn live_root_is_identity() {
+        let r = Root::live();
+        assert_eq!(r.path(Path::new("/etc/fstab")), PathBuf::from("/etc/fstab"));
+    }
+
+    #[test]
+    fn absolute_symlink_resolves_inside_root() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::create_dir_all(d.join("opt/openlibrary/deploys/olsystem/abc/etc")).unwrap();
+        symlink(
+            "/opt/openlibrary/deploys/olsystem/abc",
+            d.join("opt/openlibrary/olsystem"),
+        )
+        .unwrap();
+        let r = Root::at(d);
+        assert_eq!(
+            r.path(Path::new("/opt/openlibrary/olsystem/etc/x.conf")),
+            d.join("opt/openlibrary/deploys/olsystem/abc/etc/x.conf")
+        );
+        // The last component is not followed.
+        assert_eq!(
+            r.path(Path::new("/opt/openlibrary/olsystem")),
+            d.join("opt/openlibrary/olsystem")
+        );
+    }
+
+    #[test]
+    fn relative_symlinks_and_dotdot_stay_inside_root() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::create_dir_all(d.join("opt/a/b")).unwrap();
+        symlink("a/b", d.join("opt/cur")).unwrap();
+        symlink("../../../../../../etc", d.join("opt/esc")).unwrap();
+        let r = Root::at(d);
+        assert_eq!(r.path(Path::new("/opt/cur/f")), d.join("opt/a/b/f"));
+        assert_eq!(r.path(Path::new("/opt/esc/passwd")), d.join("etc/passwd"));
+        assert_eq!(r.path(Path::new("/../../etc/x")), d.join("etc/x"));
+    }
+
+    #[test]
+    fn symlink_loop_does_not_hang() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        symlink("/b", d.join("a")).unwrap();
+        symlink("/a", d.join("b")).unwrap();
+        let r = Root::at(d);
+        assert_eq!(r.path(Path::new("/a/x")), d.join("a/x"));
+    }
+}

@@ -1,0 +1,25 @@
+//! The opt step (not implemented yet).
+
+use super::{Ctx, Done, Plan, Step};
+use crate::config;
+use anyhow::{bail, Result};
+
+/// The opt step.
+pub struct Opt<'a> {
+    /// Its config.
+    pub cfg: &'a config::Opt,
+}
+
+impl Step for Opt<'_> {
+    const NAME: &'static str = "opt";
+    type Change = String;
+
+    fn plan(&self, _ctx: &Ctx) -> Result<Plan<String>> {
+        let _ = self.cfg;
+        bail!("not implemented")
+    }
+
+    fn apply(&self, _ctx: &Ctx, _changes: Vec<String>, _done: &mut Done) -> Result<()> {
+        bail!("not implemented")
+    }
+}

@@ -1,0 +1,25 @@
+//! The packages step (not implemented yet).
+
+use super::{Ctx, Done, Plan, Step};
+use crate::config;
+use anyhow::{bail, Result};
+
+/// The packages step.
+pub struct Packages<'a> {
+    /// Its config.
+    pub cfg: &'a config::Packages,
+}
+
+impl Step for Packages<'_> {
+    const NAME: &'static str = "packages";
+    type Change = String;
+
+    fn plan(&self, _ctx: &Ctx) -> Result<Plan<String>> {
+        let _ = self.cfg;
+        bail!("not implemented")
+    }
+
+    fn apply(&self, _ctx: &Ctx, _changes: Vec<String>, _done: &mut Done) -> Result<()> {
+        bail!("not implemented")
+    }
+}

@@ -1,0 +1,25 @@
+//! The volumes step (not implemented yet).
+
+use super::{Ctx, Done, Plan, Step};
+use crate::config;
+use anyhow::{bail, Result};
+
+/// The volumes step.
+pub struct Volumes<'a> {
+    /// Its config.
+    pub cfg: &'a [config::Volume],
+}
+
+impl Step for Volumes<'_> {
+    const NAME: &'static str = "volumes";
+    type Change = String;
+
+    fn plan(&self, _ctx: &Ctx) -> Result<Plan<String>> {
+        let _ = self.cfg;
+        bail!("not implemented")
+    }
+
+    fn apply(&self, _ctx: &Ctx, _changes: Vec<String>, _done: &mut Done) -> Result<()> {
+        bail!("not implemented")
+    }
+}

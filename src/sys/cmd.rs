@@ -1,0 +1,58 @@
+//! Running external programs, always from an argument vector, never through a shell.
+
+use anyhow::{bail, Context, Result};
+use std::process::{Command, Output, Stdio};
+
+/// A printable form of a command line for logs and errors.
+pub fn display(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+/// Run `cmd` to completion with stdin closed and return its output, whatever its exit status.
+pub fn output(cmd: &mut Command) -> Result<Output> {
+    log::debug!("running {}", display(cmd));
+    cmd.stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {}", display(cmd)))
+}
+
+/// Run `cmd`, fail unless it exits 0, and return its standard output.
+/// The error names the command and carries its status and standard error.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = output(cmd)?;
+    if !out.status.success() {
+        bail!("{}", failure(cmd, &out));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// One line describing a failed command: what ran, how it ended, and the tail of its output.
+pub fn failure(cmd: &Command, out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let said = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
+    let tail: Vec<&str> = said.trim().lines().rev().take(3).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    format!(
+        "{} failed ({}): {}",
+        display(cmd),
+        out.status,
+        tail.join(" / ")
+    )
+}
+
+/// Whether `program` can be found on `PATH`.
+pub fn exists(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
+        .unwrap_or(false)
+}

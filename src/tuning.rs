@@ -1,0 +1,71 @@
+//! Time bounds and retry counts. Production values are the defaults; tests shrink them
+//! through `OLBOOT_*` environment variables so that fault tests stay fast.
+
+use std::time::Duration;
+
+/// Retry, timeout and progress settings shared by the steps.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Attempts per operation that can fail transiently (HTTP fetch, apt).
+    pub retries: u32,
+    /// First backoff delay; doubled after every failure.
+    pub backoff: Duration,
+    /// Upper bound for one backoff delay.
+    pub backoff_max: Duration,
+    /// TCP/TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// A transfer that moves no byte for this long is treated as a dropped connection.
+    pub stall_timeout: Duration,
+    /// How long apt waits for the dpkg lock held by unattended-upgrades or cloud-init.
+    pub dpkg_lock_timeout: Duration,
+    /// Interval between progress lines of a long transfer.
+    pub progress_interval: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            retries: 5,
+            backoff: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(15),
+            stall_timeout: Duration::from_secs(60),
+            dpkg_lock_timeout: Duration::from_secs(600),
+            progress_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl Tuning {
+    /// The defaults, overridden by `OLBOOT_RETRIES`, `OLBOOT_BACKOFF_MS`,
+    /// `OLBOOT_BACKOFF_MAX_MS`, `OLBOOT_CONNECT_TIMEOUT_MS`, `OLBOOT_STALL_TIMEOUT_MS`,
+    /// `OLBOOT_DPKG_LOCK_TIMEOUT_MS` and `OLBOOT_PROGRESS_MS` where set to a number.
+    pub fn from_env() -> Tuning {
+        let mut t = Tuning::default();
+        let ms = |name: &str, slot: &mut Duration| {
+            if let Some(v) = std::env::var(name).ok().and_then(|v| v.parse().ok()) {
+                *slot = Duration::from_millis(v);
+            }
+        };
+        if let Some(v) = std::env::var("OLBOOT_RETRIES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            t.retries = v;
+        }
+        ms("OLBOOT_BACKOFF_MS", &mut t.backoff);
+        ms("OLBOOT_BACKOFF_MAX_MS", &mut t.backoff_max);
+        ms("OLBOOT_CONNECT_TIMEOUT_MS", &mut t.connect_timeout);
+        ms("OLBOOT_STALL_TIMEOUT_MS", &mut t.stall_timeout);
+        ms("OLBOOT_DPKG_LOCK_TIMEOUT_MS", &mut t.dpkg_lock_timeout);
+        ms("OLBOOT_PROGRESS_MS", &mut t.progress_interval);
+        t
+    }
+
+    /// The delay before retry number `attempt` (0-based): exponential, capped.
+    pub fn backoff_for(&self, attempt: u32) -> Duration {
+        self.backoff
+            .saturating_mul(1u32.checked_shl(attempt.min(16)).unwrap_or(u32::MAX))
+            .min(self.backoff_max)
+    }
+}
