@@ -23,3 +23,10 @@ impl Step for Packages<'_> {
         bail!("not implemented")
     }
 }
+
+/// Make sure `names` are installed on the target, through the same apt code as the step;
+/// used by the firewall step when `nft` is missing. Records what it installed in `done`.
+pub fn ensure_installed(ctx: &Ctx, names: &[&str], done: &mut Done) -> Result<()> {
+    let _ = (ctx, done);
+    bail!("installing {}: not implemented", names.join(", "))
+}
