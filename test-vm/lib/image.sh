@@ -1,0 +1,53 @@
+# shellcheck shell=bash
+# The guest image: Debian bookworm with systemd, cloud-init and the cloud kernel, built once
+# with mmdebstrap and cached as a raw ext4 file labelled olroot (booted with root=LABEL=olroot:
+# the order of vda/vdb in the guest does not follow the command line).
+
+IMAGE_PACKAGES=systemd-sysv,udev,cloud-init,linux-image-cloud-amd64,e2fsprogs,nftables,iproute2,ifupdown,isc-dhcp-client,netbase,ca-certificates,curl,zstd,locales,procps
+IMAGE_SIZE=3G
+
+# Files the image gets on top of the packages (the probe is the harness's eyes in the guest).
+image_key() {
+  cat "$HERE/lib/image.sh" "$HERE/lib/vm-probe" | sha256sum | cut -c1-12
+}
+
+# Sets IMG_BASE, IMG_KERNEL, IMG_INITRD, IMG_PKGLIST; builds them when the cache lacks them.
+ensure_image() {
+  local key dir
+  key=$(image_key)
+  dir=$CACHE/image-$key
+  IMG_BASE=$dir/root.img IMG_KERNEL=$dir/vmlinuz IMG_INITRD=$dir/initrd.img
+  IMG_PKGLIST=$dir/packages.txt IMG_MODULES=$dir/modules
+  if [[ -f $dir/done ]]; then
+    log "image: cached ($dir)"
+    return
+  fi
+  log "image: building Debian bookworm with cloud-init (mmdebstrap, ~2 min)"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  local scratch=$dir/scratch.img mnt=$dir/mnt
+  truncate -s 4G "$scratch"
+  mkfs.ext4 -q -F "$scratch"
+  mkdir -p "$mnt"
+  mount_loop "$scratch" "$mnt" rw
+  # mmdebstrap wants an empty directory: the scratch filesystem's root holds lost+found.
+  local tree=$mnt/tree
+  nice mmdebstrap --variant=minbase --include="$IMAGE_PACKAGES" \
+    --customize-hook="$HERE/lib/image-customize \"\$1\" \"$HERE/lib/vm-probe\"" \
+    bookworm "$tree" >"$dir/mmdebstrap.log" 2>&1 ||
+    { tail -30 "$dir/mmdebstrap.log" >&2; die "mmdebstrap failed (log: $dir/mmdebstrap.log)"; }
+  cp "$tree"/boot/vmlinuz-* "$IMG_KERNEL"
+  cp "$tree"/boot/initrd.img-* "$IMG_INITRD"
+  chroot "$tree" dpkg-query -W -f '${Package}\n' | sort >"$IMG_PKGLIST"
+  # Kernel modules the rescue initramfs may need (copied with their modules.dep).
+  local kver
+  kver=$(basename "$tree"/lib/modules/*)
+  mkdir -p "$IMG_MODULES"
+  cp -a "$tree/lib/modules/$kver" "$IMG_MODULES/"
+  truncate -s "$IMAGE_SIZE" "$IMG_BASE"
+  mkfs.ext4 -q -F -L olroot -d "$tree" "$IMG_BASE"
+  unmount_loop "$mnt"
+  rm -f "$scratch"
+  touch "$dir/done"
+  log "image: built ($(du -sh --apparent-size "$IMG_BASE" | cut -f1) raw, kernel $kver)"
+}

@@ -1,0 +1,171 @@
+#!/usr/bin/env python3
+"""Render the test's inputs from the real cloud-config/ files.
+
+render.py olboot    FLEET OUT BASE OPT_SHA      the fleet config with the archive served at BASE
+render.py packages  FLEET HOST                  the packages HOST's roles install, one a line
+render.py user-data TEMPLATE OUT KEY=VALUE...   a role's cloud-config, @KEY@ filled in, plus the
+                                                test's flat apt repository at BASE/repo
+render.py compare   FLEET HOST OUT BASE OPT_SHA the same job with cloud-init's own modules
+"""
+import re
+import sys
+
+import yaml
+
+
+def load(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
+
+
+def _literal(dumper, s):
+    style = "|" if "\n" in s else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", s, style=style)
+
+
+yaml.SafeDumper.add_representer(str, _literal)
+
+
+def dump(doc, path):
+    with open(path, "w") as f:
+        f.write("#cloud-config\n")
+        yaml.safe_dump(doc, f, sort_keys=False, width=1000)
+
+
+def host_roles(fleet, host):
+    for pattern, roles in fleet["hosts"].items():
+        rx = re.sub(r"\[(\d+)-(\d+)\]", lambda m: "(" + "|".join(
+            str(i) for i in range(int(m[1]), int(m[2]) + 1)) + ")", pattern)
+        if re.fullmatch(rx, host):
+            return [fleet["roles"][r] for r in roles]
+    sys.exit(f"render.py: host {host} is not in the fleet")
+
+
+def merged(fleet, host):
+    """The few keys the harness needs, merged as SPEC.md says."""
+    out = {"packages": [], "allow": [], "sets": {}, "volumes": {}, "links": [], "opt": None}
+    for role in host_roles(fleet, host):
+        for p in role.get("packages", {}).get("install", []):
+            if p not in out["packages"]:
+                out["packages"].append(p)
+        fw = role.get("firewall", {})
+        out["sets"].update(fw.get("sets", {}))
+        out["allow"] += fw.get("allow", [])
+        for v in role.get("volumes", []):
+            out["volumes"][v["mountpoint"]] = v
+        out["links"] += role.get("links", [])
+        out["opt"] = role.get("opt", out["opt"])
+    return out
+
+
+def cmd_olboot(fleet_path, out, base, opt_sha):
+    fleet = load(fleet_path)
+    archive = fleet["roles"]["base"]["opt"]["archive"]
+    archive["urls"] = [f"{base}/opt.tar.zst"]
+    archive["sha256"] = opt_sha
+    with open(out, "w") as f:
+        f.write("# cloud-config/fleet.yaml with the test's archive store (test-vm/run)\n")
+        yaml.safe_dump(fleet, f, sort_keys=False, width=1000)
+
+
+def cmd_packages(fleet_path, host):
+    print("\n".join(merged(load(fleet_path), host)["packages"]))
+
+
+def test_apt(base):
+    # The guest reaches nothing but the harness's server: a flat repository there.
+    return {"preserve_sources_list": False,
+            "sources_list": f"deb [trusted=yes] {base}/repo ./\n"}
+
+
+def cmd_user_data(template, out, *pairs):
+    text = open(template).read()
+    values = dict(p.split("=", 1) for p in pairs)
+    for k, v in values.items():
+        text = text.replace(f"@{k}@", v)
+    left = re.findall(r"@[A-Z0-9_]+@", text)
+    if left:
+        sys.exit(f"render.py: {template}: no value for {', '.join(sorted(set(left)))}")
+    doc = yaml.safe_load(text)
+    doc["apt"] = test_apt(values["BASE"])
+    dump(doc, out)
+
+
+def nft_ruleset(m):
+    """A hand-written ruleset like the one olboot's firewall step makes."""
+    lines = ["table inet olboot {"]
+    for name, nets in m["sets"].items():
+        for fam, pick in (("ipv4_addr", lambda n: ":" not in n), ("ipv6_addr", lambda n: ":" in n)):
+            el = [n for n in nets if pick(n)]
+            if el:
+                suffix = "4" if fam == "ipv4_addr" else "6"
+                lines += [f"  set {name}{suffix} {{", f"    type {fam}", "    flags interval",
+                          f"    elements = {{ {', '.join(el)} }}", "  }"]
+    lines += ["  chain input {", "    type filter hook input priority filter; policy drop;",
+              "    iif lo accept", "    ct state established,related accept",
+              "    ct state invalid drop",
+              "    meta l4proto { icmp, ipv6-icmp } accept"]
+    for rule in m["allow"]:
+        ports = rule["port"] if isinstance(rule["port"], list) else [rule["port"]]
+        pset = "{ " + ", ".join(str(p) for p in ports) + " }"
+        proto = rule.get("proto", "tcp")
+        froms = rule.get("from", [])
+        froms = [froms] if isinstance(froms, str) else froms
+        if not froms:
+            lines.append(f"    {proto} dport {pset} accept")
+        for s in froms:
+            for fam, suffix in (("ip", "4"), ("ip6", "6")):
+                nets = [n for n in m["sets"][s] if (":" in n) == (suffix == "6")]
+                if nets:
+                    lines.append(f"    {fam} saddr @{s}{suffix} {proto} dport {pset} accept")
+    lines += ["  }", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def cmd_compare(fleet_path, host, out, base, opt_sha):
+    m = merged(load(fleet_path), host)
+    vol = m["volumes"]["/1"]
+    opt = m["opt"]["path"]
+    link = m["links"][0]
+    doc = {
+        "locale": "C.UTF-8",
+        "apt": test_apt(base),
+        "fs_setup": [{"label": vol["label"], "filesystem": vol["filesystem"],
+                      "device": vol["device"][0], "partition": "none"}],
+        "mounts": [[f"LABEL={vol['label']}", "/1", vol["filesystem"],
+                    "defaults,noatime,nofail", "0", "2"]],
+        "packages": m["packages"],
+        "write_files": [{"path": "/etc/nftables.d/olboot.nft", "permissions": "0644",
+                         "content": nft_ruleset(m)}],
+        "runcmd": [f"""set -eu
+# /opt: fetch, verify, unpack beside, rename, bind-mount (what the opt step does)
+curl -fsS --retry 10 --retry-connrefused -o {opt}.tar.zst {base}/opt.tar.zst
+echo "{opt_sha}  {opt}.tar.zst" | sha256sum -c --quiet
+mkdir {opt}.new
+tar --zstd -xpf {opt}.tar.zst -C {opt}.new --numeric-owner
+mv {opt}.new {opt}
+rm {opt}.tar.zst
+mkdir -p /opt
+echo "{opt} /opt none bind,nofail 0 0" >>/etc/fstab
+mount /opt
+# firewall: load and persist
+grep -q '^include "/etc/nftables.d/\\*.nft"' /etc/nftables.conf || echo 'include "/etc/nftables.d/*.nft"' >>/etc/nftables.conf
+nft -f /etc/nftables.d/olboot.nft
+systemctl enable nftables.service
+# olsystem links
+cd {link['from']}
+find . ! -type d | while read -r f; do mkdir -p "{link['to']}/$(dirname "$f")"; ln -sfn "{link['from']}/${{f#./}}" "{link['to']}/${{f#./}}"; done
+systemctl restart memcached.service
+"""],
+    }
+    dump(doc, out)
+
+
+def main():
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {"olboot": cmd_olboot, "packages": cmd_packages, "user-data": cmd_user_data,
+     "compare": cmd_compare}[cmd](*args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,164 @@
+# shellcheck shell=bash
+# The scenarios. vm1 is the VM of first-boot, reboot and rescue; vm2 gets vm1's data disk
+# (moved-volume); vmc is compare's cloud-init-only twin. Results: $STATE/times.tsv.
+
+TIMES=$STATE/times.tsv
+
+# The HTTP requests the guest made since mark_http.
+mark_http() { HTTP_MARK=$(wc -l <"$HTTP_LOG"); }
+http_since() { tail -n +"$((HTTP_MARK + 1))" "$HTTP_LOG"; }
+fetched_opt() { http_since | grep -q 'GET /opt.tar.zst'; }
+
+step_changes() { report_get "[c for s in r['steps'] if s['name'] == '$1' for c in s['changes']]"; }
+volume_not_formatted() { ! step_changes volumes | grep -qi format; }
+opt_not_fetched() { ! fetched_opt; }
+
+# Seconds cloud-init's provisioning modules took (from `cloud-init analyze blame`).
+ci_modules_s() {
+  awk '/config-(disk_setup|mounts|package[-_]update[-_]upgrade[-_]install|scripts[-_]user)\)/ {
+    sub(/s$/, "", $1); s += $1; n++ } END { if (n) printf "%.1f", s; else print "-" }' \
+    "$(latest_probe)/cloud-init-blame" 2>/dev/null || echo "-"
+}
+
+record() {
+  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$BOOT_WALL" "$3" "$(ci_modules_s)" >>"$TIMES"
+}
+
+# finish SCENARIO VM: print the logs when a check failed, unmount, count.
+finish() {
+  if ((FAILS > 0)); then
+    show_logs "$2"
+    log "$1: FAILED ($FAILS checks)"
+    SCENARIO_FAILS+=("$1")
+  else
+    log "$1: passed"
+  fi
+  if mountpoint -q "$R"; then umount_vm; fi
+  FAILS=0
+}
+
+boot_or_fail() {
+  boot "$@" || fail "$1: the guest powered off by itself within ${TIMEOUT}s"
+}
+
+scenario_first_boot() {
+  new_vm vm1
+  echo "$STATE/vm1/data.img" >"$STATE/vm1/data"
+  new_data_disk "$STATE/vm1/data.img"
+  make_seed vm1 "$WWW/user-data" "$HOST"
+  mark_http
+  boot_or_fail vm1
+  mount_vm vm1
+  check_in_service vm1 changed runcmd
+  check "volume: formatted by olboot (report)" step_changes volumes
+  check "opt: archive fetched from the store" fetched_opt
+  record first-boot vm1 "$(olboot_ms)"
+  ((FAILS == 0)) && touch "$STATE/vm1/first-boot.done"
+  finish first-boot vm1
+}
+
+need_vm1() {
+  [[ -f $STATE/vm1/first-boot.done ]] && return
+  log "$1 needs the VM of first-boot: running first-boot"
+  scenario_first_boot
+  [[ -f $STATE/vm1/first-boot.done ]] || die "$1: first-boot failed"
+}
+
+scenario_reboot() {
+  need_vm1 reboot
+  mark_http
+  boot_or_fail vm1
+  mount_vm vm1
+  check_in_service vm1 unchanged service
+  check "opt: nothing fetched" opt_not_fetched
+  record reboot vm1 "$(olboot_ms)"
+  finish reboot vm1
+}
+
+scenario_moved_volume() {
+  need_vm1 moved-volume
+  new_vm vm2
+  cat "$STATE/vm1/data" >"$STATE/vm2/data"
+  make_seed vm2 "$WWW/user-data" "$HOST"
+  mark_http
+  boot_or_fail vm2
+  mount_vm vm2
+  check_in_service vm2 changed runcmd
+  check "volume: not formatted" volume_not_formatted
+  check "opt: nothing fetched" opt_not_fetched
+  record moved-volume vm2 "$(olboot_ms)"
+  finish moved-volume vm2
+}
+
+# Break vm1 as a bad day would: the olsystem links in /etc and the fstab lines are gone.
+break_vm1() {
+  local r=$STATE/vm1/mnt-root
+  mount_loop "$STATE/vm1/root.img" "$r" rw
+  find "$r/etc" -lname '/opt/openlibrary/olsystem/etc/*' -delete
+  awk '$2 != "/1" && $2 != "/opt"' "$r/etc/fstab" >"$r/etc/fstab.new"
+  mv "$r/etc/fstab.new" "$r/etc/fstab"
+  umount "$r"
+}
+
+rescue_rc_zero() { [[ $(cat "$R/var/lib/olboot-test/rescue.rc") == 0 ]]; }
+
+scenario_rescue() {
+  need_vm1 rescue
+  break_vm1
+  build_initramfs "$STATE/rescue.initrd" "$HERE/lib/rescue-init" "$OLBOOT"
+  mark_http
+  boot_or_fail vm1 "$IMG_KERNEL" "$STATE/rescue.initrd" "console=ttyS0 panic=-1"
+  mount_vm vm1
+  check "rescue: olboot apply --root exited 0" rescue_rc_zero
+  check "rescue: report result changed" [ "$(report_get 'r["result"]' 2>/dev/null)" = changed ]
+  check "rescue: volume not formatted" volume_not_formatted
+  check "rescue: /1 back in /etc/fstab" fstab_has /1 '^UUID='
+  check "rescue: /opt back in /etc/fstab" fstab_has /opt .
+  check "rescue: olsystem links back in /etc" links_present
+  check "rescue: nothing fetched" opt_not_fetched
+  record rescue vm1 "$(olboot_ms)"
+  finish rescue vm1
+  log "rescue: next normal boot"
+  boot_or_fail vm1
+  mount_vm vm1
+  check_in_service vm1 unchanged service
+  record rescue-next-boot vm1 "$(olboot_ms)"
+  finish rescue-next-boot vm1
+}
+
+# The same job by cloud-init's own modules (disk_setup/fs_setup, mounts, packages, runcmd).
+scenario_compare() {
+  scenario_first_boot
+  new_vm vmc
+  echo "$STATE/vmc/data.img" >"$STATE/vmc/data"
+  new_data_disk "$STATE/vmc/data.img"
+  make_seed vmc "$WWW/user-data.compare" "$HOST"
+  boot_or_fail vmc
+  mount_vm vmc
+  check "cloud-init: result.json has no errors" cloud_init_ok
+  check "volume: ext4 labelled ol-data" volume_formatted vmc
+  check "opt: /1/opt identical to the packed tree" opt_identical
+  check "packages: installed" packages_installed
+  check "firewall: persisted" firewall_persisted
+  check "links: olsystem etc/ files linked in /etc" links_present
+  check "service: memcached running" probe_says memcached.state active
+  record compare-cloud-init vmc -
+  finish compare-cloud-init vmc
+}
+
+run_scenarios() {
+  SCENARIO_FAILS=()
+  detect_accel
+  printf 'scenario\tvm\tboot_wall_s\tolboot_ms\tcloud_init_provisioning_s\n' >"$TIMES"
+  local s
+  for s in "$@"; do
+    log "=== $s"
+    "scenario_${s//-/_}"
+  done
+  log "=== times (also in $TIMES)"
+  column -t -s $'\t' "$TIMES" >&2
+  if ((${#SCENARIO_FAILS[@]})); then
+    die "failed: ${SCENARIO_FAILS[*]}"
+  fi
+  log "all passed: $*"
+}

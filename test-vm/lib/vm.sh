@@ -1,0 +1,117 @@
+# shellcheck shell=bash
+# Disks, seeds and QEMU runs. Each VM is a directory $STATE/<vm>/ with its disks and logs.
+
+VM_CMDLINE="root=LABEL=olroot ro console=ttyS0 net.ifnames=0 panic=-1"
+
+# new_vm VM: a fresh root disk (copy of the cached image) in $STATE/VM/.
+new_vm() {
+  local dir=$STATE/$1
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp --sparse=always "$IMG_BASE" "$dir/root.img"
+}
+
+# new_data_disk FILE: a blank 2 GB data volume (no signature at all).
+new_data_disk() {
+  rm -f "$1"
+  truncate -s 2G "$1"
+}
+
+# make_seed VM USER_DATA HOSTNAME: the NoCloud seed (an ISO labelled cidata).
+make_seed() {
+  local dir=$STATE/$1/seed
+  mkdir -p "$dir"
+  cp "$2" "$dir/user-data"
+  printf 'instance-id: %s\nlocal-hostname: %s\n' "$1-$(date +%s)" "$3" >"$dir/meta-data"
+  genisoimage -quiet -output "$STATE/$1/seed.iso" -volid cidata -joliet -rock \
+    "$dir/user-data" "$dir/meta-data"
+}
+
+# KVM only when a guest really runs under it (on some machines /dev/kvm exists but hangs).
+detect_accel() {
+  if [[ -n ${OLBOOT_VM_ACCEL:-} ]]; then
+    ACCEL=$OLBOOT_VM_ACCEL
+  elif [[ -f $CACHE/accel ]]; then
+    ACCEL=$(cat "$CACHE/accel")
+  else
+    ACCEL=tcg
+    if [[ -r /dev/kvm && -w /dev/kvm ]]; then
+      log "accel: probing KVM with a tiny guest (60 s at most)"
+      local dir=$CACHE/accel-probe
+      mkdir -p "$dir"
+      build_initramfs "$dir/initrd" "$HERE/lib/probe-init"
+      if timeout 60 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none \
+        -no-reboot -serial "file:$dir/serial.log" -kernel "$IMG_KERNEL" -initrd "$dir/initrd" \
+        -append "console=ttyS0 panic=-1" >/dev/null 2>&1 &&
+        grep -q ACCEL-PROBE-OK "$dir/serial.log"; then
+        ACCEL=kvm
+      fi
+    fi
+    echo "$ACCEL" >"$CACHE/accel"
+  fi
+  log "accel: $ACCEL (cached in $CACHE/accel; OLBOOT_VM_ACCEL=kvm|tcg overrides)"
+}
+
+# build_initramfs OUT INIT [OLBOOT]: busybox (static), the virtio modules and INIT as /init.
+build_initramfs() {
+  local out=$1 init=$2 bin=${3:-} dir kver m
+  dir=$(mktemp -d)
+  mkdir -p "$dir"/{bin,dev,proc,sys,mnt,lib/modules}
+  cp /bin/busybox "$dir/bin/busybox"
+  ln -s busybox "$dir/bin/sh"
+  kver=$(basename "$IMG_MODULES"/*)
+  for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci_legacy_dev \
+    virtio/virtio_pci_modern_dev virtio/virtio_pci block/virtio_blk; do
+    cp "$IMG_MODULES/$kver/kernel/drivers/$m.ko" "$dir/lib/modules/"
+  done
+  install -m 0755 "$init" "$dir/init"
+  [[ -n $bin ]] && install -m 0755 "$bin" "$dir/bin/olboot"
+  (cd "$dir" && find . | cpio -o -H newc --quiet | gzip -9 >"$out")
+  rm -rf "$dir"
+}
+
+# boot VM [KERNEL INITRD APPEND]: run the VM's disks until the guest powers off.
+# Disks: $STATE/VM/root.img, the data disk named by $STATE/VM/data (a path), the seed if any.
+boot() {
+  local vm=$1 kernel=${2:-$IMG_KERNEL} initrd=${3:-$IMG_INITRD} append=${4:-$VM_CMDLINE}
+  local dir=$STATE/$vm
+  local serial=$dir/serial.log
+  local args=(-accel "$ACCEL" -smp 2 -m 1536 -nodefaults -display none -no-reboot
+    -serial "file:$serial" -kernel "$kernel" -initrd "$initrd" -append "$append"
+    -drive "file=$dir/root.img,if=none,id=root,format=raw,cache=unsafe"
+    -device virtio-blk-pci,drive=root
+    -drive "file=$(cat "$dir/data"),if=none,id=data,format=raw,cache=unsafe"
+    -device virtio-blk-pci,drive=data,serial=ol-data
+    -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:$HTTP_PORT"
+    -device virtio-net-pci,netdev=n0 -device virtio-rng-pci)
+  if [[ $ACCEL == kvm ]]; then args+=(-cpu host); else args+=(-cpu max); fi
+  [[ -f $dir/seed.iso ]] && args+=(-drive "file=$dir/seed.iso,if=none,id=seed,format=raw,readonly=on"
+    -device virtio-blk-pci,drive=seed)
+  : >"$serial"
+  local start=$SECONDS
+  log "$vm: booting ($ACCEL, serial log $serial)"
+  nice qemu-system-x86_64 "${args[@]}" >"$dir/qemu.log" 2>&1 &
+  local pid=$!
+  add_cleanup "kill $pid 2>/dev/null || true"
+  local last=$SECONDS line
+  while kill -0 "$pid" 2>/dev/null; do
+    if ((SECONDS - start > TIMEOUT)); then
+      kill "$pid"
+      wait "$pid" 2>/dev/null || true
+      BOOT_WALL=$((SECONDS - start))
+      log "$vm: no power-off after ${TIMEOUT}s: killed"
+      return 1
+    fi
+    if ((SECONDS - last >= 20)); then
+      last=$SECONDS
+      line=$(tr -d '\r' <"$serial" | sed 's/\x1b\[[0-9;]*[a-zA-Z]//g' | grep -v '^\s*$' | tail -1 | cut -c1-100)
+      log "$vm: $((SECONDS - start))s: $line"
+    fi
+    sleep 2
+  done
+  local rc=0
+  wait "$pid" || rc=$?
+  BOOT_WALL=$((SECONDS - start))
+  ((rc == 0)) || { cat "$dir/qemu.log" >&2; log "$vm: qemu exited with $rc"; return 1; }
+  log "$vm: powered off after ${BOOT_WALL}s"
+}
