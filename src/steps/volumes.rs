@@ -236,29 +236,39 @@ fn target_of(ctx: &Ctx, v: &config::Volume) -> PathBuf {
     ctx.root.path(&v.mountpoint)
 }
 
-/// What holds or mounts `dev` elsewhere than `target`, as an error, if anything does.
-fn check_not_used_elsewhere(dev: &Device, target: &Path, what: &str) -> Result<bool> {
+/// Whether `dev` is mounted at `target`. An error when it is held (device-mapper, md), when a
+/// partition of it is mounted, or when it is mounted elsewhere but not at `target`. Once it is
+/// mounted at `target`, other mounts of it are bind mounts made from the volume (the opt
+/// step's `/opt`) and are expected.
+fn mounted_at_target(dev: &Device, target: &Path, holds: &str) -> Result<bool> {
     let usage = blockdev::usage(dev)?;
     if !usage.holders.is_empty() {
         bail!(
-            "{dev} is in use by {} ({what}); leaving it alone",
+            "{dev} is in use by {} (it holds {holds}); leaving it alone",
             usage.holders.join(", ")
         );
     }
-    let elsewhere: Vec<String> = usage
-        .mounts
-        .iter()
-        .filter(|m| m.target != target || m.dev != dev.dev())
-        .map(|m| format!("{} at {}", m.source, m.target.display()))
-        .collect();
-    if !elsewhere.is_empty() {
+    let list = |ms: &[mount::MountInfo]| {
+        ms.iter()
+            .map(|m| format!("{} at {}", m.source, m.target.display()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !usage.partition_mounts.is_empty() {
+        bail!(
+            "partitions of {dev} are mounted ({}); leaving it alone",
+            list(&usage.partition_mounts)
+        );
+    }
+    let here = usage.mounts.iter().any(|m| m.target == target);
+    if !here && !usage.mounts.is_empty() {
         bail!(
             "{dev} is already mounted elsewhere ({}); unmount it first, olboot mounts it only at {}",
-            elsewhere.join(", "),
+            list(&usage.mounts),
             target.display()
         );
     }
-    Ok(!usage.mounts.is_empty())
+    Ok(here)
 }
 
 /// Fail if something other than `dev` is mounted at `target`.
@@ -289,7 +299,7 @@ fn observe(
         log::info!("{}: {} is {dev}", v.mountpoint, candidate.display());
     }
     let probe = blockdev::probe(&dev)?;
-    let mounted_here = check_not_used_elsewhere(&dev, &target, &probe.to_string())?;
+    let mounted_here = mounted_at_target(&dev, &target, &probe.to_string())?;
     check_target_free(&dev, &target)?;
     let fs = v.filesystem.name();
     let mut changes = Vec::new();
@@ -380,8 +390,7 @@ fn format(dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
     if !probe.is_blank() {
         bail!("{dev} is no longer blank (it holds {probe}); not formatting it");
     }
-    let usage = blockdev::usage(dev)?;
-    if !usage.mounts.is_empty() || !usage.holders.is_empty() {
+    if !blockdev::usage(dev)?.is_unused() {
         bail!("{dev} is in use; not formatting it");
     }
     blockdev::ensure_exclusive(dev)?;
@@ -407,13 +416,14 @@ fn mount_volume(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) ->
     if probe.filesystem() != Some(fs) {
         bail!("{dev} holds {probe}, not an {fs} filesystem; not mounting it");
     }
-    let already = check_not_used_elsewhere(dev, &target, &probe.to_string())?;
-    check_target_free(dev, &target)?;
-    if !already {
-        std::fs::create_dir_all(&target)
-            .with_context(|| format!("cannot create the mountpoint {}", target.display()))?;
-        mount::mount_with(&dev.path, &target, fs, &v.options)?;
+    if mounted_at_target(dev, &target, &probe.to_string())? {
+        // Mounted since `plan` looked (by someone else): nothing left to do.
+        return Ok(());
     }
+    check_target_free(dev, &target)?;
+    std::fs::create_dir_all(&target)
+        .with_context(|| format!("cannot create the mountpoint {}", target.display()))?;
+    mount::mount_with(&dev.path, &target, fs, &v.options)?;
     match mount::at(&target)? {
         Some(m) if m.dev == dev.dev() => {}
         other => bail!(
@@ -422,10 +432,22 @@ fn mount_volume(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) ->
             other.map(|m| m.source)
         ),
     }
-    check_not_used_elsewhere(dev, &target, &probe.to_string())?;
-    if !already {
-        done.record(format!("mounted {dev} at {}", v.mountpoint));
+    // It was mounted nowhere before; any other mount now is a copy made by mount propagation
+    // (a shared subtree), which would leave the volume reachable where nobody expects it.
+    let others: Vec<String> = blockdev::usage(dev)?
+        .mounts
+        .iter()
+        .filter(|m| m.target != target)
+        .map(|m| m.target.display().to_string())
+        .collect();
+    if !others.is_empty() {
+        bail!(
+            "{dev} was mounted at {} but also appeared at {} (mount propagation)",
+            target.display(),
+            others.join(", ")
+        );
     }
+    done.record(format!("mounted {dev} at {}", v.mountpoint));
     Ok(())
 }
 

@@ -306,22 +306,33 @@ fn unescape(v: &str) -> String {
 /// Who uses a device, as the kernel sees it.
 #[derive(Debug, Clone, Default)]
 pub struct Usage {
-    /// Mounts of the device or of one of its partitions.
+    /// Mounts of the device itself (whole-filesystem mounts and bind mounts of parts of it).
     pub mounts: Vec<MountInfo>,
+    /// Mounts of its partitions.
+    pub partition_mounts: Vec<MountInfo>,
     /// Holders (device-mapper targets, md arrays) of the device or its partitions, by name.
     pub holders: Vec<String>,
 }
 
-/// The mounts and holders of `dev` and of its partitions.
+impl Usage {
+    /// Nothing mounts or holds the device or its partitions.
+    pub fn is_unused(&self) -> bool {
+        self.mounts.is_empty() && self.partition_mounts.is_empty() && self.holders.is_empty()
+    }
+}
+
+/// The mounts and holders of `dev` and of its partitions. A mount counts as the device's when
+/// mountinfo names its `major:minor` or its source is the device's path.
 pub fn usage(dev: &Device) -> Result<Usage> {
     let parts = dev.partitions()?;
-    let mut devs = vec![dev.dev()];
-    devs.extend(parts.iter().map(|(_, d)| d.clone()));
-    let mounts = mount::mounts()?
-        .into_iter()
-        .filter(|m| devs.contains(&m.dev))
-        .collect();
-    let mut holders = Vec::new();
+    let mut usage = Usage::default();
+    for m in mount::mounts()? {
+        if m.dev == dev.dev() || Path::new(&m.source) == dev.path {
+            usage.mounts.push(m);
+        } else if parts.iter().any(|(_, d)| *d == m.dev) {
+            usage.partition_mounts.push(m);
+        }
+    }
     let mut dirs = vec![dev.sysfs().join("holders")];
     dirs.extend(
         parts
@@ -336,10 +347,12 @@ pub fn usage(dev: &Device) -> Result<Usage> {
         };
         for e in entries {
             let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
-            holders.push(e.file_name().to_string_lossy().into_owned());
+            usage
+                .holders
+                .push(e.file_name().to_string_lossy().into_owned());
         }
     }
-    Ok(Usage { mounts, holders })
+    Ok(usage)
 }
 
 /// Fail unless the kernel lets olboot open `dev` exclusively: an `O_EXCL` open of a block
