@@ -286,6 +286,36 @@ fn blank_disk_is_formatted_mounted_and_persisted_once() {
 }
 
 #[test]
+fn blank_disk_is_formatted_as_xfs_when_configured() {
+    let mut lab = Lab::new();
+    // mkfs.xfs wants at least 300 MiB.
+    let d = lab.disk("xfs", 300);
+    let cfg = lab.config(&format!(
+        "  - device: {}\n    wait: 1s\n    filesystem: xfs\n    label: ol-db\n    mountpoint: /2\n",
+        d.dev
+    ));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        changes(&out)[0],
+        format!("formatted {} as xfs (label ol-db)", d.dev)
+    );
+    assert_eq!(tag(&d.dev, "TYPE").as_deref(), Some("xfs"));
+    assert_eq!(tag(&d.dev, "LABEL").as_deref(), Some("ol-db"));
+    let uuid = tag(&d.dev, "UUID").unwrap();
+    assert_eq!(
+        lab.fstab(),
+        format!("{FSTAB}UUID={uuid} /2 xfs defaults,nofail 0 2\n")
+    );
+    assert_eq!(
+        mounted_at(&lab.root().join("2")).map(|m| m.0),
+        Some(d.dev.clone())
+    );
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(result(&out), "unchanged", "{}", stderr(&out));
+}
+
+#[test]
 fn ext4_with_files_is_mounted_intact() {
     let mut lab = Lab::new();
     let src = lab.path().join("src");

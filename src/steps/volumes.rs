@@ -139,31 +139,35 @@ impl Step for Volumes<'_> {
 
     fn plan(&self, ctx: &Ctx) -> Result<Plan<Change>> {
         let mut plan = Plan::default();
-        let mut errors = Vec::new();
         for (i, v) in self.cfg.iter().enumerate() {
             match observe(ctx, i, v, &mut plan.warnings) {
                 Ok(changes) => plan.changes.extend(changes),
-                Err(e) => {
-                    let error = format!("{e:#}");
-                    errors.push((v.mountpoint.clone(), error.clone()));
-                    plan.changes.push(Change::Fail {
-                        vol: i,
-                        mountpoint: v.mountpoint.clone(),
-                        error,
-                    });
-                }
+                Err(e) => plan.changes.push(Change::Fail {
+                    vol: i,
+                    mountpoint: v.mountpoint.clone(),
+                    error: format!("{e:#}"),
+                }),
             }
         }
         // With nothing to do but fail, fail now: `plan` then reports the failure as `apply`
         // would. Otherwise the failures ride along as changes so that `apply` converges the
         // other volumes first.
-        if plan
+        let only_failures = plan
             .changes
             .iter()
-            .all(|c| matches!(c, Change::Fail { .. }))
-            && !errors.is_empty()
-        {
-            return Err(combined(errors));
+            .all(|c| matches!(c, Change::Fail { .. }));
+        if only_failures && !plan.changes.is_empty() {
+            return Err(combined(
+                plan.changes
+                    .into_iter()
+                    .filter_map(|c| match c {
+                        Change::Fail {
+                            mountpoint, error, ..
+                        } => Some((mountpoint, error)),
+                        _ => None,
+                    })
+                    .collect(),
+            ));
         }
         Ok(plan)
     }

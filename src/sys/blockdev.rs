@@ -112,6 +112,9 @@ pub fn wait_for(candidates: &[impl AsRef<Path>], wait: Duration) -> Result<(Path
     loop {
         for c in candidates {
             if let Some(d) = present(c.as_ref())? {
+                if told {
+                    log::info!("{} appeared", c.as_ref().display());
+                }
                 return Ok((c.as_ref().to_path_buf(), d));
             }
         }
@@ -192,9 +195,9 @@ impl fmt::Display for Probe {
                 ("linux_raid_member", _) => "a Linux RAID member (linux_raid_member)".into(),
                 ("crypto_LUKS", _) => "a LUKS header (crypto_LUKS)".into(),
                 ("swap", _) => "swap space".into(),
-                (t, Some("filesystem")) => format!("an {t} filesystem"),
-                (t, Some(u)) => format!("a {t} signature ({u})"),
-                (t, None) => format!("a {t} signature"),
+                (t, Some("filesystem")) => format!("{} {t} filesystem", article(t)),
+                (t, Some(u)) => format!("{} {t} signature ({u})", article(t)),
+                (t, None) => format!("{} {t} signature", article(t)),
             };
             let mut ids = Vec::new();
             if let Some(l) = self.tags.get("LABEL") {
@@ -228,6 +231,14 @@ impl fmt::Display for Probe {
             parts.push(format!("signature tags {}", other.join(" ")));
         }
         f.write_str(&parts.join(" and "))
+    }
+}
+
+/// "an" before names read with a leading vowel sound (ext4, xfs, iso9660), else "a".
+fn article(name: &str) -> &'static str {
+    match name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u' | 'x') => "an",
+        _ => "a",
     }
 }
 
@@ -431,6 +442,10 @@ mod tests {
                 "a Linux RAID member (linux_raid_member)",
             ),
             ("SBMAGIC=abc\n", "signature tags SBMAGIC=abc"),
+            (
+                "TYPE=btrfs\nUSAGE=filesystem\nPTTYPE=dos\n",
+                "a btrfs filesystem and a dos partition table",
+            ),
         ];
         for (text, said) in cases {
             let p = probe_of(text);
