@@ -387,10 +387,9 @@ fn assert_refused(lab: &Lab, dev: &str, holds: &str) {
     }
 }
 
-#[test]
-fn gpt_disk_is_refused_unchanged() {
-    let mut lab = Lab::new();
-    let d = lab.disk("gpt", 64);
+/// A loop disk with a partition table of `label` (gpt or dos) written by sfdisk.
+fn partitioned_disk(lab: &mut Lab, label: &str) -> Disk {
+    let d = lab.disk(label, 64);
     let mut c = Command::new("sfdisk")
         .args(["-q", "--no-reread", &d.dev])
         .stdin(Stdio::piped())
@@ -402,7 +401,7 @@ fn gpt_disk_is_refused_unchanged() {
     c.stdin
         .take()
         .unwrap()
-        .write_all(b"label: gpt\n,32M\n,\n")
+        .write_all(format!("label: {label}\n,32M\n,\n").as_bytes())
         .unwrap();
     let out = c.wait_with_output().unwrap();
     assert!(
@@ -410,7 +409,21 @@ fn gpt_disk_is_refused_unchanged() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    d
+}
+
+#[test]
+fn gpt_disk_is_refused_unchanged() {
+    let mut lab = Lab::new();
+    let d = partitioned_disk(&mut lab, "gpt");
     assert_refused(&lab, &d.dev, "a gpt partition table");
+}
+
+#[test]
+fn mbr_disk_is_refused_unchanged() {
+    let mut lab = Lab::new();
+    let d = partitioned_disk(&mut lab, "dos");
+    assert_refused(&lab, &d.dev, "a dos partition table");
 }
 
 #[test]
@@ -593,6 +606,15 @@ fn one_failing_volume_does_not_stop_the_others() {
         volume(&bad.dev, "/2", ""),
         volume(&good.dev, "/1", "")
     ));
+    // plan lists the good volume's changes and the failure it will end with.
+    let out = lab.olboot("plan", &cfg);
+    assert_eq!(code(&out), 3, "{}", stderr(&out));
+    let planned = changes(&out);
+    assert!(planned[0].starts_with("fail on /2: "), "{planned:?}");
+    assert_eq!(
+        planned[1],
+        format!("format {} as ext4 (label ol-data)", good.dev)
+    );
     let out = lab.olboot("apply", &cfg);
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     assert_eq!(
