@@ -1,7 +1,9 @@
-//! Thin wrappers over the system: external commands, files, mounts and `/etc/fstab`.
+//! Thin wrappers over the system: external commands, files, block devices, mounts and
+//! `/etc/fstab`.
 //! Steps call these instead of the standard library or `rustix` directly, so that every
 //! failure carries the command, path or device it was about.
 
+pub mod blockdev;
 pub mod cmd;
 pub mod fs;
 pub mod fstab;
