@@ -31,15 +31,9 @@ report_get() {
   python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' \
     "$R/var/lib/olboot/report.json" "$1"
 }
-# Milliseconds olboot ran, from its report.
+# Milliseconds olboot's steps took, from its report (its timestamps have whole seconds).
 olboot_ms() {
-  python3 - "$R/var/lib/olboot/report.json" <<'PY' 2>/dev/null || echo "-"
-import json, sys
-from datetime import datetime
-r = json.load(open(sys.argv[1]))
-t = lambda s: datetime.fromisoformat(s.replace("Z", "+00:00"))
-print(int((t(r["finished"]) - t(r["started"])).total_seconds() * 1000))
-PY
+  report_get 'sum(s["duration_ms"] for s in r["steps"])' 2>/dev/null || echo "-"
 }
 
 latest_probe() { find "$R/var/lib/olboot-test" -maxdepth 1 -name 'boot-*' | sort -V | tail -1; }
@@ -123,11 +117,12 @@ check_in_service() {
 show_logs() {
   local vm=$1 probe
   log "----- $vm: serial console (last 150 lines of $STATE/$vm/serial.log) -----"
-  tr -d '\r' <"$STATE/$vm/serial.log" | tail -150 >&2
+  tr -d '\r' <"$STATE/$vm/serial.log" | sed 's/\x1b\[[0-9;]*[a-zA-Z]//g' | tail -150 >&2
   if mountpoint -q "$R"; then
     log "----- $vm: olboot in /var/log/cloud-init-output.log -----"
     if [[ -f $R/var/log/cloud-init-output.log ]]; then
-      grep -v '^\s*$' "$R/var/log/cloud-init-output.log" | tail -80 >&2
+      # The modules:final part: runcmd, where olboot runs.
+      sed -n "/running 'modules:final'/,\$p" "$R/var/log/cloud-init-output.log" | tail -100 >&2
     fi
     probe=$(latest_probe)
     if [[ -n $probe && -s $probe/olboot.service.log ]]; then

@@ -89,6 +89,8 @@ ensure_repo() {
 }
 
 ensure_fixtures() {
+  python3 "$HERE/lib/render.py" unit "$REPO/cloud-config/olboot.service" \
+    "$REPO"/cloud-config/{web,memcache,db,solr}.yaml
   ensure_opt_tree
   ensure_opt_archive
   ensure_repo
@@ -106,6 +108,19 @@ ensure_fixtures() {
     FLEET_URL="$GUEST_BASE/fleet.yaml" FLEET_SHA256="$(sha256_of "$WWW/fleet.yaml")"
   python3 "$HERE/lib/render.py" compare "$REPO/cloud-config/fleet.yaml" "$HOST" \
     "$WWW/user-data.compare" "$GUEST_BASE" "$OPT_SHA"
+}
+
+# The same seed for test-vm/Vagrantfile: everything read from the synced folder (file://),
+# and /dev/sdb as a further data disk candidate (VirtualBox attaches SATA disks).
+vagrant_fixtures() {
+  local base=file:///vagrant/test-vm/cache/www out=$WWW/vagrant
+  mkdir -p "$out"
+  python3 "$HERE/lib/render.py" olboot "$REPO/cloud-config/fleet.yaml" "$out/fleet.yaml" \
+    "$base" "$OPT_SHA" /dev/sdb
+  python3 "$HERE/lib/render.py" user-data "$REPO/cloud-config/$ROLE.yaml" "$out/user-data" \
+    BASE="$base" OLBOOT_URL="$base/olboot" OLBOOT_SHA256="$(sha256_of "$OLBOOT")" \
+    FLEET_URL="$base/vagrant/fleet.yaml" FLEET_SHA256="$(sha256_of "$out/fleet.yaml")"
+  log "fixtures: ready in $WWW (Vagrant seed: $out)"
 }
 
 # python3's http.server on a free loopback port; its request log tells what the guest fetched.

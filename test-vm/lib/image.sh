@@ -8,7 +8,7 @@ IMAGE_SIZE=3G
 
 # Files the image gets on top of the packages (the probe is the harness's eyes in the guest).
 image_key() {
-  cat "$HERE/lib/image.sh" "$HERE/lib/vm-probe" | sha256sum | cut -c1-12
+  cat "$HERE/lib/image.sh" "$HERE/lib/image-customize" "$HERE/lib/vm-probe" | sha256sum | cut -c1-12
 }
 
 # Sets IMG_BASE, IMG_KERNEL, IMG_INITRD, IMG_PKGLIST; builds them when the cache lacks them.

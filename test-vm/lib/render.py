@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """Render the test's inputs from the real cloud-config/ files.
 
-render.py olboot    FLEET OUT BASE OPT_SHA      the fleet config with the archive served at BASE
+render.py olboot    FLEET OUT BASE OPT_SHA [DEV...]  the fleet config with the archive served at
+                                                BASE (and more data disk candidates DEV)
 render.py packages  FLEET HOST                  the packages HOST's roles install, one a line
 render.py user-data TEMPLATE OUT KEY=VALUE...   a role's cloud-config, @KEY@ filled in, plus the
                                                 test's flat apt repository at BASE/repo
 render.py compare   FLEET HOST OUT BASE OPT_SHA the same job with cloud-init's own modules
+render.py unit      UNIT TEMPLATE...            check each template's olboot.service is UNIT's
 """
 import re
 import sys
@@ -58,8 +60,9 @@ def merged(fleet, host):
     return out
 
 
-def cmd_olboot(fleet_path, out, base, opt_sha):
+def cmd_olboot(fleet_path, out, base, opt_sha, *devices):
     fleet = load(fleet_path)
+    fleet["roles"]["base"]["volumes"][0]["device"] += list(devices)
     archive = fleet["roles"]["base"]["opt"]["archive"]
     archive["urls"] = [f"{base}/opt.tar.zst"]
     archive["sha256"] = opt_sha
@@ -161,10 +164,24 @@ systemctl restart memcached.service
     dump(doc, out)
 
 
+def cmd_unit(unit_path, *templates):
+    def strip(text):
+        return [l for l in text.splitlines() if l.strip() and not l.startswith("#")]
+    want = strip(open(unit_path).read())
+    bad = []
+    for t in templates:
+        files = load(t).get("write_files", [])
+        got = [f["content"] for f in files if f["path"] == "/etc/systemd/system/olboot.service"]
+        if not got or strip(got[0]) != want:
+            bad.append(t)
+    if bad:
+        sys.exit(f"render.py: olboot.service differs from {unit_path} in: {', '.join(bad)}")
+
+
 def main():
     cmd, args = sys.argv[1], sys.argv[2:]
     {"olboot": cmd_olboot, "packages": cmd_packages, "user-data": cmd_user_data,
-     "compare": cmd_compare}[cmd](*args)
+     "compare": cmd_compare, "unit": cmd_unit}[cmd](*args)
 
 
 if __name__ == "__main__":
