@@ -2,6 +2,8 @@
 //! Steps call these instead of the standard library or `rustix` directly, so that every
 //! failure carries the command, path or device it was about.
 
+pub mod apt;
+pub mod chroot;
 pub mod cmd;
 pub mod fs;
 pub mod fstab;
