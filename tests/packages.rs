@@ -477,6 +477,28 @@ fn waits_for_the_dpkg_lock() {
 }
 
 #[test]
+fn waits_for_the_apt_lists_lock() {
+    let mirror = Mirror::start(Fault::Unavailable, 0, "");
+    let s = Scratch::new(&mirror, &["tree"]);
+    let lock = s.root.join("var/lib/apt/lists/lock");
+    let held = Instant::now();
+    let holder = LockHolder::hold(&lock, 3);
+    let o = s.olboot("apply");
+    let waited = held.elapsed();
+    drop(holder);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(waited >= Duration::from_secs(3), "did not wait: {waited:?}");
+    assert_eq!(s.installed("tree"), Some(repo_version("tree")));
+    // apt-get update does not wait for the lists lock itself (DPkg::Lock::Timeout covers the
+    // dpkg lock only): olboot does.
+    assert!(
+        stderr(&o).contains("another process holds the package lock"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn mirror_failing_the_first_two_requests_is_retried() {
     for (fault, which) in [
         (Fault::Unavailable, "Packages"),
@@ -567,6 +589,14 @@ fn ensure_installed_is_the_same_code() {
     packages::ensure_installed(&ctx, &["tree"], &mut done).unwrap();
     assert!(done.lines.is_empty());
     assert_eq!(mirror.requests(), 0);
+    // Lists written minutes ago are fresh: no update before installing from them.
+    let mut done = Done::new("firewall");
+    packages::ensure_installed(&ctx, &["tree", "hello"], &mut done).unwrap();
+    assert_eq!(
+        done.lines,
+        [format!("installed hello {}", repo_version("hello"))]
+    );
+    assert!(s.mounts().is_empty());
 }
 
 #[test]

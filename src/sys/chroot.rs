@@ -36,6 +36,16 @@ impl Session {
         // On error `s` is dropped, which undoes what was done so far.
         for dir in ["/proc", "/sys", "/dev"] {
             let target = root.path(Path::new(dir));
+            // A symlink there would be followed on this machine, not inside the root.
+            if target
+                .symlink_metadata()
+                .is_ok_and(|m| m.file_type().is_symlink())
+            {
+                anyhow::bail!(
+                    "{} is a symlink: refusing to bind {dir} over it",
+                    target.display()
+                );
+            }
             std::fs::create_dir_all(&target)
                 .with_context(|| format!("cannot create {}", target.display()))?;
             // mountinfo lists resolved paths.
