@@ -70,7 +70,7 @@ impl Step for Packages<'_> {
         let names: Vec<&str> = self.cfg.install.iter().map(|p| p.0.as_str()).collect();
         Ok(Plan {
             changes: changes(ctx, &names)?,
-            warnings: Vec::new(),
+            ..Plan::default()
         })
     }
 
