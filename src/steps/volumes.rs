@@ -73,24 +73,14 @@ pub enum Change {
         /// The old lines for the mountpoint that get commented out (none: the line is added).
         replaces: Vec<String>,
     },
-    /// The volume cannot be converged; `apply` fails with this once the others are done.
-    Fail {
-        /// The volume.
-        vol: usize,
-        /// Its mountpoint, for the message.
-        mountpoint: AbsPath,
-        /// Why.
-        error: String,
-    },
 }
 
 impl Change {
     fn vol(&self) -> usize {
         match self {
-            Change::Format { vol, .. }
-            | Change::Mount { vol, .. }
-            | Change::Fstab { vol, .. }
-            | Change::Fail { vol, .. } => *vol,
+            Change::Format { vol, .. } | Change::Mount { vol, .. } | Change::Fstab { vol, .. } => {
+                *vol
+            }
         }
     }
 }
@@ -126,9 +116,6 @@ impl fmt::Display for Change {
                 "replace the {FSTAB} line for {mountpoint} (commenting out: {})",
                 replaces.join(" | ")
             ),
-            Change::Fail {
-                mountpoint, error, ..
-            } => write!(f, "fail on {mountpoint}: {error}"),
         }
     }
 }
@@ -142,32 +129,8 @@ impl Step for Volumes<'_> {
         for (i, v) in self.cfg.iter().enumerate() {
             match observe(ctx, i, v, &mut plan.warnings) {
                 Ok(changes) => plan.changes.extend(changes),
-                Err(e) => plan.changes.push(Change::Fail {
-                    vol: i,
-                    mountpoint: v.mountpoint.clone(),
-                    error: format!("{e:#}"),
-                }),
+                Err(e) => plan.failures.push(format!("{}: {e:#}", v.mountpoint)),
             }
-        }
-        // With nothing to do but fail, fail now: `plan` then reports the failure as `apply`
-        // would. Otherwise the failures ride along as changes so that `apply` converges the
-        // other volumes first.
-        let only_failures = plan
-            .changes
-            .iter()
-            .all(|c| matches!(c, Change::Fail { .. }));
-        if only_failures && !plan.changes.is_empty() {
-            return Err(combined(
-                plan.changes
-                    .into_iter()
-                    .filter_map(|c| match c {
-                        Change::Fail {
-                            mountpoint, error, ..
-                        } => Some((mountpoint, error)),
-                        _ => None,
-                    })
-                    .collect(),
-            ));
         }
         Ok(plan)
     }
@@ -187,7 +150,6 @@ impl Step for Volumes<'_> {
                 Change::Format { dev, .. } => format(dev, v, done),
                 Change::Mount { dev, .. } => mount_volume(ctx, dev, v, done),
                 Change::Fstab { dev, .. } => persist(ctx, dev, v, done),
-                Change::Fail { error, .. } => Err(anyhow!("{error}")),
             };
             if let Err(e) = r {
                 failed.push((vol, v.mountpoint.clone(), format!("{e:#}")));

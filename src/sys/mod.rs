@@ -3,7 +3,9 @@
 //! Steps call these instead of the standard library or `rustix` directly, so that every
 //! failure carries the command, path or device it was about.
 
+pub mod apt;
 pub mod blockdev;
+pub mod chroot;
 pub mod cmd;
 pub mod fs;
 pub mod fstab;
