@@ -116,8 +116,10 @@ check_in_service() {
 # On failure: the guest's serial console and olboot's log, then the failed list.
 show_logs() {
   local vm=$1 probe
-  log "----- $vm: serial console (last 150 lines of $STATE/$vm/serial.log) -----"
-  tr -d '\r' <"$STATE/$vm/serial.log" | sed 's/\x1b\[[0-9;]*[a-zA-Z]//g' | tail -150 >&2
+  # The boot up to the probe (the rest is the power-off), last 150 lines.
+  log "----- $vm: serial console ($STATE/$vm/serial.log, up to the probe) -----"
+  tr -d '\r' <"$STATE/$vm/serial.log" | sed 's/\x1b\[[0-9;]*[a-zA-Z]//g' |
+    sed '/Starting vm-probe.service/q' | tail -150 >&2
   if mountpoint -q "$R"; then
     log "----- $vm: olboot in /var/log/cloud-init-output.log -----"
     if [[ -f $R/var/log/cloud-init-output.log ]]; then
