@@ -800,6 +800,21 @@ impl Config {
         };
         let err = |key: &str, msg: String| self.err(key, format!("{msg} (in {what})"));
         if let Some(fw) = &cfg.firewall {
+            // Set names become nftables identifiers (`@admin_v4`): keep them to what nft parses.
+            for name in fw.sets.keys() {
+                let ok = name.len() <= 64
+                    && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !ok {
+                    return Err(err(
+                        &format!("firewall.sets.{name}"),
+                        "a set name is a letter followed by up to 63 letters, digits, `_` or `-`"
+                            .into(),
+                    ));
+                }
+            }
             for (i, a) in fw.allow.iter().enumerate() {
                 for s in &a.from {
                     if !fw.sets.contains_key(s) {
