@@ -469,11 +469,10 @@ impl Cidr {
             IpAddr::V6(v) => u128::from(v),
         };
         let host_bits = max - prefix;
-        let mask = if host_bits == 0 {
-            0
-        } else {
-            (1u128 << host_bits) - 1
-        };
+        // `::/0` has 128 host bits: a plain shift would overflow.
+        let mask = 1u128
+            .checked_shl(u32::from(host_bits))
+            .map_or(u128::MAX, |b| b - 1);
         if bits & mask != 0 {
             return Err(format!("{s:?} has host bits set beyond /{prefix}"));
         }
