@@ -153,6 +153,12 @@ fn allow_rules_filter_by_set_port_and_family() {
     );
     assert!(done.contains(&"wrote /etc/nftables.d/olboot.nft".to_string()));
 
+    // Forget the neighbours learnt before the firewall: IPv6 must now find them through it
+    // (neighbour discovery), IPv4 through ARP.
+    for ns in [&lab.cli, &lab.srv] {
+        ns.ip(&["neigh", "flush", "all"]);
+    }
+    lab.cli.wait_reaches(&format!("{SRV6}:22"));
     assert_eq!(lab.reaches(22), (true, true), "22 is allowed from cli");
     assert_eq!(lab.reaches(8082), (true, true), "8082 is allowed from cli");
     assert_eq!(lab.reaches(8081), (false, false), "8081 is only for other");
@@ -553,4 +559,42 @@ fn a_target_without_nft_plans_to_install_it() {
         "create /etc/nftables.conf with include \"/etc/nftables.d/*.nft\""
     );
     assert_eq!(common::snapshot(&root).len(), 0, "plan wrote nothing");
+}
+
+#[test]
+fn a_linked_nftables_conf_is_left_alone() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path().join("root");
+    common::write(&root.join("usr/sbin/nft"), "");
+    common::write(&root.join("opt/olsystem/etc/nftables.conf"), DEBIAN_CONF);
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    std::os::unix::fs::symlink(
+        "/opt/olsystem/etc/nftables.conf",
+        root.join("etc/nftables.conf"),
+    )
+    .expect("symlink");
+    let cfg = t.path().join("olboot.yaml");
+    std::fs::write(&cfg, CONFIG_A).expect("config");
+    let out = common::olboot()
+        .args(["plan", "-c"])
+        .arg(&cfg)
+        .arg("--root")
+        .arg(&root)
+        .args(["--host", "lab", "--only", "firewall"])
+        .output()
+        .expect("olboot");
+    assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
+    let step = common::step(&common::report(&out), "firewall").clone();
+    let planned = changes(&step);
+    assert_eq!(planned.len(), 1, "only the rules file: {planned:?}");
+    assert!(
+        step["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .any(|w| w
+                .as_str()
+                .is_some_and(|w| w.contains("is a symlink to /opt/olsystem/etc/nftables.conf"))),
+        "{step}"
+    );
 }

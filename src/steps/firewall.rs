@@ -184,12 +184,30 @@ impl Step for Firewall<'_> {
                 .push(Change::Write(diff::describe(&d, DIFF_LINES)));
         }
 
-        let conf = fs::read_optional(&root.path(Path::new(boot::CONF)))?;
-        match conf.as_deref() {
-            None => plan.changes.push(Change::Include(true)),
-            Some(text) if !boot::includes_ours(text) => plan.changes.push(Change::Include(false)),
-            Some(_) => {}
-        }
+        let conf_path = root.path(Path::new(boot::CONF));
+        let conf = if let Ok(target) = std::fs::read_link(&conf_path) {
+            // Managed elsewhere (e.g. linked from olsystem): read it, never rewrite it.
+            let target = Path::new("/etc").join(target);
+            let text = fs::read_optional(&root.path(&target))?;
+            if !text.as_deref().is_some_and(boot::includes_ours) {
+                plan.warnings.push(format!(
+                    "{} is a symlink to {}, which olboot leaves alone: it must say {} or the \
+                     rules are not loaded at boot",
+                    boot::CONF,
+                    target.display(),
+                    boot::INCLUDE
+                ));
+            }
+            text
+        } else {
+            let text = fs::read_optional(&conf_path)?;
+            match text.as_deref() {
+                None => plan.changes.push(Change::Include(true)),
+                Some(t) if !boot::includes_ours(t) => plan.changes.push(Change::Include(false)),
+                Some(_) => {}
+            }
+            text
+        };
         if conf.as_deref().is_some_and(boot::flushes_ruleset)
             && root.path(Path::new("/usr/bin/dockerd")).exists()
         {

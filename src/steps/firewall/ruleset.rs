@@ -21,9 +21,9 @@ pub const FAMILY: &str = "inet";
 /// See [`FAMILY`].
 pub const NAME: &str = "olboot";
 
-/// ICMPv6 that IPv6 cannot work without: errors, echo, neighbour discovery and MLD.
-/// Accepted before `ct state invalid drop`, since conntrack does not track neighbour
-/// discovery or MLD and `ct state` reports such packets as invalid.
+/// ICMPv6 that IPv6 cannot work without: errors, echo, neighbour discovery and MLD. Neighbour
+/// discovery and MLD are not connections (conntrack leaves them untracked), so they are
+/// accepted by type, not by state.
 const ICMPV6: &str = "echo-request, destination-unreachable, packet-too-big, time-exceeded, \
                       parameter-problem, nd-router-advert, nd-neighbor-solicit, \
                       nd-neighbor-advert, mld-listener-query, mld-listener-report, \
@@ -229,9 +229,9 @@ pub fn render(cfg: &config::Firewall) -> String {
     s.push_str("\t\ttype filter hook input priority filter; policy drop;\n");
     s.push_str("\t\tiif \"lo\" accept\n");
     s.push_str("\t\tct state established,related accept\n");
-    let _ = writeln!(s, "\t\ticmpv6 type {{ {ICMPV6} }} accept");
     s.push_str("\t\tct state invalid drop\n");
     let _ = writeln!(s, "\t\ticmp type {{ {ICMP} }} accept");
+    let _ = writeln!(s, "\t\ticmpv6 type {{ {ICMPV6} }} accept");
     for (i, a) in cfg.allow.iter().enumerate() {
         let ports = port_ranges(&a.port.0);
         let expr = ports_expr(&ports);
@@ -367,12 +367,14 @@ mod tests {
                 "missing {rule:?} in\n{r}"
             );
         }
-        // Established traffic and neighbour discovery come before the invalid-state drop,
-        // the allow rules after it; the published chain ends in a drop.
+        // Loopback and established traffic first, then the invalid-state drop, ICMP, and the
+        // allow rules; the published chain ends in a drop.
         let pos = |needle: &str| r.find(needle).unwrap_or_else(|| panic!("{needle}"));
-        assert!(pos("ct state established,related accept") < pos("nd-neighbor-solicit"));
-        assert!(pos("nd-neighbor-solicit") < pos("ct state invalid drop"));
-        assert!(pos("ct state invalid drop") < pos("tcp dport 22"));
+        assert!(pos("iif \"lo\" accept") < pos("ct state established,related accept"));
+        assert!(pos("ct state established,related accept") < pos("ct state invalid drop"));
+        assert!(pos("ct state invalid drop") < pos("icmp type"));
+        assert!(pos("icmp type") < pos("nd-neighbor-solicit"));
+        assert!(pos("nd-neighbor-solicit") < pos("tcp dport 22"));
         assert!(r.contains("type filter hook input priority filter; policy drop;"));
         assert!(r.contains("type filter hook forward priority filter - 10; policy accept;"));
         assert!(r.contains("ct status dnat ct state new jump published"));
