@@ -126,6 +126,13 @@ impl Lab {
     }
 }
 
+/// Whether `text` has a diff line `sign` (`+` or `-`) for `rule`, whatever its indentation.
+fn has_diff_line(text: &str, sign: char, rule: &str) -> bool {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(sign))
+        .any(|l| l.trim() == rule)
+}
+
 fn changes(step: &Value) -> Vec<String> {
     step["changes"]
         .as_array()
@@ -197,13 +204,19 @@ fn established_connections_survive_and_plan_shows_the_diff() {
         "{text}"
     );
     assert!(
-        text.contains(
-            "- ip saddr @cli_v4 tcp dport 8082 accept comment \"allow[2]: tcp 8082 from cli\""
+        has_diff_line(
+            &text,
+            '-',
+            "ip saddr @cli_v4 tcp dport 8082 accept comment \"allow[2]: tcp 8082 from cli\""
         ),
         "{text}"
     );
     assert!(
-        text.contains("+ tcp dport 8084 accept comment \"allow[2]: tcp 8084 from anywhere\""),
+        has_diff_line(
+            &text,
+            '+',
+            "tcp dport 8084 accept comment \"allow[2]: tcp 8084 from anywhere\""
+        ),
         "{text}"
     );
     assert_eq!(lab.reaches(8084), (false, false), "plan changed nothing");
@@ -231,7 +244,11 @@ fn established_connections_survive_and_plan_shows_the_diff() {
     let text = changes(common::step(&common::report(&plan), "firewall")).join("\n");
     assert!(
         text.contains("the running table was changed outside olboot")
-            && text.contains("+ meta l4proto tcp ct original proto-dst 8084 accept"),
+            && has_diff_line(
+                &text,
+                '+',
+                "meta l4proto tcp ct original proto-dst 8084 accept comment \"allow[2]: tcp 8084 from anywhere\""
+            ),
         "{text}"
     );
     assert_eq!(lab.apply(CONFIG_B)["result"], "changed");

@@ -1,42 +1,55 @@
 //! A small line diff for `plan`: which ruleset lines go (`- `) and which come (`+ `).
-//! Lines are compared with surrounding whitespace trimmed; blank lines are ignored.
+//! Lines are compared with surrounding whitespace trimmed and shown with their indentation
+//! (tabs as two spaces); blank lines and `#` comments are ignored.
 
 /// Above this many cells, the middle part is shown as all removed then all added instead of
 /// computing a longest common subsequence (rulesets are far smaller in practice).
 const MAX_CELLS: usize = 4_000_000;
 
+/// The lines worth comparing: not blank, not a comment.
+fn significant(text: &str) -> Vec<&str> {
+    text.lines()
+        .map(str::trim_end)
+        .filter(|l| {
+            let t = l.trim_start();
+            !t.is_empty() && !t.starts_with('#')
+        })
+        .collect()
+}
+
+fn same(x: &str, y: &str) -> bool {
+    x.trim() == y.trim()
+}
+
+/// A diff line: the sign, then the line with its tabs as two spaces.
+fn shown(sign: char, line: &str) -> String {
+    format!("{sign} {}", line.replace('\t', "  "))
+}
+
 /// The removed (`- line`) and added (`+ line`) lines turning `old` into `new`, in order.
 pub fn lines(old: &str, new: &str) -> Vec<String> {
-    let a: Vec<&str> = old
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let b: Vec<&str> = new
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let head = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+    let a = significant(old);
+    let b = significant(new);
+    let head = a.iter().zip(&b).take_while(|(x, y)| same(x, y)).count();
     let tail = a[head..]
         .iter()
         .rev()
         .zip(b[head..].iter().rev())
-        .take_while(|(x, y)| x == y)
+        .take_while(|(x, y)| same(x, y))
         .count();
     let (a, b) = (&a[head..a.len() - tail], &b[head..b.len() - tail]);
     let mut out = Vec::new();
     if a.len().saturating_mul(b.len()) > MAX_CELLS {
-        out.extend(a.iter().map(|l| format!("- {l}")));
-        out.extend(b.iter().map(|l| format!("+ {l}")));
+        out.extend(a.iter().map(|l| shown('-', l)));
+        out.extend(b.iter().map(|l| shown('+', l)));
         return out;
     }
-    // lcs[i][j]: length of the longest common subsequence of a[i..] and b[j..].
+    // lcs[i * w + j]: length of the longest common subsequence of a[i..] and b[j..].
     let w = b.len() + 1;
     let mut lcs = vec![0u32; (a.len() + 1) * w];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
-            lcs[i * w + j] = if a[i] == b[j] {
+            lcs[i * w + j] = if same(a[i], b[j]) {
                 lcs[(i + 1) * w + j + 1] + 1
             } else {
                 lcs[(i + 1) * w + j].max(lcs[i * w + j + 1])
@@ -45,14 +58,14 @@ pub fn lines(old: &str, new: &str) -> Vec<String> {
     }
     let (mut i, mut j) = (0, 0);
     while i < a.len() || j < b.len() {
-        if i < a.len() && j < b.len() && a[i] == b[j] {
+        if i < a.len() && j < b.len() && same(a[i], b[j]) {
             i += 1;
             j += 1;
         } else if i < a.len() && (j == b.len() || lcs[(i + 1) * w + j] >= lcs[i * w + j + 1]) {
-            out.push(format!("- {}", a[i]));
+            out.push(shown('-', a[i]));
             i += 1;
         } else {
-            out.push(format!("+ {}", b[j]));
+            out.push(shown('+', b[j]));
             j += 1;
         }
     }
@@ -86,18 +99,19 @@ mod tests {
         assert_eq!(
             lines(old, new),
             [
-                "- tcp dport 80 accept",
-                "+ tcp dport 443 accept",
-                "+ udp dport 53 accept"
+                "-     tcp dport 80 accept",
+                "+     tcp dport 443 accept",
+                "+     udp dport 53 accept"
             ]
         );
         assert!(lines(new, new).is_empty());
         assert!(lines("  a\n", "a").is_empty());
+        assert!(lines("# one\na\n", "# two\na\n").is_empty());
     }
 
     #[test]
     fn from_nothing_everything_is_added() {
-        assert_eq!(lines("", "a\nb\n"), ["+ a", "+ b"]);
+        assert_eq!(lines("", "a\n\tb\n"), ["+ a", "+   b"]);
         assert_eq!(lines("a\nb\n", ""), ["- a", "- b"]);
     }
 
