@@ -289,10 +289,10 @@ fn published_ports_obey_the_allow_rules() {
     lab.srv.nft_load(docker);
     let docker_before = lab.srv.nft(&["list", "table", "ip", "docker_like"]);
     let published = |port: u16| lab.cli.reaches(&format!("{SRV4}:{port}"));
-    assert!(
-        published(9090) && published(9091),
-        "DNAT works before olboot"
-    );
+    // DNAT works before olboot (waiting for the fresh links to settle).
+    lab.cli.wait_reaches(&format!("{SRV4}:9090"));
+    lab.cli.wait_reaches(&format!("{SRV4}:9091"));
+    ctr.wait_reaches("10.200.1.2:7000");
 
     lab.apply(CONFIG_A);
     assert!(published(9090), "9090 is allowed from cli");
