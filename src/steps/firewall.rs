@@ -30,6 +30,7 @@ mod ruleset;
 
 use super::{Ctx, Done, Plan, Step};
 use crate::config;
+use crate::root::Root;
 use crate::sys::{cmd, fs, nft};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
@@ -129,6 +130,74 @@ impl Firewall<'_> {
         Ok(why)
     }
 
+    /// The include line of nftables.conf, and what that file does to Docker's rules.
+    fn plan_conf(root: &Root, plan: &mut Plan<Change>) -> Result<()> {
+        let conf_path = root.path(Path::new(boot::CONF));
+        let conf = if let Ok(target) = std::fs::read_link(&conf_path) {
+            // Managed elsewhere (e.g. linked from olsystem): read it, never rewrite it.
+            let target = Path::new("/etc").join(target);
+            let text = fs::read_optional(&root.path(&target))?;
+            if !text.as_deref().is_some_and(boot::includes_ours) {
+                plan.warnings.push(format!(
+                    "{} is a symlink to {}, which olboot leaves alone: it must say {} or the \
+                     rules are not loaded at boot",
+                    boot::CONF,
+                    target.display(),
+                    boot::INCLUDE
+                ));
+            }
+            text
+        } else {
+            let text = fs::read_optional(&conf_path)?;
+            match text.as_deref() {
+                None => plan.changes.push(Change::Include(true)),
+                Some(t) if !boot::includes_ours(t) => plan.changes.push(Change::Include(false)),
+                Some(_) => {}
+            }
+            text
+        };
+        if conf.as_deref().is_some_and(boot::flushes_ruleset)
+            && root.path(Path::new("/usr/bin/dockerd")).exists()
+        {
+            plan.warnings.push(format!(
+                "{} runs `flush ruleset`: `systemctl reload` or `restart nftables` also \
+                 removes Docker's rules (restart Docker after it); at boot it runs before \
+                 Docker and is harmless",
+                boot::CONF
+            ));
+        }
+        Ok(())
+    }
+
+    /// nftables.service enabled for boot.
+    fn plan_service(root: &Root, has_nft: bool, plan: &mut Plan<Change>) -> Result<()> {
+        if boot::has_systemd(root) {
+            match boot::find_unit(root)? {
+                Some(unit) if boot::missing_links(root, &unit).is_empty() => {}
+                Some(_) => plan.changes.push(Change::Enable),
+                // The package about to be installed brings the unit.
+                None if !has_nft => plan.changes.push(Change::Enable),
+                None => plan.warnings.push(format!(
+                    "{} not found: nothing loads {} at boot",
+                    boot::SERVICE,
+                    boot::CONF
+                )),
+            }
+            if boot::masked(root) {
+                plan.warnings.push(format!(
+                    "{} is masked: the rules will not come back after a reboot",
+                    boot::SERVICE
+                ));
+            }
+        } else {
+            plan.warnings.push(format!(
+                "no systemd on the target: make sure {} is loaded at boot",
+                boot::CONF
+            ));
+        }
+        Ok(())
+    }
+
     /// Load `rendered` into the kernel and record the listing that results.
     fn load(ctx: &Ctx, rendered: &str, done: &mut Done) -> Result<()> {
         let existed = nft::list_table(ruleset::FAMILY, ruleset::NAME)?.is_some();
@@ -184,65 +253,8 @@ impl Step for Firewall<'_> {
                 .push(Change::Write(diff::describe(&d, DIFF_LINES)));
         }
 
-        let conf_path = root.path(Path::new(boot::CONF));
-        let conf = if let Ok(target) = std::fs::read_link(&conf_path) {
-            // Managed elsewhere (e.g. linked from olsystem): read it, never rewrite it.
-            let target = Path::new("/etc").join(target);
-            let text = fs::read_optional(&root.path(&target))?;
-            if !text.as_deref().is_some_and(boot::includes_ours) {
-                plan.warnings.push(format!(
-                    "{} is a symlink to {}, which olboot leaves alone: it must say {} or the \
-                     rules are not loaded at boot",
-                    boot::CONF,
-                    target.display(),
-                    boot::INCLUDE
-                ));
-            }
-            text
-        } else {
-            let text = fs::read_optional(&conf_path)?;
-            match text.as_deref() {
-                None => plan.changes.push(Change::Include(true)),
-                Some(t) if !boot::includes_ours(t) => plan.changes.push(Change::Include(false)),
-                Some(_) => {}
-            }
-            text
-        };
-        if conf.as_deref().is_some_and(boot::flushes_ruleset)
-            && root.path(Path::new("/usr/bin/dockerd")).exists()
-        {
-            plan.warnings.push(format!(
-                "{} starts with `flush ruleset`: `systemctl reload` or `restart nftables` also \
-                 removes Docker's rules (restart Docker after it); at boot it runs before Docker \
-                 and is harmless",
-                boot::CONF
-            ));
-        }
-
-        if boot::has_systemd(root) {
-            match boot::find_unit(root)? {
-                Some(unit) if boot::missing_links(root, &unit).is_empty() => {}
-                Some(_) => plan.changes.push(Change::Enable),
-                // The package about to be installed brings the unit.
-                None if !has_nft => plan.changes.push(Change::Enable),
-                None => plan.warnings.push(format!(
-                    "{} not found: nothing loads {} at boot",
-                    boot::SERVICE,
-                    boot::CONF
-                )),
-            }
-            if boot::masked(root) {
-                plan.warnings.push(format!(
-                    "{} is masked: the rules will not come back after a reboot",
-                    boot::SERVICE
-                ));
-            }
-        } else {
-            plan.warnings.push(format!(
-                "no systemd on the target: make sure {} is loaded at boot",
-                boot::CONF
-            ));
-        }
+        Self::plan_conf(root, &mut plan)?;
+        Self::plan_service(root, has_nft, &mut plan)?;
         Ok(plan)
     }
 
