@@ -183,6 +183,10 @@ fn allow_rules_filter_by_set_port_and_family() {
 
     let again = lab.apply(CONFIG_A);
     assert_eq!(again["result"], "unchanged", "{again}");
+    assert!(
+        !again["warnings"].to_string().contains("does not load"),
+        "the boot file loads: {again}"
+    );
     let plan = lab.olboot("plan", CONFIG_A);
     assert_eq!(common::code(&plan), 0, "{}", common::stderr(&plan));
 }
@@ -612,6 +616,35 @@ fn a_linked_nftables_conf_is_left_alone() {
             .any(|w| w
                 .as_str()
                 .is_some_and(|w| w.contains("is a symlink to /opt/olsystem/etc/nftables.conf"))),
+        "{step}"
+    );
+}
+
+#[test]
+fn a_broken_nftables_conf_is_reported() {
+    let lab = Lab::new();
+    lab.apply(CONFIG_A);
+    // Somebody's mistake elsewhere in the file that nftables.service loads at boot.
+    let conf = lab.sandbox.etc("nftables.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("conf");
+    text.push_str("table inet broken {\n\tchain c {\n\t\tnonsense here\n\t}\n}\n");
+    std::fs::write(&conf, text).expect("write");
+    let plan = lab.olboot("plan", CONFIG_A);
+    assert_eq!(
+        common::code(&plan),
+        0,
+        "nothing to change: {}",
+        common::stderr(&plan)
+    );
+    let step = common::step(&common::report(&plan), "firewall").clone();
+    assert!(
+        step["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .any(|w| w
+                .as_str()
+                .is_some_and(|w| w.contains("/etc/nftables.conf does not load"))),
         "{step}"
     );
 }

@@ -254,6 +254,16 @@ impl Step for Firewall<'_> {
         }
 
         Self::plan_conf(root, &mut plan)?;
+        if root.is_live() && has_nft && Path::new(boot::CONF).exists() {
+            // nftables.service loads the whole file or nothing: a mistake anywhere in it
+            // (or in what it includes) means no rules at all after a reboot, olboot's neither.
+            if let Err(e) = nft::check_file(Path::new(boot::CONF)) {
+                plan.warnings.push(format!(
+                    "{} does not load, so nftables.service would load no rules at boot: {e:#}",
+                    boot::CONF
+                ));
+            }
+        }
         Self::plan_service(root, has_nft, &mut plan)?;
         Ok(plan)
     }

@@ -4,6 +4,7 @@
 use super::cmd;
 use anyhow::{bail, Context, Result};
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 /// Check `ruleset` against the running kernel (`nft -c -f -`) without changing anything.
@@ -14,6 +15,12 @@ pub fn check(ruleset: &str) -> Result<()> {
 /// Load `ruleset` (`nft -f -`): one transaction, all of it or nothing.
 pub fn load(ruleset: &str) -> Result<()> {
     feed(&["-f", "-"], ruleset)
+}
+
+/// Check the file at `path` (`nft -c -f PATH`), with what it includes, without changing
+/// anything.
+pub fn check_file(path: &Path) -> Result<()> {
+    cmd::run(Command::new("nft").arg("-c").arg("-f").arg(path)).map(drop)
 }
 
 /// The stateless listing (`nft -s list table FAMILY NAME`: no counter values) of a table,
