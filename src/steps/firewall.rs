@@ -2,7 +2,7 @@
 //! kernel and persisted for the next boot. It runs first, so nothing installed later is ever
 //! reachable from outside.
 //!
-//! - **Only olboot's table.** The ruleset ([`ruleset`]) replaces `table inet olboot` in one
+//! - **Only olboot's table.** The ruleset (`ruleset.rs`) replaces `table inet olboot` in one
 //!   `nft -f` transaction, checked first with `nft -c`; no `flush ruleset`, so Docker's and the
 //!   distribution's tables are never touched. If nft refuses it, the running table stays as it
 //!   was. Restarting Docker rewrites only Docker's tables, and since a drop in any base chain
@@ -14,9 +14,11 @@
 //!   network (e.g. 172.16.0.0/12) in an allowed set like any other client.
 //! - **Persisted** in `/etc/nftables.d/olboot.nft` (the same text: loading it twice is
 //!   harmless), included from `/etc/nftables.conf`, with `nftables.service` enabled
-//!   ([`boot`]). Debian's default nftables.conf begins with `flush ruleset`: harmless at boot,
+//!   (`boot.rs`). Debian's default nftables.conf begins with `flush ruleset`: harmless at boot,
 //!   where nftables.service runs before Docker, but a later `systemctl reload|restart
-//!   nftables` also removes Docker's rules; the step warns when Docker is installed.
+//!   nftables` also removes Docker's rules; the step warns when Docker is installed. Since
+//!   nftables.service loads that file all or nothing, the step also warns when it does not
+//!   pass `nft -c` (someone's mistake elsewhere in it would leave the machine open at boot).
 //! - **Unchanged** when the file holds the rendered text and the running table's listing is
 //!   the one recorded right after olboot last loaded that text (`/var/lib/olboot/
 //!   firewall.listing`): any edit of the running table, or a reboot into other rules, shows.
