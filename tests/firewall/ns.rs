@@ -227,9 +227,13 @@ pub struct Sandbox {
 const OVERLAID: [(&str, &str); 3] = [("/etc", "etc"), ("/var/lib", "varlib"), ("/run", "run")];
 
 impl Sandbox {
-    /// Empty upper layers.
+    /// Empty upper layers, on tmpfs (`/dev/shm`): overlayfs cannot use an upper layer on
+    /// overlayfs, which is what `/tmp` is in many containers.
     pub fn new() -> Sandbox {
-        let dir = tempfile::tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("olboot-fw-")
+            .tempdir_in("/dev/shm")
+            .expect("tempdir in /dev/shm");
         for (_, name) in OVERLAID {
             std::fs::create_dir_all(dir.path().join(name).join("upper")).expect("mkdir");
             std::fs::create_dir_all(dir.path().join(name).join("work")).expect("mkdir");
