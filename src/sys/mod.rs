@@ -1,5 +1,5 @@
-//! Thin wrappers over the system: external commands, files, block devices, mounts and
-//! `/etc/fstab`.
+//! Thin wrappers over the system: external commands, files, block devices, mounts,
+//! `/etc/fstab` and `nft`.
 //! Steps call these instead of the standard library or `rustix` directly, so that every
 //! failure carries the command, path or device it was about.
 
@@ -11,3 +11,4 @@ pub mod fs;
 pub mod fstab;
 pub mod http;
 pub mod mount;
+pub mod nft;
