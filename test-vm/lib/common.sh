@@ -19,7 +19,7 @@ run_cleanup() {
 need_root() { [[ $(id -u) == 0 ]] || die "run as root (loop devices, mounts, mmdebstrap)"; }
 
 install_prerequisites() {
-  local missing=() cmd pkg
+  local missing=() cmd
   local -A want=([qemu-system-x86_64]=qemu-system-x86 [mmdebstrap]=mmdebstrap
     [genisoimage]=genisoimage [socat]=socat [apt-ftparchive]=apt-utils [mkfs.ext4]=e2fsprogs
     [busybox]=busybox-static [cpio]=cpio [zstd]=zstd [musl-gcc]=musl-tools [python3]=python3)

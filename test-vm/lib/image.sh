@@ -38,6 +38,7 @@ ensure_image() {
     { tail -30 "$dir/mmdebstrap.log" >&2; die "mmdebstrap failed (log: $dir/mmdebstrap.log)"; }
   cp "$tree"/boot/vmlinuz-* "$IMG_KERNEL"
   cp "$tree"/boot/initrd.img-* "$IMG_INITRD"
+  # shellcheck disable=SC2016 # dpkg-query's format, not a shell expansion
   chroot "$tree" dpkg-query -W -f '${Package}\n' | sort >"$IMG_PKGLIST"
   # Kernel modules the rescue initramfs may need (copied with their modules.dep).
   local kver

@@ -76,6 +76,7 @@ boot() {
   local vm=$1 kernel=${2:-$IMG_KERNEL} initrd=${3:-$IMG_INITRD} append=${4:-$VM_CMDLINE}
   local dir=$STATE/$vm
   local serial=$dir/serial.log
+  # shellcheck disable=SC2054 # commas belong to the QEMU options
   local args=(-accel "$ACCEL" -smp 2 -m 1536 -nodefaults -display none -no-reboot
     -serial "file:$serial" -kernel "$kernel" -initrd "$initrd" -append "$append"
     -drive "file=$dir/root.img,if=none,id=root,format=raw,cache=unsafe"
@@ -85,6 +86,7 @@ boot() {
     -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:$HTTP_PORT"
     -device virtio-net-pci,netdev=n0 -device virtio-rng-pci)
   if [[ $ACCEL == kvm ]]; then args+=(-cpu host); else args+=(-cpu max); fi
+  # shellcheck disable=SC2054
   [[ -f $dir/seed.iso ]] && args+=(-drive "file=$dir/seed.iso,if=none,id=seed,format=raw,readonly=on"
     -device virtio-blk-pci,drive=seed)
   : >"$serial"
