@@ -24,7 +24,9 @@ ci_modules_s() {
 
 # record SCENARIO VM OLBOOT_MS [CLOUD_INIT_S]
 record() {
-  printf '%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$BOOT_WALL" "$3" "${4:-$(ci_modules_s)}" >>"$TIMES"
+  local steps
+  steps=$(report_get '" ".join("%s=%s" % (s["name"], s["duration_ms"]) for s in r["steps"])' 2>/dev/null) || steps=-
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$BOOT_WALL" "$3" "${4:-$(ci_modules_s)}" "$steps" >>"$TIMES"
 }
 
 # finish SCENARIO VM: print the logs when a check failed, unmount, count.
@@ -152,7 +154,7 @@ scenario_compare() {
 run_scenarios() {
   SCENARIO_FAILS=()
   detect_accel
-  printf 'scenario\tvm\tboot_wall_s\tolboot_ms\tcloud_init_provisioning_s\n' >"$TIMES"
+  printf 'scenario\tvm\tboot_wall_s\tolboot_ms\tcloud_init_provisioning_s\tolboot_steps_ms\n' >"$TIMES"
   local s
   for s in "$@"; do
     log "=== $s"
