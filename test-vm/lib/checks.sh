@@ -99,7 +99,7 @@ check_in_service() {
   check "volume: /1 mounted at the end of the boot" probe_has mnt-1 ext4
   check "opt: /1/opt identical to the packed tree ($(wc -l <"$OPT_MANIFEST") entries)" opt_identical
   check "opt: /opt in /etc/fstab" fstab_has /opt .
-  check "opt: /opt mounted at the end of the boot" probe_has mnt-opt /1/opt
+  check "opt: /opt mounted at the end of the boot (bind of /1/opt)" probe_has mnt-opt "\\[/opt\\] ext4"
   check "packages: installed (dpkg status)" packages_installed
   check "firewall: /etc/nftables.d/olboot.nft included from /etc/nftables.conf" firewall_persisted
   check "firewall: table inet olboot loaded at the end of the boot" probe_says nft-olboot.rc 0
@@ -119,7 +119,7 @@ show_logs() {
   # The boot up to the probe (the rest is the power-off), last 150 lines.
   log "----- $vm: serial console ($STATE/$vm/serial.log, up to the probe) -----"
   tr -d '\r' <"$STATE/$vm/serial.log" | sed 's/\x1b\[[0-9;]*[a-zA-Z]//g' |
-    sed '/Starting vm-probe.service/q' | tail -150 >&2
+    awk '!seen {print} /Starting vm-probe.service/ {seen = 1}' | tail -150 >&2
   if mountpoint -q "$R"; then
     log "----- $vm: olboot in /var/log/cloud-init-output.log -----"
     if [[ -f $R/var/log/cloud-init-output.log ]]; then

@@ -33,7 +33,7 @@ install_prerequisites() {
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 install -y -q \
       --no-install-recommends "${missing[@]}" >/dev/null
   fi
-  if ! rustup target list --installed | grep -qx x86_64-unknown-linux-musl; then
+  if ! rustup target list --installed | grep -x x86_64-unknown-linux-musl >/dev/null; then
     rustup target add x86_64-unknown-linux-musl
   fi
 }

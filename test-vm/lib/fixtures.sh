@@ -6,12 +6,18 @@
 GUEST_BASE=http://10.0.2.100
 WWW=$CACHE/www
 
+# OLBOOT_VM_BIN=PATH tests a binary built elsewhere (a release, another branch) instead.
 build_olboot() {
-  log "olboot: cargo build --release --target x86_64-unknown-linux-musl"
-  (cd "$REPO" && nice cargo build -q --release --target x86_64-unknown-linux-musl)
-  OLBOOT=$REPO/target/x86_64-unknown-linux-musl/release/olboot
-  file -b "$OLBOOT" 2>/dev/null | grep -q 'static' ||
-    ldd "$OLBOOT" 2>&1 | grep -q 'not a dynamic' || die "$OLBOOT is not static"
+  if [[ -n ${OLBOOT_VM_BIN:-} ]]; then
+    OLBOOT=$(realpath "$OLBOOT_VM_BIN")
+    log "olboot: $OLBOOT (OLBOOT_VM_BIN)"
+  else
+    log "olboot: cargo build --release --target x86_64-unknown-linux-musl"
+    (cd "$REPO" && nice cargo build -q --release --target x86_64-unknown-linux-musl)
+    OLBOOT=$REPO/target/x86_64-unknown-linux-musl/release/olboot
+  fi
+  file -b "$OLBOOT" 2>/dev/null | grep 'static' >/dev/null ||
+    ldd "$OLBOOT" 2>&1 | grep 'not a dynamic' >/dev/null || die "$OLBOOT is not static"
 }
 
 # The generated /opt tree lives on its own ext4 image (this machine's root filesystem is slow

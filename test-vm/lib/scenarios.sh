@@ -7,10 +7,10 @@ TIMES=$STATE/times.tsv
 # The HTTP requests the guest made since mark_http.
 mark_http() { HTTP_MARK=$(wc -l <"$HTTP_LOG"); }
 http_since() { tail -n +"$((HTTP_MARK + 1))" "$HTTP_LOG"; }
-fetched_opt() { http_since | grep -q 'GET /opt.tar.zst'; }
+fetched_opt() { http_since | grep 'GET /opt.tar.zst' >/dev/null; }
 
 step_changes() { report_get "[c for s in r['steps'] if s['name'] == '$1' for c in s['changes']]"; }
-volume_not_formatted() { ! step_changes volumes | grep -qi format; }
+volume_not_formatted() { ! step_changes volumes | grep -i format >/dev/null; }
 opt_not_fetched() { ! fetched_opt; }
 
 # Seconds cloud-init's provisioning modules took in the last boot (`cloud-init analyze blame`
