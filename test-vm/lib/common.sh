@@ -6,7 +6,6 @@ die() { log "error: $*"; exit 1; }
 
 # Cleanup actions run in reverse order on exit, success or failure.
 CLEANUP=()
-on_exit() { add_cleanup "$@"; }
 add_cleanup() { CLEANUP+=("$*"); }
 run_cleanup() {
   local i

@@ -22,8 +22,8 @@ ensure_image() {
     log "image: cached ($dir)"
     return
   fi
-  log "image: building Debian bookworm with cloud-init (mmdebstrap, ~2 min)"
-  rm -rf "$dir"
+  log "image: building Debian bookworm with cloud-init (mmdebstrap, ~1 min)"
+  rm -rf "$CACHE"/image-*/
   mkdir -p "$dir"
   local scratch=$dir/scratch.img mnt=$dir/mnt
   truncate -s 4G "$scratch"
@@ -40,11 +40,15 @@ ensure_image() {
   cp "$tree"/boot/initrd.img-* "$IMG_INITRD"
   # shellcheck disable=SC2016 # dpkg-query's format, not a shell expansion
   chroot "$tree" dpkg-query -W -f '${Package}\n' | sort >"$IMG_PKGLIST"
-  # Kernel modules the rescue initramfs may need (copied with their modules.dep).
-  local kver
+  # The kernel modules the rescue initramfs needs to see virtio disks (load order kept in
+  # lib/rescue-init); ext4 is built into Debian's cloud kernel.
+  local kver m
   kver=$(basename "$tree"/lib/modules/*)
   mkdir -p "$IMG_MODULES"
-  cp -a "$tree/lib/modules/$kver" "$IMG_MODULES/"
+  for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci_legacy_dev \
+    virtio/virtio_pci_modern_dev virtio/virtio_pci block/virtio_blk; do
+    cp "$tree/lib/modules/$kver/kernel/drivers/$m.ko" "$IMG_MODULES/"
+  done
   truncate -s "$IMAGE_SIZE" "$IMG_BASE"
   mkfs.ext4 -q -F -L olroot -d "$tree" "$IMG_BASE"
   unmount_loop "$mnt"

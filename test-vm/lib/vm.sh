@@ -54,16 +54,12 @@ detect_accel() {
 
 # build_initramfs OUT INIT [OLBOOT]: busybox (static), the virtio modules and INIT as /init.
 build_initramfs() {
-  local out=$1 init=$2 bin=${3:-} dir kver m
+  local out=$1 init=$2 bin=${3:-} dir
   dir=$(mktemp -d)
   mkdir -p "$dir"/{bin,dev,proc,sys,mnt,lib/modules}
   cp /bin/busybox "$dir/bin/busybox"
   ln -s busybox "$dir/bin/sh"
-  kver=$(basename "$IMG_MODULES"/*)
-  for m in virtio/virtio virtio/virtio_ring virtio/virtio_pci_legacy_dev \
-    virtio/virtio_pci_modern_dev virtio/virtio_pci block/virtio_blk; do
-    cp "$IMG_MODULES/$kver/kernel/drivers/$m.ko" "$dir/lib/modules/"
-  done
+  cp "$IMG_MODULES"/*.ko "$dir/lib/modules/"
   install -m 0755 "$init" "$dir/init"
   [[ -n $bin ]] && install -m 0755 "$bin" "$dir/bin/olboot"
   (cd "$dir" && find . | cpio -o -H newc --quiet | gzip -9 >"$out")
