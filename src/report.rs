@@ -120,8 +120,10 @@ impl Report {
             for w in &st.warnings {
                 s.push_str(&format!("      ! {w}\n"));
             }
-            if let Some(e) = &st.error {
-                s.push_str(&format!("      error: {e}\n"));
+            match (&st.error, st.result) {
+                (Some(e), Outcome::Skipped) => s.push_str(&format!("      ({e})\n")),
+                (Some(e), _) => s.push_str(&format!("      error: {e}\n")),
+                (None, _) => {}
             }
         }
         s

@@ -6,7 +6,6 @@
 //! at the rescue system's own `/opt`. This type is the one place that does that.
 
 use std::ffi::OsString;
-use std::io;
 use std::path::{Component, Path, PathBuf};
 
 /// Symlink hops allowed while resolving one path, as the kernel's `MAXSYMLINKS`.
@@ -50,32 +49,22 @@ impl Root {
         if self.is_live() {
             return target.to_path_buf();
         }
-        match self.resolve_parent(target) {
-            Ok(p) => p,
-            // Too many hops: hand back the literal path, whose use then fails with ELOOP.
-            Err(_) => self.join_literal(target),
+        self.walk(target, false)
+    }
+
+    /// Like [`Root::path`], but a symlink in the last component is followed too: the path of
+    /// the directory or file that `target` finally names.
+    pub fn resolve(&self, target: &Path) -> PathBuf {
+        if self.is_live() {
+            return std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
         }
+        self.walk(target, true)
     }
 
-    /// `target` below the root without resolving anything.
-    fn join_literal(&self, target: &Path) -> PathBuf {
-        self.dir.join(target.strip_prefix("/").unwrap_or(target))
-    }
-
-    fn resolve_parent(&self, target: &Path) -> io::Result<PathBuf> {
-        // `todo` holds the components still to walk, last one first (a stack).
+    fn walk(&self, target: &Path, follow_last: bool) -> PathBuf {
+        // `todo` holds the components still to walk, the next one on top.
         let mut todo: Vec<OsString> = Vec::new();
         push_components(&mut todo, target);
-        let last = loop {
-            match todo.first() {
-                None => return Ok(self.dir.clone()),
-                Some(c) if c == ".." => {
-                    // A trailing `..` names a directory: resolve it like the others.
-                    todo.insert(0, OsString::from("."));
-                }
-                Some(_) => break todo.remove(0),
-            }
-        };
         let mut cur: Vec<OsString> = Vec::new();
         let mut hops = 0;
         while let Some(comp) = todo.pop() {
@@ -83,32 +72,30 @@ impl Root {
                 cur.pop();
                 continue;
             }
-            if comp == "." {
-                continue;
-            }
+            let last = todo.is_empty();
             let mut host = self.dir.clone();
             host.extend(&cur);
             host.push(&comp);
-            match std::fs::read_link(&host) {
-                Ok(link) => {
+            let link = if last && !follow_last {
+                None
+            } else {
+                std::fs::read_link(&host).ok()
+            };
+            match link {
+                // Past the hop limit, keep the rest literally: using the path fails with ELOOP.
+                Some(link) if hops < MAX_HOPS => {
                     hops += 1;
-                    if hops > MAX_HOPS {
-                        return Err(io::Error::from_raw_os_error(
-                            rustix::io::Errno::LOOP.raw_os_error(),
-                        ));
-                    }
                     if link.is_absolute() {
                         cur.clear();
                     }
                     push_components(&mut todo, &link);
                 }
-                Err(_) => cur.push(comp),
+                _ => cur.push(comp),
             }
         }
         let mut out = self.dir.clone();
         out.extend(&cur);
-        out.push(last);
-        Ok(out)
+        out
     }
 }
 
@@ -168,6 +155,23 @@ mod tests {
         assert_eq!(r.path(Path::new("/opt/cur/f")), d.join("opt/a/b/f"));
         assert_eq!(r.path(Path::new("/opt/esc/passwd")), d.join("etc/passwd"));
         assert_eq!(r.path(Path::new("/../../etc/x")), d.join("etc/x"));
+    }
+
+    #[test]
+    fn resolve_follows_the_last_component() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path();
+        std::fs::create_dir_all(d.join("opt/deploys/x/etc")).unwrap();
+        symlink("/opt/deploys/x", d.join("opt/olsystem")).unwrap();
+        let r = Root::at(d);
+        assert_eq!(
+            r.resolve(Path::new("/opt/olsystem")),
+            d.join("opt/deploys/x")
+        );
+        assert_eq!(
+            r.resolve(Path::new("/opt/olsystem/etc")),
+            d.join("opt/deploys/x/etc")
+        );
     }
 
     #[test]

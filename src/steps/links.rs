@@ -1,25 +1,406 @@
-//! The links step (being written).
+//! The links step: the files of the olsystem checkout appear in `/etc` as symlinks.
+//!
+//! For every file below `from`, a symlink at the same relative path below `to` points at the
+//! file *through `from` as written* (`/etc/nginx/nginx.conf ->
+//! /opt/openlibrary/olsystem/etc/nginx/nginx.conf`), so that switching the `olsystem` symlink to
+//! a new deploy needs no relinking. Directories are created, never linked; a directory symlink
+//! left by a hand-migrated VM (`/etc/nginx/sites-available -> .../olsystem/...`) is in the way
+//! like any other file: it is moved under `/var/lib/olboot/backup/` and replaced by a real
+//! directory, so nothing is ever written through it. A link of ours whose source file is gone
+//! is removed rather than left dangling.
 
 use super::{Ctx, Done, Plan, Step};
-use crate::config;
-use anyhow::{bail, Result};
+use crate::config::Link;
+use anyhow::{bail, Context, Result};
+use std::fmt;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where things in the way are moved, keeping their path below it.
+const BACKUP_DIR: &str = "/var/lib/olboot/backup";
 
 /// The links step.
 pub struct Links<'a> {
-    /// Its config.
-    pub cfg: &'a [config::Link],
+    /// The `from` → `to` pairs, in order.
+    pub cfg: &'a [Link],
+}
+
+/// What was found where a directory or link should be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InTheWay {
+    /// A regular file.
+    File,
+    /// A symlink (a wrong link, or a directory symlink of a migrated VM).
+    Symlink,
+    /// A directory.
+    Directory,
+    /// A device node, socket or FIFO.
+    Special,
+}
+
+impl fmt::Display for InTheWay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            InTheWay::File => "file",
+            InTheWay::Symlink => "symlink",
+            InTheWay::Directory => "directory",
+            InTheWay::Special => "special file",
+        })
+    }
+}
+
+/// One change of the links step. Paths are as the target system sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Create the directory `dir`, backing up what is in its place first.
+    Dir {
+        /// The directory.
+        dir: PathBuf,
+        /// What stands there now.
+        in_way: Option<InTheWay>,
+    },
+    /// Make `link` a symlink to `dest`, backing up what is in its place first.
+    Link {
+        /// The symlink to create.
+        link: PathBuf,
+        /// Its content: the source file through `from` as written.
+        dest: PathBuf,
+        /// What stands there now.
+        in_way: Option<InTheWay>,
+    },
+    /// Remove `link`, a link into `from` whose source file no longer exists.
+    RemoveStale {
+        /// The dangling link.
+        link: PathBuf,
+        /// Where it points.
+        dest: PathBuf,
+    },
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Dir { dir, in_way: None } => write!(f, "create directory {}", dir.display()),
+            Change::Dir {
+                dir,
+                in_way: Some(w),
+            } => write!(
+                f,
+                "back up the {w} at {} and create a directory there",
+                dir.display()
+            ),
+            Change::Link {
+                link,
+                dest,
+                in_way: None,
+            } => {
+                write!(f, "link {} -> {}", link.display(), dest.display())
+            }
+            Change::Link {
+                link,
+                dest,
+                in_way: Some(w),
+            } => write!(
+                f,
+                "back up the {w} at {} and link it -> {}",
+                link.display(),
+                dest.display()
+            ),
+            Change::RemoveStale { link, dest } => write!(
+                f,
+                "remove {} -> {} (its source is gone)",
+                link.display(),
+                dest.display()
+            ),
+        }
+    }
 }
 
 impl Step for Links<'_> {
     const NAME: &'static str = "links";
-    type Change = String;
+    type Change = Change;
 
-    fn plan(&self, _ctx: &Ctx) -> Result<Plan<String>> {
-        let _ = self.cfg;
-        bail!("not implemented")
+    fn plan(&self, ctx: &Ctx) -> Result<Plan<Change>> {
+        let mut plan = Plan::default();
+        for link in self.cfg {
+            plan_one(ctx, link, &mut plan)?;
+        }
+        Ok(plan)
     }
 
-    fn apply(&self, _ctx: &Ctx, _changes: Vec<String>, _done: &mut Done) -> Result<()> {
-        bail!("not implemented")
+    fn apply(&self, ctx: &Ctx, changes: Vec<Change>, done: &mut Done) -> Result<()> {
+        for change in changes {
+            apply_one(ctx, &change)?;
+            done.record(past(&change));
+        }
+        Ok(())
+    }
+}
+
+/// What `lstat` says is at `host`, if anything.
+fn what_is(host: &Path) -> Result<Option<(InTheWay, fs::Metadata)>> {
+    match fs::symlink_metadata(host) {
+        Ok(m) => {
+            let t = m.file_type();
+            let kind = if t.is_symlink() {
+                InTheWay::Symlink
+            } else if t.is_dir() {
+                InTheWay::Directory
+            } else if t.is_file() {
+                InTheWay::File
+            } else {
+                InTheWay::Special
+            };
+            Ok(Some((kind, m)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot inspect {}", host.display())),
+    }
+}
+
+fn plan_one(ctx: &Ctx, link: &Link, plan: &mut Plan<Change>) -> Result<()> {
+    let src_host = ctx.root.resolve(&link.from);
+    if !src_host.is_dir() {
+        bail!(
+            "source {} is not a directory (is /opt in place?)",
+            link.from
+        );
+    }
+    // `to` itself must be a real directory (it is `/etc`); everything below it is checked
+    // here, so host paths below it are built by joining, never by resolving through links.
+    let to_host = ctx.root.resolve(&link.to);
+    if !to_host.is_dir() && to_host.exists() {
+        bail!("target {} is not a directory", link.to);
+    }
+    if !to_host.exists() {
+        plan.changes.push(Change::Dir {
+            dir: link.to.to_path_buf(),
+            in_way: None,
+        });
+    }
+    walk(link, &src_host, &to_host, Path::new(""), false, plan)
+}
+
+/// Plan the directory `rel` (relative to `from` and `to`). `fresh` says that the target
+/// directory will be created by an earlier change, so everything below it is missing.
+fn walk(
+    link: &Link,
+    src_host: &Path,
+    to_host: &Path,
+    rel: &Path,
+    fresh: bool,
+    plan: &mut Plan<Change>,
+) -> Result<()> {
+    let src_dir = src_host.join(rel);
+    let mut entries: Vec<(std::ffi::OsString, fs::FileType)> = fs::read_dir(&src_dir)
+        .with_context(|| format!("cannot read {}", link.from.join(rel).display()))?
+        .map(|e| {
+            let e = e?;
+            Ok((e.file_name(), e.file_type()?))
+        })
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("cannot read {}", link.from.join(rel).display()))?;
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, ftype) in &entries {
+        let rel = rel.join(name);
+        let target = link.to.join(&rel);
+        let host = to_host.join(&rel);
+        let found = if fresh { None } else { what_is(&host)? };
+        if ftype.is_dir() {
+            let sub_fresh = match &found {
+                Some((InTheWay::Directory, _)) => false,
+                other => {
+                    plan.changes.push(Change::Dir {
+                        dir: target,
+                        in_way: other.as_ref().map(|(kind, _)| *kind),
+                    });
+                    true
+                }
+            };
+            walk(link, src_host, to_host, &rel, sub_fresh, plan)?;
+        } else {
+            // Files and symlinks of the source alike: consumers follow the link.
+            let dest = link.from.join(&rel);
+            warn_ignored(&target, &src_host.join(&rel), plan);
+            let in_way = match &found {
+                None => None,
+                Some((InTheWay::Symlink, _)) => {
+                    let cur = fs::read_link(&host)
+                        .with_context(|| format!("cannot read link {}", target.display()))?;
+                    if cur == dest {
+                        continue;
+                    }
+                    Some(InTheWay::Symlink)
+                }
+                Some((kind, _)) => Some(*kind),
+            };
+            plan.changes.push(Change::Link {
+                link: target,
+                dest,
+                in_way,
+            });
+        }
+    }
+    if !fresh {
+        stale_links(link, to_host, rel, &entries, plan)?;
+    }
+    Ok(())
+}
+
+/// Links in the target directory `rel` that point into `from` at a file that is gone.
+fn stale_links(
+    link: &Link,
+    to_host: &Path,
+    rel: &Path,
+    src_entries: &[(std::ffi::OsString, fs::FileType)],
+    plan: &mut Plan<Change>,
+) -> Result<()> {
+    let dir = to_host.join(rel);
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let mut stale = Vec::new();
+    for e in rd {
+        let e = e.with_context(|| format!("cannot read {}", link.to.join(rel).display()))?;
+        if src_entries.iter().any(|(n, _)| *n == e.file_name()) {
+            continue;
+        }
+        if !e.file_type().map(|t| t.is_symlink()).unwrap_or(false) {
+            continue;
+        }
+        let Ok(dest) = fs::read_link(e.path()) else {
+            continue;
+        };
+        if dest.starts_with(&*link.from) {
+            stale.push(Change::RemoveStale {
+                link: link.to.join(rel).join(e.file_name()),
+                dest,
+            });
+        }
+    }
+    stale.sort_by_key(|c| c.to_string());
+    plan.changes.extend(stale);
+    Ok(())
+}
+
+/// Warn about files that cron or logrotate will silently ignore once linked.
+fn warn_ignored(target: &Path, src_host: &Path, plan: &mut Plan<Change>) {
+    let Some(dir) = target.parent() else { return };
+    let in_cron = dir == Path::new("/etc/cron.d");
+    let in_logrotate = dir == Path::new("/etc/logrotate.d");
+    if !in_cron && !in_logrotate {
+        return;
+    }
+    let name = target.file_name().unwrap_or_default().to_string_lossy();
+    if in_cron
+        && !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    {
+        plan.warnings.push(format!(
+            "{}: cron ignores files in cron.d whose names are not run-parts-clean (letters, digits, _ and - only)",
+            target.display()
+        ));
+    }
+    if let Ok(m) = fs::metadata(src_host) {
+        let consumer = if in_cron { "cron" } else { "logrotate" };
+        if m.uid() != 0 {
+            plan.warnings.push(format!(
+                "{}: {consumer} ignores it: owned by uid {}, not root",
+                target.display(),
+                m.uid()
+            ));
+        }
+        if m.permissions().mode() & 0o022 != 0 {
+            plan.warnings.push(format!(
+                "{}: {consumer} ignores it: group- or world-writable (mode {:o})",
+                target.display(),
+                m.permissions().mode() & 0o7777
+            ));
+        }
+    }
+}
+
+/// Move what is at `target` (host path `host`) under the backup directory, keeping its path.
+fn back_up(ctx: &Ctx, target: &Path, host: &Path) -> Result<PathBuf> {
+    let base = ctx
+        .root
+        .path(Path::new(BACKUP_DIR))
+        .join(target.strip_prefix("/").unwrap_or(target));
+    let mut dest = base.clone();
+    let mut n = 1;
+    while fs::symlink_metadata(&dest).is_ok() {
+        let mut name = base.file_name().unwrap_or_default().to_os_string();
+        name.push(format!(".{n}"));
+        dest = base.with_file_name(name);
+        n += 1;
+    }
+    if let Some(parent) = dest.parent() {
+        fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    fs::rename(host, &dest)
+        .with_context(|| format!("cannot move {} to {}", target.display(), dest.display()))?;
+    Ok(dest)
+}
+
+fn apply_one(ctx: &Ctx, change: &Change) -> Result<()> {
+    match change {
+        Change::Dir { dir, in_way } => {
+            let host = ctx.root.path(dir);
+            if in_way.is_some() && what_is(&host)?.is_some() {
+                back_up(ctx, dir, &host)?;
+            }
+            fs::create_dir(&host)
+                .with_context(|| format!("cannot create directory {}", dir.display()))
+        }
+        Change::Link { link, dest, in_way } => {
+            let host = ctx.root.path(link);
+            if in_way.is_some() && what_is(&host)?.is_some() {
+                back_up(ctx, link, &host)?;
+            }
+            std::os::unix::fs::symlink(dest, &host)
+                .with_context(|| format!("cannot link {} -> {}", link.display(), dest.display()))
+        }
+        Change::RemoveStale { link, .. } => {
+            let host = ctx.root.path(link);
+            fs::remove_file(&host).with_context(|| format!("cannot remove {}", link.display()))
+        }
+    }
+}
+
+/// The report line of a change that was made.
+fn past(change: &Change) -> String {
+    match change {
+        Change::Dir { dir, in_way: None } => format!("created directory {}", dir.display()),
+        Change::Dir {
+            dir,
+            in_way: Some(w),
+        } => format!(
+            "backed up the {w} at {} under {BACKUP_DIR} and created a directory there",
+            dir.display()
+        ),
+        Change::Link {
+            link,
+            dest,
+            in_way: None,
+        } => {
+            format!("linked {} -> {}", link.display(), dest.display())
+        }
+        Change::Link {
+            link,
+            dest,
+            in_way: Some(w),
+        } => format!(
+            "backed up the {w} at {} under {BACKUP_DIR} and linked it -> {}",
+            link.display(),
+            dest.display()
+        ),
+        Change::RemoveStale { link, dest } => format!(
+            "removed {} -> {} (its source is gone)",
+            link.display(),
+            dest.display()
+        ),
     }
 }

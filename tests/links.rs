@@ -1,0 +1,329 @@
+//! The links step through the binary, on scratch roots with real files and symlinks.
+
+mod common;
+use common::*;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+const CONFIG: &str = "version: 1\nlinks:\n  - { from: /opt/openlibrary/olsystem/etc, to: /etc }\n";
+
+/// A scratch root with an olsystem deploy behind the `olsystem` symlink (absolute, as on the
+/// fleet) and a config file outside it.
+struct Scratch {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+}
+
+impl Scratch {
+    fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let etc = root.join("opt/openlibrary/deploys/olsystem/3f2a1b/etc");
+        write(&etc.join("nginx/nginx.conf"), "worker_processes 4;\n");
+        write(
+            &etc.join("nginx/sites-available/openlibrary.conf"),
+            "server {}\n",
+        );
+        write(&etc.join("haproxy/haproxy.cfg"), "global\n");
+        write(&etc.join("openlibrary.yml"), "db: x\n");
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        symlink(
+            "/opt/openlibrary/deploys/olsystem/3f2a1b",
+            root.join("opt/openlibrary/olsystem"),
+        )
+        .unwrap();
+        let config = dir.path().join("olboot.yaml");
+        write(&config, CONFIG);
+        Scratch {
+            _dir: dir,
+            root,
+            config,
+        }
+    }
+
+    fn etc_src(&self) -> PathBuf {
+        self.root
+            .join("opt/openlibrary/deploys/olsystem/3f2a1b/etc")
+    }
+
+    fn olboot(&self, cmd: &str) -> std::process::Output {
+        let mut args = vec![
+            cmd,
+            "-c",
+            self.config.to_str().unwrap(),
+            "--root",
+            self.root.to_str().unwrap(),
+            "--host",
+            "ol-www0",
+        ];
+        if cmd == "apply" {
+            args.push("--json");
+        }
+        run(&args, None)
+    }
+
+    fn link(&self, rel: &str) -> PathBuf {
+        std::fs::read_link(self.root.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+    }
+}
+
+#[test]
+fn links_then_rerun_is_unchanged() {
+    let s = Scratch::new();
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r = report(&o);
+    assert_eq!(r["result"], "changed");
+    assert_eq!(step(&r, "links")["result"], "changed");
+    // Links point through `from` as written, never at the deploy, never with the root prefix.
+    assert_eq!(
+        s.link("etc/nginx/nginx.conf"),
+        Path::new("/opt/openlibrary/olsystem/etc/nginx/nginx.conf")
+    );
+    assert_eq!(
+        s.link("etc/nginx/sites-available/openlibrary.conf"),
+        Path::new("/opt/openlibrary/olsystem/etc/nginx/sites-available/openlibrary.conf")
+    );
+    assert!(
+        std::fs::symlink_metadata(s.root.join("etc/nginx"))
+            .unwrap()
+            .is_dir(),
+        "directories are created, not linked"
+    );
+    // The report is on disk, and `status` reads it.
+    let st = run(
+        &["status", "--root", s.root.to_str().unwrap(), "--json"],
+        None,
+    );
+    assert_eq!(code(&st), 0);
+    assert_eq!(report(&st)["result"], "changed");
+
+    let again = s.olboot("apply");
+    assert_eq!(code(&again), 0);
+    let r = report(&again);
+    assert_eq!(r["result"], "unchanged", "{r}");
+    assert_eq!(step(&r, "links")["changes"].as_array().unwrap().len(), 0);
+    let p = s.olboot("plan");
+    assert_eq!(code(&p), 0, "plan of a converged system exits 0");
+    assert_eq!(report(&p)["result"], "unchanged");
+}
+
+#[test]
+fn plan_changes_nothing_and_lists_what_apply_does() {
+    let s = Scratch::new();
+    write(&s.root.join("etc/openlibrary.yml"), "hand edited\n");
+    let before = snapshot(&s.root);
+    let p = s.olboot("plan");
+    assert_eq!(code(&p), 3, "pending changes: exit 3; {}", stderr(&p));
+    assert_eq!(snapshot(&s.root), before, "plan touched the root");
+    let planned: Vec<String> = step(&report(&p), "links")["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert!(planned.contains(&"back up the file at /etc/openlibrary.yml and link it -> /opt/openlibrary/olsystem/etc/openlibrary.yml".to_string()), "{planned:?}");
+    let a = s.olboot("apply");
+    let done = step(&report(&a), "links")["changes"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        done,
+        planned.len(),
+        "apply makes exactly the planned changes"
+    );
+}
+
+#[test]
+fn things_in_the_way_are_backed_up_and_never_written_through() {
+    let s = Scratch::new();
+    // A migrated VM: a whole directory linked, pointing at an old directory with a file.
+    write(&s.root.join("srv/old-sites/legacy.conf"), "old\n");
+    write(
+        &s.root.join("etc/nginx/nginx.conf"),
+        "distribution default\n",
+    );
+    symlink("/srv/old-sites", s.root.join("etc/nginx/sites-available")).unwrap();
+    // A wrong link.
+    symlink("/nowhere", s.root.join("etc/openlibrary.yml")).unwrap();
+    let old_sites = snapshot(&s.root.join("srv/old-sites"));
+
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        snapshot(&s.root.join("srv/old-sites")),
+        old_sites,
+        "wrote through the directory symlink"
+    );
+    let sa = s.root.join("etc/nginx/sites-available");
+    assert!(std::fs::symlink_metadata(&sa).unwrap().is_dir());
+    assert_eq!(
+        std::fs::read_link(sa.join("openlibrary.conf")).unwrap(),
+        Path::new("/opt/openlibrary/olsystem/etc/nginx/sites-available/openlibrary.conf")
+    );
+    let backup = s.root.join("var/lib/olboot/backup/etc");
+    assert_eq!(
+        std::fs::read_to_string(backup.join("nginx/nginx.conf")).unwrap(),
+        "distribution default\n"
+    );
+    assert_eq!(
+        std::fs::read_link(backup.join("nginx/sites-available")).unwrap(),
+        Path::new("/srv/old-sites")
+    );
+    assert_eq!(
+        std::fs::read_link(backup.join("openlibrary.yml")).unwrap(),
+        Path::new("/nowhere")
+    );
+    assert_eq!(report(&s.olboot("apply"))["result"], "unchanged");
+}
+
+#[test]
+fn a_second_backup_does_not_overwrite_the_first() {
+    let s = Scratch::new();
+    write(&s.root.join("etc/openlibrary.yml"), "one\n");
+    assert_eq!(code(&s.olboot("apply")), 0);
+    std::fs::remove_file(s.root.join("etc/openlibrary.yml")).unwrap();
+    write(&s.root.join("etc/openlibrary.yml"), "two\n");
+    assert_eq!(code(&s.olboot("apply")), 0);
+    let b = s.root.join("var/lib/olboot/backup/etc");
+    assert_eq!(
+        std::fs::read_to_string(b.join("openlibrary.yml")).unwrap(),
+        "one\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("openlibrary.yml.1")).unwrap(),
+        "two\n"
+    );
+}
+
+#[test]
+fn a_file_gone_from_the_source_is_reported_and_unlinked() {
+    let s = Scratch::new();
+    assert_eq!(code(&s.olboot("apply")), 0);
+    std::fs::remove_file(s.etc_src().join("haproxy/haproxy.cfg")).unwrap();
+    let p = s.olboot("plan");
+    assert_eq!(code(&p), 3);
+    let changes = step(&report(&p), "links")["changes"].to_string();
+    assert!(
+        changes.contains("remove /etc/haproxy/haproxy.cfg -> /opt/openlibrary/olsystem/etc/haproxy/haproxy.cfg (its source is gone)"),
+        "{changes}"
+    );
+    assert_eq!(code(&s.olboot("apply")), 0);
+    assert!(std::fs::symlink_metadata(s.root.join("etc/haproxy/haproxy.cfg")).is_err());
+    // A link somebody else made into another place is not ours to remove.
+    symlink("/usr/share/x", s.root.join("etc/haproxy/other.cfg")).unwrap();
+    assert_eq!(report(&s.olboot("apply"))["result"], "unchanged");
+}
+
+#[test]
+fn switching_the_deploy_needs_no_relinking() {
+    let s = Scratch::new();
+    assert_eq!(code(&s.olboot("apply")), 0);
+    let new = s.root.join("opt/openlibrary/deploys/olsystem/9c8d7e/etc");
+    for f in [
+        "nginx/nginx.conf",
+        "nginx/sites-available/openlibrary.conf",
+        "haproxy/haproxy.cfg",
+        "openlibrary.yml",
+    ] {
+        write(&new.join(f), "new deploy\n");
+    }
+    let olsystem = s.root.join("opt/openlibrary/olsystem");
+    std::fs::remove_file(&olsystem).unwrap();
+    symlink("/opt/openlibrary/deploys/olsystem/9c8d7e", &olsystem).unwrap();
+    assert_eq!(report(&s.olboot("apply"))["result"], "unchanged");
+}
+
+#[test]
+fn files_cron_and_logrotate_would_ignore_are_warned_about() {
+    let s = Scratch::new();
+    let cron = s.etc_src().join("cron.d/openlibrary.ol_home0");
+    write(&cron, "* * * * * root true\n");
+    let lr = s.etc_src().join("logrotate.d/nginx");
+    write(&lr, "/var/log/nginx/*.log {}\n");
+    std::fs::set_permissions(&lr, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0);
+    let w = step(&report(&o), "links")["warnings"].to_string();
+    assert!(w.contains("/etc/cron.d/openlibrary.ol_home0: cron ignores files in cron.d whose names are not run-parts-clean"), "{w}");
+    assert!(
+        w.contains(
+            "/etc/logrotate.d/nginx: logrotate ignores it: group- or world-writable (mode 664)"
+        ),
+        "{w}"
+    );
+    assert!(
+        !w.contains("cron.d/openlibrary.ol_home0: cron ignores it: group"),
+        "mode 644 is fine: {w}"
+    );
+    assert!(stderr(&o).contains("WARN"), "warnings are logged too");
+}
+
+#[test]
+fn missing_source_fails_the_step() {
+    let s = Scratch::new();
+    std::fs::remove_file(s.root.join("opt/openlibrary/olsystem")).unwrap();
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 1);
+    let r = report(&o);
+    assert_eq!(r["result"], "failed");
+    let e = step(&r, "links")["error"].as_str().unwrap().to_string();
+    assert!(e.contains("/opt/openlibrary/olsystem/etc"), "{e}");
+}
+
+#[test]
+fn links_wait_for_a_failed_opt() {
+    let s = Scratch::new();
+    write(
+        &s.config,
+        &format!("{CONFIG}opt:\n  path: /1/opt\n  expose: symlink\n  archive: {{ urls: [\"file:///nonexistent/opt.tar.zst\"] }}\n"),
+    );
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 1);
+    let r = report(&o);
+    assert_eq!(step(&r, "opt")["result"], "failed");
+    assert_eq!(step(&r, "links")["result"], "skipped");
+    assert_eq!(step(&r, "links")["error"], "needs opt, which failed");
+    // --only links runs it alone.
+    let o = run(
+        &[
+            "apply",
+            "-c",
+            s.config.to_str().unwrap(),
+            "--root",
+            s.root.to_str().unwrap(),
+            "--host",
+            "x",
+            "--only",
+            "links",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let r = report(&o);
+    assert_eq!(r["steps"].as_array().unwrap().len(), 1);
+    assert_eq!(step(&r, "links")["result"], "changed");
+}
+
+#[test]
+fn converged_rerun_over_hundreds_of_files_changes_nothing() {
+    let s = Scratch::new();
+    for d in 0..20 {
+        for f in 0..20 {
+            write(&s.etc_src().join(format!("d{d}/f{f}.conf")), "x\n");
+        }
+    }
+    let first = report(&s.olboot("apply"));
+    assert_eq!(
+        step(&first, "links")["changes"].as_array().unwrap().len(),
+        20 + 400 + 4 + 3,
+        "dirs and links"
+    );
+    let before = snapshot(&s.root.join("etc"));
+    let r = report(&s.olboot("apply"));
+    assert_eq!(r["result"], "unchanged");
+    assert_eq!(snapshot(&s.root.join("etc")), before);
+}
