@@ -45,6 +45,9 @@ pub fn agent(tuning: &Tuning, ca_file: Option<&Path>) -> Result<ureq::Agent> {
     }
     let tls = TlsConfig::builder()
         .root_certs(RootCerts::new_with_certs(&roots))
+        .unversioned_rustls_crypto_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
         .build();
     let config = ureq::Agent::config_builder()
         .tls_config(tls)
