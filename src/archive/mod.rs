@@ -99,7 +99,13 @@ pub fn install(
 /// Sync the unpacked tree, rename it into place and sync the directory holding it.
 fn finish(staging: &Path, dest: &Path) -> Result<()> {
     let dir = File::open(staging).with_context(|| format!("cannot open {}", staging.display()))?;
+    let started = std::time::Instant::now();
     rustix::fs::syncfs(&dir).with_context(|| format!("cannot sync {}", staging.display()))?;
+    log::info!(
+        "synced {} in {:.1}s",
+        staging.display(),
+        started.elapsed().as_secs_f64()
+    );
     fs::rename(staging, dest)
         .with_context(|| format!("cannot rename {} to {}", staging.display(), dest.display()))?;
     if let Some(parent) = dest.parent() {
@@ -218,7 +224,13 @@ fn pipeline(
             tar_w.finish()?;
             Ok(format)
         });
+        let started = std::time::Instant::now();
         let unpacked = unpack::unpack(tar_r, staging);
+        log::info!(
+            "unpacked into {} in {:.1}s",
+            staging.display(),
+            started.elapsed().as_secs_f64()
+        );
         let fetched = fetcher.join().expect("the fetch thread panicked");
         let format = decompressor.join().expect("the decompress thread panicked");
         // Report the cause: the first failure that is not an echo of another one.

@@ -10,7 +10,8 @@ use std::io::{self, BufRead, Read, Write};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 
 enum Msg {
-    Data(Vec<u8>),
+    /// A buffer and how many of its bytes are data.
+    Data(Vec<u8>, usize),
     End,
 }
 
@@ -33,20 +34,23 @@ pub fn pipe(buffers: usize, size: usize) -> (PipeWriter, PipeReader) {
     let (free_tx, free_rx) = sync_channel(buffers + 1);
     for _ in 0..buffers {
         // Cannot fail: the channel has room for all of them and the receiver is alive.
-        let _ = free_tx.send(Vec::with_capacity(size));
+        // Buffers keep their full length: only `filled`/`end` say how much is data, so
+        // nothing is zeroed again after this.
+        let _ = free_tx.send(vec![0; size]);
     }
     (
         PipeWriter {
             data: data_tx,
             free: free_rx,
             cur: Vec::new(),
-            size,
+            filled: 0,
         },
         PipeReader {
             data: data_rx,
             free: free_tx,
             cur: Vec::new(),
             pos: 0,
+            end: 0,
             ended: false,
         },
     )
@@ -56,22 +60,24 @@ pub fn pipe(buffers: usize, size: usize) -> (PipeWriter, PipeReader) {
 pub struct PipeWriter {
     data: SyncSender<Msg>,
     free: Receiver<Vec<u8>>,
+    /// The buffer being filled (empty when none is held).
     cur: Vec<u8>,
-    size: usize,
+    filled: usize,
 }
 
 impl PipeWriter {
-    /// A buffer with room in it, waiting for the reader to return one if needed.
-    fn room(&mut self) -> io::Result<()> {
-        if self.cur.capacity() == 0 {
+    /// The free part of a buffer, waiting for the reader to return one if needed.
+    fn room(&mut self) -> io::Result<&mut [u8]> {
+        if self.cur.is_empty() {
             self.cur = self.free.recv().map_err(|_| closed())?;
-            self.cur.clear();
+            self.filled = 0;
         }
-        Ok(())
+        Ok(&mut self.cur[self.filled..])
     }
 
-    fn send_full(&mut self) -> io::Result<()> {
-        if self.cur.len() >= self.size {
+    fn filled(&mut self, n: usize) -> io::Result<()> {
+        self.filled += n;
+        if self.filled == self.cur.len() {
             self.flush()?;
         }
         Ok(())
@@ -79,18 +85,8 @@ impl PipeWriter {
 
     /// Read once from `r` straight into the pipe's buffer; returns 0 at the end of `r`.
     pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
-        self.room()?;
-        let len = self.cur.len();
-        self.cur.resize(self.size, 0);
-        let n = match r.read(&mut self.cur[len..]) {
-            Ok(n) => n,
-            Err(e) => {
-                self.cur.truncate(len);
-                return Err(e);
-            }
-        };
-        self.cur.truncate(len + n);
-        self.send_full()?;
+        let n = r.read(self.room()?)?;
+        self.filled(n)?;
         Ok(n)
     }
 
@@ -116,17 +112,20 @@ impl PipeWriter {
 
 impl Write for PipeWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.room()?;
-        let n = buf.len().min(self.size - self.cur.len());
-        self.cur.extend_from_slice(&buf[..n]);
-        self.send_full()?;
+        let room = self.room()?;
+        let n = buf.len().min(room.len());
+        room[..n].copy_from_slice(&buf[..n]);
+        self.filled(n)?;
         Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        if !self.cur.is_empty() {
+        if self.filled > 0 {
             let full = std::mem::take(&mut self.cur);
-            self.data.send(Msg::Data(full)).map_err(|_| closed())?;
+            self.data
+                .send(Msg::Data(full, self.filled))
+                .map_err(|_| closed())?;
+            self.filled = 0;
         }
         Ok(())
     }
@@ -138,32 +137,34 @@ pub struct PipeReader {
     free: SyncSender<Vec<u8>>,
     cur: Vec<u8>,
     pos: usize,
+    end: usize,
     ended: bool,
 }
 
 impl BufRead for PipeReader {
     fn fill_buf(&mut self) -> io::Result<&[u8]> {
-        while self.pos >= self.cur.len() && !self.ended {
-            let next = match self.data.recv() {
-                Ok(Msg::Data(v)) => v,
+        while self.pos >= self.end && !self.ended {
+            let (next, end) = match self.data.recv() {
+                Ok(Msg::Data(v, n)) => (v, n),
                 Ok(Msg::End) => {
                     self.ended = true;
-                    Vec::new()
+                    (Vec::new(), 0)
                 }
                 Err(_) => return Err(closed()),
             };
             let used = std::mem::replace(&mut self.cur, next);
             self.pos = 0;
-            if used.capacity() > 0 {
+            self.end = end;
+            if !used.is_empty() {
                 // The writer may be gone already (it finished): nothing to give back then.
                 let _ = self.free.try_send(used);
             }
         }
-        Ok(&self.cur[self.pos..])
+        Ok(&self.cur[self.pos..self.end])
     }
 
     fn consume(&mut self, amt: usize) {
-        self.pos = (self.pos + amt).min(self.cur.len());
+        self.pos = (self.pos + amt).min(self.end);
     }
 }
 

@@ -53,6 +53,7 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
         chown: rustix::process::geteuid().is_root(),
         buf: vec![0; 256 * 1024],
         stats: Stats::default(),
+        flusher: Flusher::start(dir)?,
     };
     let mut ar = tar::Archive::new(r);
     for entry in ar.entries().context("cannot read the tar stream")? {
@@ -76,6 +77,63 @@ struct Unpacker {
     chown: bool,
     buf: Vec<u8>,
     stats: Stats,
+    flusher: Flusher,
+}
+
+/// Starts the writeback of what was unpacked while unpacking goes on: after every
+/// [`FLUSH_EVERY`] bytes, a background thread syncs the filesystem. Without it, all the data
+/// would wait in the page cache for the final sync; with it, the disk works while the CPU
+/// decompresses, and the final sync before the rename has little left to do.
+struct Flusher {
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    since: usize,
+}
+
+/// Bytes written between two background syncs.
+const FLUSH_EVERY: usize = 64 << 20;
+
+impl Flusher {
+    fn start(dir: &Path) -> Result<Flusher> {
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("cannot open {}", dir.display()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::spawn(move || {
+            while rx.recv().is_ok() {
+                // Errors surface in the final sync, which is checked.
+                let _ = rustix::fs::syncfs(&fd);
+            }
+        });
+        Ok(Flusher {
+            tx: Some(tx),
+            thread: Some(thread),
+            since: 0,
+        })
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.since += n;
+        if self.since >= FLUSH_EVERY {
+            self.since = 0;
+            if let Some(tx) = &self.tx {
+                // Busy with the previous sync: this one is folded into the next.
+                let _ = tx.try_send(());
+            }
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// `name` as a relative path of normal components; `..`, absolute names and NUL are refused.
@@ -169,6 +227,7 @@ impl Unpacker {
                     file.write_all(&self.buf[..n])
                         .context("cannot write the file")?;
                     self.stats.bytes += n as u64;
+                    self.flusher.wrote(n);
                 }
                 self.set_meta_fd(&file, meta)?;
             }
