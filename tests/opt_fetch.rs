@@ -329,7 +329,7 @@ fn https_needs_the_ca_file_of_an_internal_mirror() {
     let url = format!("https://127.0.0.1:{}/opt.tar.zst", srv.port);
 
     let s = Scratch::new();
-    let cfg = s.config(&[url.clone()], Some(&p.sha256), "", "symlink");
+    let cfg = s.config(std::slice::from_ref(&url), Some(&p.sha256), "", "symlink");
     let out = s.apply(&cfg);
     assert_eq!(out.status.code(), Some(1));
     let err = opt_step(&s.root())["error"].as_str().unwrap().to_string();
