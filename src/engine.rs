@@ -154,8 +154,11 @@ pub fn run_step<S: Step>(step: &S, ctx: &Ctx, mode: Mode) -> StepReport {
                 log::warn!("{}: {w}", S::NAME);
             }
             report.warnings = plan.warnings;
+            let failures = plan.failures;
             if plan.changes.is_empty() {
-                log::info!("{}: unchanged", S::NAME);
+                if failures.is_empty() {
+                    log::info!("{}: unchanged", S::NAME);
+                }
             } else if mode == Mode::Plan {
                 report.result = Outcome::Pending;
                 report.changes = plan.changes.iter().map(|c| c.to_string()).collect();
@@ -166,13 +169,17 @@ pub fn run_step<S: Step>(step: &S, ctx: &Ctx, mode: Mode) -> StepReport {
                 let mut done = Done::new(S::NAME);
                 let r = step.apply(ctx, plan.changes, &mut done);
                 report.changes = done.lines;
-                match r {
-                    Ok(()) => report.result = Outcome::Changed,
-                    Err(e) => {
-                        report.result = Outcome::Failed;
-                        report.error = Some(format!("{e:#}"));
-                    }
+                report.result = Outcome::Changed;
+                if let Err(e) = r {
+                    report.result = Outcome::Failed;
+                    report.error = Some(format!("{e:#}"));
                 }
+            }
+            if !failures.is_empty() {
+                report.result = Outcome::Failed;
+                let mut all: Vec<String> = report.error.take().into_iter().collect();
+                all.extend(failures);
+                report.error = Some(all.join("; "));
             }
         }
     }

@@ -22,13 +22,17 @@ pub struct Ctx<'a> {
     pub tuning: &'a Tuning,
 }
 
-/// What a step found: the changes to make, and things that are not wrong enough to change but
-/// that an operator should know (a config file its consumer will ignore, say).
+/// What a step found: the changes to make, things that are not wrong enough to change but that
+/// an operator should know (a config file its consumer will ignore, say), and parts that cannot
+/// be converged (one volume of two holds a foreign filesystem). The engine makes the changes
+/// of the other parts and then fails the step with `failures`.
 pub struct Plan<C> {
     /// The changes, in the order `apply` makes them.
     pub changes: Vec<C>,
     /// Warnings for the log and the report.
     pub warnings: Vec<String>,
+    /// Parts of the step that fail, each a one-line reason naming the part.
+    pub failures: Vec<String>,
 }
 
 impl<C> Default for Plan<C> {
@@ -36,6 +40,7 @@ impl<C> Default for Plan<C> {
         Plan {
             changes: Vec::new(),
             warnings: Vec::new(),
+            failures: Vec::new(),
         }
     }
 }

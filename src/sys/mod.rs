@@ -1,9 +1,14 @@
-//! Thin wrappers over the system: external commands, files, mounts and `/etc/fstab`.
+//! Thin wrappers over the system: external commands, files, block devices, mounts,
+//! `/etc/fstab` and `nft`.
 //! Steps call these instead of the standard library or `rustix` directly, so that every
 //! failure carries the command, path or device it was about.
 
+pub mod apt;
+pub mod blockdev;
+pub mod chroot;
 pub mod cmd;
 pub mod fs;
 pub mod fstab;
 pub mod http;
 pub mod mount;
+pub mod nft;

@@ -69,6 +69,56 @@ pub fn mount(device: &Path, target: &Path, fstype: &str, options: &str) -> Resul
     })
 }
 
+/// Mount the filesystem on `device` at `target` with fstab-style `options` (`noatime`,
+/// `ro`, `discard`, ...): the generic ones become mount flags, the rest go to the filesystem
+/// as its data string, as mount(8) does. Options that only mean something to mount(8) or
+/// fstab (`defaults`, `nofail`, `auto`, `x-*`, ...) are left out.
+pub fn mount_with(device: &Path, target: &Path, fstype: &str, options: &[String]) -> Result<()> {
+    let (flags, data) = split_options(options);
+    let data = std::ffi::CString::new(data.join(","))
+        .with_context(|| format!("mount options {options:?} contain a NUL byte"))?;
+    rustix::mount::mount(device, target, fstype, flags, Some(data.as_c_str())).with_context(|| {
+        format!(
+            "cannot mount {} ({fstype}, options {}) at {}",
+            device.display(),
+            if options.is_empty() {
+                "defaults".to_string()
+            } else {
+                options.join(",")
+            },
+            target.display()
+        )
+    })
+}
+
+/// Split fstab-style options into mount flags and the filesystem's own options.
+pub fn split_options(options: &[String]) -> (MountFlags, Vec<String>) {
+    let mut flags = MountFlags::empty();
+    let mut data = Vec::new();
+    for o in options {
+        match o.as_str() {
+            "defaults" | "rw" | "auto" | "noauto" | "nofail" | "user" | "nouser" | "users"
+            | "owner" | "group" | "_netdev" | "async" | "suid" | "dev" | "exec" | "atime"
+            | "diratime" | "nolazytime" | "nostrictatime" => {}
+            "ro" => flags |= MountFlags::RDONLY,
+            "nosuid" => flags |= MountFlags::NOSUID,
+            "nodev" => flags |= MountFlags::NODEV,
+            "noexec" => flags |= MountFlags::NOEXEC,
+            "sync" => flags |= MountFlags::SYNCHRONOUS,
+            "dirsync" => flags |= MountFlags::DIRSYNC,
+            "noatime" => flags |= MountFlags::NOATIME,
+            "nodiratime" => flags |= MountFlags::NODIRATIME,
+            "relatime" => flags |= MountFlags::RELATIME,
+            "strictatime" => flags |= MountFlags::STRICTATIME,
+            "lazytime" => flags |= MountFlags::LAZYTIME,
+            "nosymfollow" => flags |= MountFlags::NOSYMFOLLOW,
+            o if o.starts_with("x-") || o.starts_with("comment=") => {}
+            o => data.push(o.to_string()),
+        }
+    }
+    (flags, data)
+}
+
 /// Bind-mount `source` at `target`.
 pub fn bind(source: &Path, target: &Path) -> Result<()> {
     rustix::mount::mount_bind(source, target).with_context(|| {
@@ -109,6 +159,23 @@ pub(crate) fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn splits_generic_options_from_filesystem_ones() {
+        let o: Vec<String> = [
+            "noatime",
+            "nofail",
+            "discard",
+            "ro",
+            "x-systemd.device-timeout=5",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let (flags, data) = split_options(&o);
+        assert_eq!(flags, MountFlags::NOATIME | MountFlags::RDONLY);
+        assert_eq!(data, vec!["discard".to_string()]);
+    }
 
     #[test]
     fn parses_mountinfo_lines() {

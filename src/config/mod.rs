@@ -1,0 +1,422 @@
+//! The config file: parsing, the fleet's host patterns and roles, merging, and validation.
+//!
+//! Every mistake is a [`Invalid`] error naming the source (file, `-` or URL) and the key;
+//! syntax and type errors also carry the line and column that the YAML parser reports.
+//! Values are checked while they are parsed (absolute paths, ports, CIDRs, durations: see
+//! [`values`]), so a [`HostConfig`] that exists is one the steps can trust.
+
+use anyhow::{Context, Result};
+use indexmap::IndexMap;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::fmt;
+
+mod pattern;
+mod steps;
+pub mod values;
+
+pub use pattern::HostPattern;
+pub use steps::*;
+pub use values::*;
+
+/// A config error: the run stops with exit code 2 before anything is touched.
+#[derive(Debug)]
+pub struct Invalid(pub String);
+
+impl fmt::Display for Invalid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Invalid {}
+
+fn invalid(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Invalid(msg.into()))
+}
+
+/// A parsed config file and where it came from.
+#[derive(Debug)]
+pub struct Config {
+    /// The file path, `-` or URL it was read from, for messages.
+    pub source: String,
+    /// sha256 of the file's bytes, for the report.
+    pub sha256: String,
+    file: File,
+}
+
+/// The steps of one host, after its roles were merged in order.
+#[derive(Debug, Clone, Default)]
+pub struct HostConfig {
+    /// Firewall rules, if the firewall step is configured.
+    pub firewall: Option<Firewall>,
+    /// Data volumes, in order.
+    pub volumes: Vec<Volume>,
+    /// The `/opt` tree, if configured.
+    pub opt: Option<Opt>,
+    /// Packages, if configured.
+    pub packages: Option<Packages>,
+    /// olsystem links, in order.
+    pub links: Vec<Link>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: u32,
+    hosts: Option<IndexMap<String, Vec<String>>>,
+    roles: Option<IndexMap<String, Role>>,
+    firewall: Option<Firewall>,
+    volumes: Option<Vec<Volume>>,
+    opt: Option<Opt>,
+    packages: Option<Packages>,
+    links: Option<Vec<Link>>,
+}
+
+/// The steps a role (or a single-host file) sets; what it leaves out, it does not change.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Role {
+    firewall: Option<Firewall>,
+    volumes: Option<Vec<Volume>>,
+    opt: Option<Opt>,
+    packages: Option<Packages>,
+    links: Option<Vec<Link>>,
+}
+
+impl Config {
+    /// Parse config text read from `source` (a path, `-` or a URL, used in messages).
+    pub fn parse(source: &str, text: &str) -> Result<Config> {
+        let file: File =
+            serde_yaml::from_str(text).map_err(|e| invalid(format!("{source}: {e}")))?;
+        let cfg = Config {
+            source: source.to_string(),
+            sha256: hex(&Sha256::digest(text.as_bytes())),
+            file,
+        };
+        cfg.check_shape()?;
+        Ok(cfg)
+    }
+
+    /// Read and parse the config at `source`: a path, `-` for standard input, or an
+    /// `http(s)://` URL.
+    pub fn load(source: &str) -> Result<Config> {
+        let text = if source == "-" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| invalid(format!("-: cannot read standard input: {e}")))?;
+            s
+        } else if source.starts_with("http://") || source.starts_with("https://") {
+            crate::sys::http::get_text(source).map_err(|e| invalid(format!("{e:#}")))?
+        } else {
+            std::fs::read_to_string(source).map_err(|e| invalid(format!("{source}: {e}")))?
+        };
+        Config::parse(source, &text)
+    }
+
+    fn err(&self, key: &str, msg: impl fmt::Display) -> anyhow::Error {
+        invalid(format!("{}: {key}: {msg}", self.source))
+    }
+
+    fn single(&self) -> Role {
+        let f = &self.file;
+        Role {
+            firewall: f.firewall.clone(),
+            volumes: f.volumes.clone(),
+            opt: f.opt.clone(),
+            packages: f.packages.clone(),
+            links: f.links.clone(),
+        }
+    }
+
+    fn is_fleet(&self) -> bool {
+        self.file.hosts.is_some() || self.file.roles.is_some()
+    }
+
+    /// The fleet/single-host shape and the role references, checked once after parsing.
+    fn check_shape(&self) -> Result<()> {
+        let f = &self.file;
+        if f.version != 1 {
+            return Err(self.err(
+                "version",
+                format!("version {} is not supported (only 1)", f.version),
+            ));
+        }
+        if !self.is_fleet() {
+            return Ok(());
+        }
+        let steps = [
+            ("firewall", f.firewall.is_some()),
+            ("volumes", f.volumes.is_some()),
+            ("opt", f.opt.is_some()),
+            ("packages", f.packages.is_some()),
+            ("links", f.links.is_some()),
+        ];
+        if let Some((k, _)) = steps.iter().find(|(_, set)| *set) {
+            return Err(self.err(
+                k,
+                "a fleet file (with hosts/roles) keeps steps inside roles",
+            ));
+        }
+        let hosts = f
+            .hosts
+            .as_ref()
+            .ok_or_else(|| self.err("hosts", "missing: a fleet file needs hosts"))?;
+        let roles = f
+            .roles
+            .as_ref()
+            .ok_or_else(|| self.err("roles", "missing: a fleet file needs roles"))?;
+        for (pat, names) in hosts {
+            HostPattern::parse(pat).map_err(|e| self.err(&format!("hosts.{pat}"), e))?;
+            for (i, r) in names.iter().enumerate() {
+                if !roles.contains_key(r) {
+                    return Err(
+                        self.err(&format!("hosts.{pat}[{i}]"), format!("unknown role {r:?}"))
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The fleet entry (pattern) that selects `host`, or `None` for a single-host file.
+    pub fn entry_for(&self, host: &str) -> Result<Option<String>> {
+        let Some(hosts) = &self.file.hosts else {
+            return Ok(None);
+        };
+        if hosts.contains_key(host) {
+            return Ok(Some(host.to_string()));
+        }
+        let hits: Vec<&String> = hosts
+            .keys()
+            .filter(|p| {
+                HostPattern::parse(p)
+                    .map(|p| p.matches(host))
+                    .unwrap_or(false)
+            })
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok(Some(one.to_string())),
+            [] => Err(self.err("hosts", format!("no entry matches host {host:?}"))),
+            many => Err(self.err(
+                "hosts",
+                format!(
+                    "host {host:?} matches several entries: {}",
+                    many.iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// The merged, validated steps for `host`.
+    pub fn for_host(&self, host: &str) -> Result<HostConfig> {
+        match self.entry_for(host)? {
+            None => self.validate_merged(self.single(), "(top level)"),
+            Some(entry) => self.for_entry(&entry),
+        }
+    }
+
+    fn for_entry(&self, entry: &str) -> Result<HostConfig> {
+        let (Some(hosts), Some(roles)) = (&self.file.hosts, &self.file.roles) else {
+            return self.validate_merged(self.single(), "(top level)");
+        };
+        let mut merged = Role::default();
+        for r in &hosts[entry] {
+            merged.merge(roles[r].clone());
+        }
+        let names = hosts[entry].join(", ");
+        self.validate_merged(merged, &format!("hosts.{entry} (roles {names})"))
+    }
+
+    /// Check every fleet entry (or the single-host file). Returns the entries checked.
+    pub fn validate_all(&self) -> Result<Vec<String>> {
+        match &self.file.hosts {
+            None => {
+                self.for_host("")?;
+                Ok(vec!["(single host)".into()])
+            }
+            Some(hosts) => {
+                for entry in hosts.keys() {
+                    self.for_entry(entry)?;
+                }
+                if let Some(roles) = &self.file.roles {
+                    for name in roles.keys() {
+                        if !hosts.values().any(|rs| rs.contains(name)) {
+                            log::warn!("{}: roles.{name}: not used by any host", self.source);
+                        }
+                    }
+                }
+                Ok(hosts.keys().cloned().collect())
+            }
+        }
+    }
+
+    fn validate_merged(&self, r: Role, what: &str) -> Result<HostConfig> {
+        let cfg = HostConfig {
+            firewall: r.firewall,
+            volumes: r.volumes.unwrap_or_default(),
+            opt: r.opt,
+            packages: r.packages,
+            links: r.links.unwrap_or_default(),
+        };
+        let err = |key: &str, msg: String| self.err(key, format!("{msg} (in {what})"));
+        if let Some(fw) = &cfg.firewall {
+            // Set names become nftables identifiers (`@admin_v4`): keep them to what nft parses.
+            for name in fw.sets.keys() {
+                let ok = name.len() <= 64
+                    && name.starts_with(|c: char| c.is_ascii_alphabetic())
+                    && name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+                if !ok {
+                    return Err(err(
+                        &format!("firewall.sets.{name}"),
+                        "a set name is a letter followed by up to 63 letters, digits, `_` or `-`"
+                            .into(),
+                    ));
+                }
+            }
+            for (i, a) in fw.allow.iter().enumerate() {
+                for s in &a.from {
+                    if !fw.sets.contains_key(s) {
+                        return Err(err(
+                            &format!("firewall.allow[{i}].from"),
+                            format!("unknown set {s:?}"),
+                        ));
+                    }
+                }
+            }
+            let ssh_open = fw
+                .allow
+                .iter()
+                .any(|a| a.proto == Proto::Tcp && a.port.0.iter().any(|p| p.contains(22)));
+            if !ssh_open && fw.ssh != Some(Ssh::Closed) {
+                return Err(err(
+                    "firewall.allow",
+                    "no rule allows SSH (tcp port 22): this would lock everybody out; add one or say `ssh: closed`".into(),
+                ));
+            }
+        }
+        for (i, v) in cfg.volumes.iter().enumerate() {
+            if let Some(l) = &v.label {
+                let max = match v.filesystem {
+                    Filesystem::Ext4 => 16,
+                    Filesystem::Xfs => 12,
+                };
+                if l.is_empty() || l.len() > max || l.contains(char::is_whitespace) {
+                    return Err(err(
+                        &format!("volumes[{i}].label"),
+                        format!(
+                            "{l:?}: a {} label has 1 to {max} characters and no blanks",
+                            v.filesystem.name()
+                        ),
+                    ));
+                }
+            }
+            for o in &v.options {
+                if o.is_empty() || o.contains([',', ' ', '\t']) {
+                    return Err(err(
+                        &format!("volumes[{i}].options"),
+                        format!("{o:?} is not one mount option"),
+                    ));
+                }
+            }
+            if v.device.is_empty() {
+                return Err(err(
+                    &format!("volumes[{i}].device"),
+                    "no candidate device".into(),
+                ));
+            }
+        }
+        if let Some(opt) = &cfg.opt {
+            if opt.path.as_os_str() == "/opt" {
+                return Err(err(
+                    "opt.path",
+                    "must not be /opt itself: /opt is where it is exposed".into(),
+                ));
+            }
+            if let Some(a) = &opt.archive {
+                if a.urls.is_empty() {
+                    return Err(err("opt.archive.urls", "no URL".into()));
+                }
+                if a.sha256.is_none() && a.urls.iter().any(ArchiveUrl::is_remote) {
+                    return Err(err(
+                        "opt.archive.sha256",
+                        "missing: a remote archive must name its sha256".into(),
+                    ));
+                }
+            }
+        }
+        for (i, l) in cfg.links.iter().enumerate() {
+            if l.to.starts_with(&*l.from) || l.from.starts_with(&*l.to) {
+                return Err(err(
+                    &format!("links[{i}]"),
+                    format!("{} and {} overlap", l.from, l.to),
+                ));
+            }
+        }
+        Ok(cfg)
+    }
+}
+
+impl Role {
+    /// Apply a later role on top of this one, by the spec's merge rule.
+    fn merge(&mut self, later: Role) {
+        if let Some(fw) = later.firewall {
+            let cur = self.firewall.get_or_insert_with(Firewall::default);
+            for (k, v) in fw.sets {
+                cur.sets.insert(k, v);
+            }
+            cur.allow.extend(fw.allow);
+            if fw.ssh.is_some() {
+                cur.ssh = fw.ssh;
+            }
+        }
+        if let Some(vols) = later.volumes {
+            let cur = self.volumes.get_or_insert_with(Vec::new);
+            for v in vols {
+                match cur.iter_mut().find(|c| c.mountpoint == v.mountpoint) {
+                    Some(slot) => *slot = v,
+                    None => cur.push(v),
+                }
+            }
+        }
+        if later.opt.is_some() {
+            self.opt = later.opt;
+        }
+        if let Some(p) = later.packages {
+            let cur = self.packages.get_or_insert_with(Packages::default);
+            for name in p.install {
+                if !cur.install.contains(&name) {
+                    cur.install.push(name);
+                }
+            }
+            cur.recommends = p.recommends;
+        }
+        if let Some(l) = later.links {
+            self.links.get_or_insert_with(Vec::new).extend(l);
+        }
+    }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// The host name of the running machine.
+pub fn machine_hostname() -> Result<String> {
+    let uts = rustix::system::uname();
+    let name = uts.nodename().to_str().context("host name is not UTF-8")?;
+    // cloud-init may set an FQDN: the fleet names hosts by their short name.
+    Ok(name.split('.').next().unwrap_or(name).to_string())
+}

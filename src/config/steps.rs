@@ -1,0 +1,185 @@
+//! The keys of each step, as the config file spells them.
+
+use super::values::{one_or_many, AbsPath, ArchiveUrl, Cidr, Dur, PackageName, Ports, Sha256Hex};
+use indexmap::IndexMap;
+use serde::Deserialize;
+use std::fmt;
+use std::time::Duration;
+
+/// `firewall:` — olboot's nftables table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firewall {
+    /// Named address sets (IPv4 and IPv6 networks), referenced by `allow[].from`.
+    #[serde(default)]
+    pub sets: IndexMap<String, Vec<Cidr>>,
+    /// Inbound rules; everything else is dropped.
+    #[serde(default)]
+    pub allow: Vec<Allow>,
+    /// `closed` allows a config with no rule for port 22.
+    pub ssh: Option<Ssh>,
+}
+
+/// `firewall.ssh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ssh {
+    /// Port 22 must be allowed from somewhere (the default).
+    Required,
+    /// The config may drop SSH from everywhere on purpose.
+    Closed,
+}
+
+/// One `firewall.allow` rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Allow {
+    /// Ports or port ranges.
+    pub port: Ports,
+    /// `tcp` (default) or `udp`.
+    #[serde(default)]
+    pub proto: Proto,
+    /// Set names the traffic may come from; empty means anywhere.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub from: Vec<String>,
+}
+
+/// Transport protocol of an allow rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// `volumes[]` — a data disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Volume {
+    /// Candidate device paths; the first present one is used.
+    #[serde(deserialize_with = "one_or_many")]
+    pub device: Vec<AbsPath>,
+    /// How long to wait for a late-attached disk.
+    #[serde(default = "default_wait")]
+    pub wait: Dur,
+    /// Filesystem to find or create.
+    #[serde(default)]
+    pub filesystem: Filesystem,
+    /// Label given when formatting.
+    pub label: Option<String>,
+    /// Where to mount it, as the target sees it.
+    pub mountpoint: AbsPath,
+    /// Whether a blank disk may be formatted.
+    #[serde(default)]
+    pub format: FormatPolicy,
+    /// Extra mount options (`noatime`, ...); `nofail` is always added in fstab.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+fn default_wait() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+
+/// Filesystems olboot can create.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    /// ext4.
+    #[default]
+    Ext4,
+    /// XFS.
+    Xfs,
+}
+
+impl Filesystem {
+    /// The name `blkid` and `mount` use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        }
+    }
+}
+
+/// `volumes[].format`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FormatPolicy {
+    /// Format the disk only if it carries no signature at all.
+    #[default]
+    IfBlank,
+    /// Never format; a blank disk is an error.
+    Never,
+}
+
+/// `opt:` — the `/opt` tree.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Opt {
+    /// Where the tree lives (usually on a volume).
+    pub path: AbsPath,
+    /// How it appears at `/opt`.
+    #[serde(default)]
+    pub expose: Expose,
+    /// Where to fetch it from when `path` holds no tree.
+    pub archive: Option<Archive>,
+}
+
+/// `opt.expose`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expose {
+    /// A bind mount of `path` at `/opt`, with its fstab line.
+    #[default]
+    Bind,
+    /// `/opt` is a symlink to `path`.
+    Symlink,
+}
+
+/// `opt.archive`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Archive {
+    /// Mirrors, tried in order: `http://`, `https://` or `file:///`.
+    #[serde(deserialize_with = "one_or_many")]
+    pub urls: Vec<ArchiveUrl>,
+    /// Expected sha256 of the archive's bytes; required for remote URLs.
+    pub sha256: Option<Sha256Hex>,
+    /// An extra CA certificate (PEM) for an internal mirror.
+    pub ca_file: Option<AbsPath>,
+}
+
+/// `packages:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    /// Debian package names.
+    #[serde(default)]
+    pub install: Vec<PackageName>,
+    /// Install recommended packages too (off by default).
+    #[serde(default)]
+    pub recommends: bool,
+}
+
+/// `links[]` — mirror the files below `from` as symlinks below `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    /// Source directory, as written (links point through it).
+    pub from: AbsPath,
+    /// Target directory.
+    pub to: AbsPath,
+}

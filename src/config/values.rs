@@ -1,0 +1,370 @@
+//! Checked values of the config: each one refuses a bad value while it is parsed, so the
+//! YAML parser reports it with its line and column.
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+/// An absolute, normalized path with no `..`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AbsPath(PathBuf);
+
+impl AbsPath {
+    /// Check and normalize `s`.
+    pub fn parse(s: &str) -> Result<AbsPath, String> {
+        let p = Path::new(s);
+        if !p.is_absolute() {
+            return Err(format!("{s:?} is not an absolute path"));
+        }
+        let mut out = PathBuf::from("/");
+        for c in p.components() {
+            match c {
+                Component::Normal(n) => out.push(n),
+                Component::ParentDir => return Err(format!("{s:?} contains `..`")),
+                _ => {}
+            }
+        }
+        Ok(AbsPath(out))
+    }
+}
+
+impl std::ops::Deref for AbsPath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for AbsPath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl fmt::Display for AbsPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.display().fmt(f)
+    }
+}
+
+impl<'de> Deserialize<'de> for AbsPath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        AbsPath::parse(&s).map_err(de::Error::custom)
+    }
+}
+
+/// A duration written with a unit: `120s`, `2m`, `1h 30m`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = StrOrNum::deserialize(d)?;
+        match s {
+            StrOrNum::Str(s) => humantime::parse_duration(&s).map(Dur).map_err(|e| {
+                de::Error::custom(format!(
+                    "invalid duration {s:?} ({e}); write e.g. 120s or 2m"
+                ))
+            }),
+            StrOrNum::Num(n) => Err(de::Error::custom(format!(
+                "duration {n} has no unit; write {n}s"
+            ))),
+        }
+    }
+}
+
+/// A YAML scalar that may be a number or a string (`80` or `"8000-8100"`).
+enum StrOrNum {
+    Num(i64),
+    Str(String),
+}
+
+impl<'de> Deserialize<'de> for StrOrNum {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = StrOrNum;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a number or a string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<StrOrNum, E> {
+                Ok(StrOrNum::Num(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<StrOrNum, E> {
+                Ok(StrOrNum::Num(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<StrOrNum, E> {
+                Ok(StrOrNum::Str(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// An inclusive TCP/UDP port range; a single port is `lo == hi`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortRange {
+    /// First port.
+    pub lo: u16,
+    /// Last port.
+    pub hi: u16,
+}
+
+impl PortRange {
+    fn parse_num(n: i64) -> Result<u16, String> {
+        if (1..=65535).contains(&n) {
+            Ok(n as u16)
+        } else {
+            Err(format!("port {n} is out of range (1-65535)"))
+        }
+    }
+
+    fn parse(v: &StrOrNum) -> Result<PortRange, String> {
+        match v {
+            StrOrNum::Num(n) => {
+                let p = PortRange::parse_num(*n)?;
+                Ok(PortRange { lo: p, hi: p })
+            }
+            StrOrNum::Str(s) => {
+                let num = |t: &str| {
+                    t.trim()
+                        .parse::<i64>()
+                        .map_err(|_| format!("{s:?} is not a port or a range like 8000-8100"))
+                        .and_then(PortRange::parse_num)
+                };
+                let (lo, hi) = match s.split_once('-') {
+                    Some((a, b)) => (num(a)?, num(b)?),
+                    None => {
+                        let p = num(s)?;
+                        (p, p)
+                    }
+                };
+                if lo > hi {
+                    return Err(format!("port range {s:?} is backwards"));
+                }
+                Ok(PortRange { lo, hi })
+            }
+        }
+    }
+
+    /// Whether `port` is in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        self.lo <= port && port <= self.hi
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.lo == self.hi {
+            write!(f, "{}", self.lo)
+        } else {
+            write!(f, "{}-{}", self.lo, self.hi)
+        }
+    }
+}
+
+/// `port:` — one port, a range, or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ports(pub Vec<PortRange>);
+
+impl<'de> Deserialize<'de> for Ports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let items: Vec<StrOrNum> = one_or_many(d)?;
+        if items.is_empty() {
+            return Err(de::Error::custom("empty port list"));
+        }
+        items
+            .iter()
+            .map(PortRange::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Ports)
+            .map_err(de::Error::custom)
+    }
+}
+
+/// An IPv4 or IPv6 network; a bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address (host bits zero).
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parse `a.b.c.d[/n]` or `x::y[/n]`, refusing host bits set beyond the prefix.
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or network"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("{s:?} has an invalid prefix length"))?,
+        };
+        let bits: u128 = match addr {
+            IpAddr::V4(v) => u32::from(v) as u128,
+            IpAddr::V6(v) => u128::from(v),
+        };
+        let host_bits = max - prefix;
+        // `::/0` has 128 host bits: a plain shift would overflow.
+        let mask = 1u128
+            .checked_shl(u32::from(host_bits))
+            .map_or(u128::MAX, |b| b - 1);
+        if bits & mask != 0 {
+            return Err(format!("{s:?} has host bits set beyond /{prefix}"));
+        }
+        Ok(Cidr { addr, prefix })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl<'de> Deserialize<'de> for Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Cidr::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+    }
+}
+
+/// A mirror URL of the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveUrl(pub String);
+
+impl ArchiveUrl {
+    /// Whether bytes come over the network (and so must be verified).
+    pub fn is_remote(&self) -> bool {
+        !self.0.starts_with("file://")
+    }
+
+    /// The local path of a `file://` URL.
+    pub fn local_path(&self) -> Option<&Path> {
+        self.0.strip_prefix("file://").map(Path::new)
+    }
+}
+
+impl fmt::Display for ArchiveUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ArchiveUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = if let Some(rest) = s
+            .strip_prefix("http://")
+            .or_else(|| s.strip_prefix("https://"))
+        {
+            !rest.is_empty() && !rest.starts_with('/') && !s.contains(char::is_whitespace)
+        } else if let Some(p) = s.strip_prefix("file://") {
+            AbsPath::parse(p).is_ok()
+        } else {
+            false
+        };
+        if ok {
+            Ok(ArchiveUrl(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "{s:?} is not an http://, https:// or file:/// URL"
+            )))
+        }
+    }
+}
+
+/// A sha256 digest as 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sha256Hex(pub String);
+
+impl<'de> Deserialize<'de> for Sha256Hex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?.to_ascii_lowercase();
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            Ok(Sha256Hex(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "{s:?} is not a sha256 (64 hex digits)"
+            )))
+        }
+    }
+}
+
+/// A Debian package name (optionally `name=version` or `name/release`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PackageName(pub String);
+
+impl<'de> Deserialize<'de> for PackageName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let name = s.split(['=', '/']).next().unwrap_or("");
+        let ok = name.len() >= 2
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+            && !s.contains(char::is_whitespace);
+        if ok {
+            Ok(PackageName(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "{s:?} is not a Debian package name"
+            )))
+        }
+    }
+}
+
+impl fmt::Display for PackageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Accept `x` as `[x]`, keeping the element's own error messages.
+pub(crate) fn one_or_many<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    use serde::de::value::{
+        I64Deserializer, MapAccessDeserializer, SeqAccessDeserializer, StrDeserializer,
+        U64Deserializer,
+    };
+    struct V<T>(std::marker::PhantomData<T>);
+    impl<'de, T: Deserialize<'de>> de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a value or a list of values")
+        }
+        fn visit_seq<A: de::SeqAccess<'de>>(self, seq: A) -> Result<Vec<T>, A::Error> {
+            Vec::deserialize(SeqAccessDeserializer::new(seq))
+        }
+        fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<Vec<T>, A::Error> {
+            T::deserialize(MapAccessDeserializer::new(map)).map(|x| vec![x])
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Vec<T>, E> {
+            T::deserialize(StrDeserializer::<E>::new(v)).map(|x| vec![x])
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Vec<T>, E> {
+            T::deserialize(I64Deserializer::<E>::new(v)).map(|x| vec![x])
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Vec<T>, E> {
+            T::deserialize(U64Deserializer::<E>::new(v)).map(|x| vec![x])
+        }
+    }
+    d.deserialize_any(V(std::marker::PhantomData))
+}

@@ -1,0 +1,480 @@
+//! Block devices: finding one among candidate paths, probing what it holds with `blkid -p`,
+//! and finding out whether anything uses it.
+//!
+//! `blkid -p` (libblkid's low-level probing, no cache) reports every signature libblkid knows:
+//! filesystems, partition tables, RAID members, LVM physical volumes, LUKS headers, swap. Its
+//! exit status is 2 both for "no signature" and for "no such device", so [`probe`] checks that
+//! the device is there before and after probing: an empty answer about a device that vanished
+//! must never read as "blank". Use is read from the kernel: mounts in
+//! `/proc/self/mountinfo` (of the device or any of its partitions) and holders in
+//! `/sys/dev/block/M:m/holders` (device-mapper, md); [`ensure_exclusive`] finally asks the
+//! kernel itself with an `O_EXCL` open, which fails while anything has the device claimed.
+
+use super::cmd;
+use super::mount::{self, MountInfo};
+use anyhow::{bail, Context, Result};
+use rustix::fs::{Mode, OFlags};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// How often [`wait_for`] looks at the candidates again.
+const POLL: Duration = Duration::from_millis(200);
+
+/// A block device that is present (it has a size).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Device {
+    /// The device node, symlinks resolved (`/dev/vdb`).
+    pub path: PathBuf,
+    /// Its major number.
+    pub major: u32,
+    /// Its minor number.
+    pub minor: u32,
+}
+
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.path.display().fmt(f)
+    }
+}
+
+impl Device {
+    /// `major:minor`, as mountinfo and sysfs spell it.
+    pub fn dev(&self) -> String {
+        format!("{}:{}", self.major, self.minor)
+    }
+
+    /// The device's directory in sysfs.
+    fn sysfs(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/dev/block/{}", self.dev()))
+    }
+
+    /// The `major:minor` of each partition the kernel knows on this device, with its name.
+    pub fn partitions(&self) -> Result<Vec<(String, String)>> {
+        let dir = self.sysfs();
+        let mut parts = Vec::new();
+        let entries =
+            std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))?;
+        for e in entries {
+            let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+            if !e.path().join("partition").exists() {
+                continue;
+            }
+            let dev = std::fs::read_to_string(e.path().join("dev"))
+                .with_context(|| format!("cannot read {}/dev", e.path().display()))?;
+            parts.push((
+                e.file_name().to_string_lossy().into_owned(),
+                dev.trim().to_string(),
+            ));
+        }
+        parts.sort();
+        Ok(parts)
+    }
+}
+
+/// Look at `path`: `Ok(None)` when it does not exist or is an empty block device (a
+/// detached loop device, a drive without media), the device when it is there, an error when
+/// it is something else.
+pub fn present(path: &Path) -> Result<Option<Device>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    };
+    if !meta.file_type().is_block_device() {
+        bail!("{} is not a block device", path.display());
+    }
+    let resolved = std::fs::canonicalize(path)
+        .with_context(|| format!("cannot resolve {}", path.display()))?;
+    let rdev = meta.rdev();
+    let dev = Device {
+        path: resolved,
+        major: rustix::fs::major(rdev),
+        minor: rustix::fs::minor(rdev),
+    };
+    let size_file = dev.sysfs().join("size");
+    let size = std::fs::read_to_string(&size_file)
+        .with_context(|| format!("cannot read {}", size_file.display()))?;
+    if size.trim() == "0" {
+        return Ok(None);
+    }
+    Ok(Some(dev))
+}
+
+/// The first present device among `candidates`, looking again every 200 ms for up to `wait`
+/// (a disk attached late shows up during the wait). The error names every candidate.
+pub fn wait_for(candidates: &[impl AsRef<Path>], wait: Duration) -> Result<(PathBuf, Device)> {
+    let deadline = Instant::now() + wait;
+    let mut told = false;
+    loop {
+        for c in candidates {
+            if let Some(d) = present(c.as_ref())? {
+                if told {
+                    log::info!("{} appeared", c.as_ref().display());
+                }
+                return Ok((c.as_ref().to_path_buf(), d));
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let names: Vec<String> = candidates
+                .iter()
+                .map(|c| c.as_ref().display().to_string())
+                .collect();
+            bail!(
+                "no device found among {} after waiting {}",
+                names.join(", "),
+                humantime::format_duration(wait)
+            );
+        }
+        if !told {
+            log::info!(
+                "waiting up to {} for a device among {}",
+                humantime::format_duration(wait),
+                candidates
+                    .iter()
+                    .map(|c| c.as_ref().display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            told = true;
+        }
+        std::thread::sleep(POLL.min(deadline - now));
+    }
+}
+
+/// What `blkid -p` found on a device: its tags (`TYPE`, `PTTYPE`, `UUID`, ...).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Probe {
+    /// The tags, as blkid printed them (unescaped).
+    pub tags: BTreeMap<String, String>,
+    /// libblkid found more than one signature and would not choose (exit status 8).
+    pub ambivalent: bool,
+}
+
+impl Probe {
+    /// No signature at all. Only `DEVNAME` and the `PART_ENTRY_*` tags (which describe the
+    /// partition table entry of a partition, not its content) may be present; any other tag,
+    /// known or not, counts as a signature.
+    pub fn is_blank(&self) -> bool {
+        !self.ambivalent
+            && self
+                .tags
+                .keys()
+                .all(|k| k == "DEVNAME" || k.starts_with("PART_ENTRY_"))
+    }
+
+    /// The filesystem type, when the device holds exactly a filesystem and nothing else
+    /// (no partition table, no second signature).
+    pub fn filesystem(&self) -> Option<&str> {
+        if self.ambivalent || self.tags.contains_key("PTTYPE") {
+            return None;
+        }
+        match self.tags.get("USAGE").map(String::as_str) {
+            Some("filesystem") => self.tags.get("TYPE").map(String::as_str),
+            _ => None,
+        }
+    }
+
+    /// The `UUID` tag.
+    pub fn uuid(&self) -> Option<&str> {
+        self.tags.get("UUID").map(String::as_str)
+    }
+}
+
+impl fmt::Display for Probe {
+    /// What the device holds, in words: "an xfs filesystem (UUID ...)", "a gpt partition table".
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts: Vec<String> = Vec::new();
+        if let Some(t) = self.tags.get("TYPE") {
+            let what = match (t.as_str(), self.tags.get("USAGE").map(String::as_str)) {
+                ("LVM2_member", _) => "an LVM physical volume (LVM2_member)".to_string(),
+                ("linux_raid_member", _) => "a Linux RAID member (linux_raid_member)".into(),
+                ("crypto_LUKS", _) => "a LUKS header (crypto_LUKS)".into(),
+                ("swap", _) => "swap space".into(),
+                (t, Some("filesystem")) => format!("{} {t} filesystem", article(t)),
+                (t, Some(u)) => format!("{} {t} signature ({u})", article(t)),
+                (t, None) => format!("{} {t} signature", article(t)),
+            };
+            let mut ids = Vec::new();
+            if let Some(l) = self.tags.get("LABEL") {
+                ids.push(format!("label {l}"));
+            }
+            if let Some(u) = self.uuid() {
+                ids.push(format!("UUID {u}"));
+            }
+            if ids.is_empty() {
+                parts.push(what);
+            } else {
+                parts.push(format!("{what} ({})", ids.join(", ")));
+            }
+        }
+        if let Some(pt) = self.tags.get("PTTYPE") {
+            parts.push(format!("a {pt} partition table"));
+        }
+        if self.ambivalent {
+            parts.push("several signatures (blkid cannot tell which one is valid)".into());
+        }
+        if parts.is_empty() {
+            let other: Vec<String> = self
+                .tags
+                .iter()
+                .filter(|(k, _)| *k != "DEVNAME" && !k.starts_with("PART_ENTRY_"))
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            if other.is_empty() {
+                return f.write_str("no signature");
+            }
+            parts.push(format!("signature tags {}", other.join(" ")));
+        }
+        f.write_str(&parts.join(" and "))
+    }
+}
+
+/// "an" before names read with a leading vowel sound (ext4, xfs, iso9660), else "a".
+fn article(name: &str) -> &'static str {
+    match name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u' | 'x') => "an",
+        _ => "a",
+    }
+}
+
+/// Probe `dev` with `blkid -p -o export`: superblocks and partition tables, read from the
+/// device itself (no cache). The device must be there before and after, unchanged.
+pub fn probe(dev: &Device) -> Result<Probe> {
+    let still_there = || -> Result<()> {
+        match present(&dev.path)? {
+            Some(d) if d == *dev => Ok(()),
+            Some(d) => bail!("{} changed while probing (now {})", dev, d.dev()),
+            None => bail!("{} disappeared while probing", dev),
+        }
+    };
+    still_there()?;
+    let mut c = Command::new("blkid");
+    c.args(["-p", "-o", "export"]).arg(&dev.path);
+    let out = cmd::output(&mut c)?;
+    still_there()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    match out.status.code() {
+        // Found something.
+        Some(0) => Ok(Probe {
+            tags: parse_export(&text).into_iter().next().unwrap_or_default(),
+            ambivalent: false,
+        }),
+        // Nothing found: the device is there (checked above), so it is blank.
+        Some(2) => Ok(Probe::default()),
+        // "Ambivalent low-level probing result": more than one signature.
+        Some(8) => Ok(Probe {
+            tags: parse_export(&text).into_iter().next().unwrap_or_default(),
+            ambivalent: true,
+        }),
+        _ => bail!("cannot probe {}: {}", dev, cmd::failure(&c, &out)),
+    }
+}
+
+/// Parse `blkid -o export` output: `KEY=value` lines, one block per device, blocks separated
+/// by a blank line. Values are unescaped (blkid puts a backslash before blanks, quotes, `$`
+/// and other characters a shell would read). Lines without `=` are ignored.
+pub fn parse_export(text: &str) -> Vec<BTreeMap<String, String>> {
+    let mut out = Vec::new();
+    let mut cur = BTreeMap::new();
+    for line in text.lines() {
+        if line.trim().is_empty() {
+            if !cur.is_empty() {
+                out.push(std::mem::take(&mut cur));
+            }
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=') {
+            cur.insert(k.trim().to_string(), unescape(v));
+        }
+    }
+    if !cur.is_empty() {
+        out.push(cur);
+    }
+    out
+}
+
+/// Undo blkid's export escaping: a backslash makes the next character literal.
+fn unescape(v: &str) -> String {
+    let mut o = String::with_capacity(v.len());
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            if let Some(n) = chars.next() {
+                o.push(n);
+                continue;
+            }
+        }
+        o.push(c);
+    }
+    o
+}
+
+/// Who uses a device, as the kernel sees it.
+#[derive(Debug, Clone, Default)]
+pub struct Usage {
+    /// Mounts of the device itself (whole-filesystem mounts and bind mounts of parts of it).
+    pub mounts: Vec<MountInfo>,
+    /// Mounts of its partitions.
+    pub partition_mounts: Vec<MountInfo>,
+    /// Holders (device-mapper targets, md arrays) of the device or its partitions, by name.
+    pub holders: Vec<String>,
+}
+
+impl Usage {
+    /// Nothing mounts or holds the device or its partitions.
+    pub fn is_unused(&self) -> bool {
+        self.mounts.is_empty() && self.partition_mounts.is_empty() && self.holders.is_empty()
+    }
+}
+
+/// The mounts and holders of `dev` and of its partitions. A mount counts as the device's when
+/// mountinfo names its `major:minor` or its source is the device's path.
+pub fn usage(dev: &Device) -> Result<Usage> {
+    let parts = dev.partitions()?;
+    let mut usage = Usage::default();
+    for m in mount::mounts()? {
+        if m.dev == dev.dev() || Path::new(&m.source) == dev.path {
+            usage.mounts.push(m);
+        } else if parts.iter().any(|(_, d)| *d == m.dev) {
+            usage.partition_mounts.push(m);
+        }
+    }
+    let mut dirs = vec![dev.sysfs().join("holders")];
+    dirs.extend(
+        parts
+            .iter()
+            .map(|(name, _)| dev.sysfs().join(name).join("holders")),
+    );
+    for dir in dirs {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        };
+        for e in entries {
+            let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+            usage
+                .holders
+                .push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(usage)
+}
+
+/// Fail unless the kernel lets olboot open `dev` exclusively: an `O_EXCL` open of a block
+/// device fails with `EBUSY` while it is mounted, held by device-mapper or md, or used as
+/// swap. The device is closed again at once.
+pub fn ensure_exclusive(dev: &Device) -> Result<()> {
+    match rustix::fs::open(
+        &dev.path,
+        OFlags::RDONLY | OFlags::EXCL | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(_fd) => Ok(()),
+        Err(rustix::io::Errno::BUSY) => bail!(
+            "{} is in use (mounted, held by device-mapper or md, or swap)",
+            dev
+        ),
+        Err(e) => Err(e).with_context(|| format!("cannot open {}", dev)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe_of(text: &str) -> Probe {
+        Probe {
+            tags: parse_export(text).into_iter().next().unwrap_or_default(),
+            ambivalent: false,
+        }
+    }
+
+    #[test]
+    fn parses_export_blocks_and_escapes() {
+        let t = "DEVNAME=/dev/loop0\nLABEL=ol\\ data\nUUID=97f1\nTYPE=ext4\nUSAGE=filesystem\n\n\
+                 DEVNAME=/dev/loop1\nPTUUID=7b12\nPTTYPE=gpt\n";
+        let b = parse_export(t);
+        assert_eq!(b.len(), 2);
+        assert_eq!(b[0]["LABEL"], "ol data");
+        assert_eq!(b[0]["TYPE"], "ext4");
+        assert_eq!(b[1]["PTTYPE"], "gpt");
+        assert_eq!(parse_export(""), Vec::<BTreeMap<String, String>>::new());
+        assert_eq!(parse_export("A=x\\\\y\\$z")[0]["A"], "x\\y$z");
+    }
+
+    #[test]
+    fn ext4_alone_is_a_filesystem() {
+        let p = probe_of("DEVNAME=/dev/loop0\nUUID=97f1\nVERSION=1.0\nBLOCK_SIZE=1024\nTYPE=ext4\nUSAGE=filesystem\n");
+        assert!(!p.is_blank());
+        assert_eq!(p.filesystem(), Some("ext4"));
+        assert_eq!(p.uuid(), Some("97f1"));
+        assert_eq!(p.to_string(), "an ext4 filesystem (UUID 97f1)");
+    }
+
+    #[test]
+    fn signatures_that_are_not_filesystems() {
+        let cases = [
+            (
+                "DEVNAME=/dev/loop0\nPTUUID=7b12\nPTTYPE=gpt\n",
+                "a gpt partition table",
+            ),
+            ("PTTYPE=dos\n", "a dos partition table"),
+            (
+                "UUID=nVRA\nVERSION=LVM2\\ 001\nTYPE=LVM2_member\nUSAGE=raid\n",
+                "an LVM physical volume (LVM2_member) (UUID nVRA)",
+            ),
+            (
+                "VERSION=2\nUUID=a7da\nTYPE=crypto_LUKS\nUSAGE=crypto\n",
+                "a LUKS header (crypto_LUKS) (UUID a7da)",
+            ),
+            (
+                "UUID=d9c6\nVERSION=1\nTYPE=swap\nUSAGE=other\n",
+                "swap space (UUID d9c6)",
+            ),
+            (
+                "TYPE=linux_raid_member\nUSAGE=raid\n",
+                "a Linux RAID member (linux_raid_member)",
+            ),
+            ("SBMAGIC=abc\n", "signature tags SBMAGIC=abc"),
+            (
+                "TYPE=btrfs\nUSAGE=filesystem\nPTTYPE=dos\n",
+                "a btrfs filesystem and a dos partition table",
+            ),
+        ];
+        for (text, said) in cases {
+            let p = probe_of(text);
+            assert!(!p.is_blank(), "{text}");
+            assert_eq!(p.filesystem(), None, "{text}");
+            assert_eq!(p.to_string(), said);
+        }
+    }
+
+    #[test]
+    fn filesystem_over_a_partition_table_is_not_used_as_is() {
+        let p = probe_of("UUID=d9c6\nTYPE=ext4\nUSAGE=filesystem\nPTUUID=7b12\nPTTYPE=gpt\n");
+        assert!(!p.is_blank());
+        assert_eq!(p.filesystem(), None);
+        assert_eq!(
+            p.to_string(),
+            "an ext4 filesystem (UUID d9c6) and a gpt partition table"
+        );
+    }
+
+    #[test]
+    fn blank_and_partition_entries() {
+        assert!(Probe::default().is_blank());
+        assert_eq!(Probe::default().to_string(), "no signature");
+        let p = probe_of("DEVNAME=/dev/vdb1\nPART_ENTRY_SCHEME=gpt\nPART_ENTRY_NUMBER=1\n");
+        assert!(p.is_blank());
+        let mut amb = probe_of("DEVNAME=/dev/vdb\n");
+        amb.ambivalent = true;
+        assert!(!amb.is_blank());
+        assert_eq!(amb.filesystem(), None);
+    }
+}

@@ -1,0 +1,650 @@
+//! The firewall step against real nftables, in network namespaces made for each test, with
+//! real TCP connections across veth links. olboot runs live (no `--root`) inside the server
+//! namespace and a private mount namespace whose `/etc`, `/var/lib` and `/run` are overlays:
+//! the machine's own firewall, files and services never change.
+//!
+//! Addresses: client 10.200.1.2 / fd00:200::2, server 10.200.1.1 / fd00:200::1; a "container"
+//! namespace behind the server at 10.200.2.2 for published (DNAT'd) ports.
+
+mod common;
+#[path = "firewall/ns.rs"]
+mod ns;
+
+use ns::{link, Netns, Sandbox};
+use serde_json::Value;
+use std::path::Path;
+
+const SRV4: &str = "10.200.1.1";
+const SRV6: &str = "[fd00:200::1]";
+
+/// Sets: `cli` holds the client, `other` does not. Ports: 22 and 8082 from cli, 8081 from
+/// other, 8083 unlisted.
+const CONFIG_A: &str = "version: 1
+firewall:
+  sets:
+    cli: [10.200.1.2, \"fd00:200::2\"]
+    other: [10.200.9.0/24, \"fd00:200:9::/64\"]
+  allow:
+    - { port: 22, from: cli }
+    - { port: 8081, from: other }
+    - { port: 8082, from: cli }
+    - { port: [9090], from: cli }
+";
+
+/// Like A, but 8082 is gone, 8084 is open to anywhere, and the published 9090 is only for
+/// `other`.
+const CONFIG_B: &str = "version: 1
+firewall:
+  sets:
+    cli: [10.200.1.2, \"fd00:200::2\"]
+    other: [10.200.9.0/24, \"fd00:200:9::/64\"]
+  allow:
+    - { port: 22, from: cli }
+    - { port: 8081, from: other }
+    - { port: 8084 }
+    - { port: 9090, from: other }
+";
+
+/// Somebody else's table (as Docker's would be), with an input chain that accepts everything:
+/// olboot must leave it alone, and its accept must not reopen what olboot drops.
+const DOCKER_LIKE: &str = "table ip docker_like {
+	chain input {
+		type filter hook input priority filter + 10; policy accept;
+		tcp dport 8083 accept
+	}
+}
+";
+
+/// A client and a server namespace joined by a veth pair, echo servers on the server, and a
+/// scratch sandbox for olboot's files.
+struct Lab {
+    cli: Netns,
+    srv: Netns,
+    sandbox: Sandbox,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let cli = Netns::new();
+        let srv = Netns::new();
+        link(
+            &cli,
+            "vc",
+            &["10.200.1.2/24", "fd00:200::2/64"],
+            &srv,
+            "vs",
+            &["10.200.1.1/24", "fd00:200::1/64"],
+        );
+        for port in [22, 8081, 8082, 8083, 8084] {
+            // One dual-stack socket per port: IPv4 and IPv6 clients alike.
+            srv.echo(&format!("[::]:{port}"));
+        }
+        cli.wait_reaches(&format!("{SRV4}:22"));
+        cli.wait_reaches(&format!("{SRV6}:22"));
+        Lab {
+            cli,
+            srv,
+            sandbox: Sandbox::new(),
+        }
+    }
+
+    fn config(&self, name: &str, text: &str) -> String {
+        let p = self.sandbox.dir().join(name);
+        std::fs::write(&p, text).expect("write config");
+        p.display().to_string()
+    }
+
+    /// `olboot ARGS -c CONFIG --host lab --only firewall`, live in the server namespace.
+    fn olboot(&self, verb: &str, config: &str) -> std::process::Output {
+        let cfg = self.config("olboot.yaml", config);
+        let mut args = vec![verb, "-c", &cfg, "--host", "lab", "--only", "firewall"];
+        if verb == "apply" {
+            args.push("--json");
+        }
+        self.sandbox.olboot(&self.srv, &args)
+    }
+
+    /// Apply `config` and return the firewall step's report, which must not have failed.
+    fn apply(&self, config: &str) -> Value {
+        let out = self.olboot("apply", config);
+        let r = common::report(&out);
+        let step = common::step(&r, "firewall").clone();
+        assert_eq!(
+            common::code(&out),
+            0,
+            "apply failed: {step}\n{}",
+            common::stderr(&out)
+        );
+        step
+    }
+
+    fn reaches(&self, port: u16) -> (bool, bool) {
+        (
+            self.cli.reaches(&format!("{SRV4}:{port}")),
+            self.cli.reaches(&format!("{SRV6}:{port}")),
+        )
+    }
+}
+
+/// Whether `text` has a diff line `sign` (`+` or `-`) for `rule`, whatever its indentation.
+fn has_diff_line(text: &str, sign: char, rule: &str) -> bool {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix(sign))
+        .any(|l| l.trim() == rule)
+}
+
+fn changes(step: &Value) -> Vec<String> {
+    step["changes"]
+        .as_array()
+        .expect("changes")
+        .iter()
+        .map(|c| c.as_str().expect("string").to_string())
+        .collect()
+}
+
+#[test]
+fn allow_rules_filter_by_set_port_and_family() {
+    let lab = Lab::new();
+    lab.srv.nft_load(DOCKER_LIKE);
+    let docker_before = lab.srv.nft(&["list", "table", "ip", "docker_like"]);
+    for port in [22, 8081, 8082, 8083] {
+        assert_eq!(lab.reaches(port), (true, true), "port {port} before olboot");
+    }
+
+    let step = lab.apply(CONFIG_A);
+    assert_eq!(step["result"], "changed", "{step}");
+    let done = changes(&step);
+    assert!(
+        done.contains(&"loaded table inet olboot into the running kernel".to_string()),
+        "{done:?}"
+    );
+    assert!(done.contains(&"wrote /etc/nftables.d/olboot.nft".to_string()));
+
+    // Forget the neighbours learnt before the firewall: IPv6 must now find them through it
+    // (neighbour discovery), IPv4 through ARP.
+    for ns in [&lab.cli, &lab.srv] {
+        ns.ip(&["neigh", "flush", "all"]);
+    }
+    lab.cli.wait_reaches(&format!("{SRV6}:22"));
+    assert_eq!(lab.reaches(22), (true, true), "22 is allowed from cli");
+    assert_eq!(lab.reaches(8082), (true, true), "8082 is allowed from cli");
+    assert_eq!(lab.reaches(8081), (false, false), "8081 is only for other");
+    assert_eq!(
+        lab.reaches(8083),
+        (false, false),
+        "8083 is unlisted; docker_like's accept does not reopen it"
+    );
+
+    assert_eq!(
+        lab.srv.nft(&["list", "table", "ip", "docker_like"]),
+        docker_before,
+        "somebody else's table is untouched"
+    );
+
+    let again = lab.apply(CONFIG_A);
+    assert_eq!(again["result"], "unchanged", "{again}");
+    assert!(
+        !again["warnings"].to_string().contains("does not load"),
+        "the boot file loads: {again}"
+    );
+    let plan = lab.olboot("plan", CONFIG_A);
+    assert_eq!(common::code(&plan), 0, "{}", common::stderr(&plan));
+}
+
+#[test]
+fn established_connections_survive_and_plan_shows_the_diff() {
+    let lab = Lab::new();
+    lab.apply(CONFIG_A);
+    let mut v4 = lab.cli.connect(&format!("{SRV4}:8082")).expect("v4 8082");
+    let mut v6 = lab.cli.connect(&format!("{SRV6}:8082")).expect("v6 8082");
+
+    let plan = lab.olboot("plan", CONFIG_B);
+    assert_eq!(common::code(&plan), 3, "{}", common::stderr(&plan));
+    let step = common::step(&common::report(&plan), "firewall").clone();
+    assert_eq!(step["result"], "pending");
+    let text = changes(&step).join("\n");
+    assert!(
+        text.contains("load table inet olboot into the running kernel (the rules changed)"),
+        "{text}"
+    );
+    assert!(
+        has_diff_line(
+            &text,
+            '-',
+            "ip saddr @cli_v4 tcp dport 8082 accept comment \"allow[2]: tcp 8082 from cli\""
+        ),
+        "{text}"
+    );
+    assert!(
+        has_diff_line(
+            &text,
+            '+',
+            "tcp dport 8084 accept comment \"allow[2]: tcp 8084 from anywhere\""
+        ),
+        "{text}"
+    );
+    assert_eq!(lab.reaches(8084), (false, false), "plan changed nothing");
+
+    let step = lab.apply(CONFIG_B);
+    assert!(
+        changes(&step).contains(&"replaced table inet olboot in the running kernel".to_string()),
+        "{step}"
+    );
+    ns::echoes(&mut v4).expect("the established IPv4 connection survives");
+    ns::echoes(&mut v6).expect("the established IPv6 connection survives");
+    assert_eq!(
+        lab.reaches(8082),
+        (false, false),
+        "new connections to 8082 are dropped"
+    );
+    assert_eq!(lab.reaches(8084), (true, true), "8084 is open to anywhere");
+    assert_eq!(lab.apply(CONFIG_B)["result"], "unchanged");
+
+    // An edit of the running table outside olboot shows in plan and is undone by apply.
+    lab.srv
+        .nft(&["flush", "chain", "inet", "olboot", "published"]);
+    let plan = lab.olboot("plan", CONFIG_B);
+    assert_eq!(common::code(&plan), 3);
+    let text = changes(common::step(&common::report(&plan), "firewall")).join("\n");
+    assert!(
+        text.contains("the running table was changed outside olboot")
+            && has_diff_line(
+                &text,
+                '+',
+                "meta l4proto tcp ct original proto-dst 8084 accept comment \"allow[2]: tcp 8084 from anywhere\""
+            ),
+        "{text}"
+    );
+    assert_eq!(lab.apply(CONFIG_B)["result"], "changed");
+    assert_eq!(lab.apply(CONFIG_B)["result"], "unchanged");
+}
+
+#[test]
+fn published_ports_obey_the_allow_rules() {
+    let lab = Lab::new();
+    let ctr = Netns::new();
+    link(
+        &lab.srv,
+        "vt",
+        &["10.200.2.1/24"],
+        &ctr,
+        "vu",
+        &["10.200.2.2/24"],
+    );
+    ctr.ip(&["route", "add", "default", "via", "10.200.2.1"]);
+    lab.srv.sysctl("net.ipv4.ip_forward", "1");
+    ctr.echo("0.0.0.0:80");
+    ctr.echo("0.0.0.0:81");
+    lab.cli.echo("0.0.0.0:7000");
+    // Docker-like publishing: 9090 -> container:80, 9091 -> container:81, and masquerade of
+    // what the container sends out.
+    let docker = "table ip docker_like {
+	chain pre {
+		type nat hook prerouting priority dstnat; policy accept;
+		tcp dport 9090 dnat to 10.200.2.2:80
+		tcp dport 9091 dnat to 10.200.2.2:81
+	}
+	chain post {
+		type nat hook postrouting priority srcnat; policy accept;
+		ip saddr 10.200.2.0/24 oifname \"vs\" masquerade
+	}
+}
+";
+    lab.srv.nft_load(docker);
+    let docker_before = lab.srv.nft(&["list", "table", "ip", "docker_like"]);
+    let published = |port: u16| lab.cli.reaches(&format!("{SRV4}:{port}"));
+    // DNAT works before olboot (waiting for the fresh links to settle).
+    lab.cli.wait_reaches(&format!("{SRV4}:9090"));
+    lab.cli.wait_reaches(&format!("{SRV4}:9091"));
+    ctr.wait_reaches("10.200.1.2:7000");
+
+    lab.apply(CONFIG_A);
+    assert!(published(9090), "9090 is allowed from cli");
+    assert!(
+        !published(9091),
+        "9091 is published by DNAT but not allowed"
+    );
+    assert!(
+        ctr.reaches("10.200.1.2:7000"),
+        "the container still reaches the outside"
+    );
+
+    lab.apply(CONFIG_B);
+    assert!(!published(9090), "9090 is now only for other");
+    assert!(ctr.reaches("10.200.1.2:7000"));
+    assert_eq!(
+        lab.srv.nft(&["list", "table", "ip", "docker_like"]),
+        docker_before
+    );
+}
+
+#[test]
+fn the_persisted_file_loads_at_boot_and_twice() {
+    let lab = Lab::new();
+    lab.apply(CONFIG_A);
+    let file = std::fs::read_to_string(lab.sandbox.etc("nftables.d/olboot.nft")).expect("file");
+    assert!(file.starts_with('#'));
+    assert!(file.contains("table inet olboot {}\ndelete table inet olboot\ntable inet olboot {\n"));
+    let conf = std::fs::read_to_string(lab.sandbox.etc("nftables.conf")).expect("conf");
+    assert_eq!(
+        conf.matches("include \"/etc/nftables.d/*.nft\"").count(),
+        1,
+        "{conf}"
+    );
+    if let Ok(orig) = std::fs::read_to_string("/etc/nftables.conf") {
+        assert!(conf.starts_with(&orig), "the rest of nftables.conf is kept");
+    }
+    let record =
+        std::fs::read_to_string(lab.sandbox.var_lib("olboot/firewall.listing")).expect("record");
+    let (_, listing) = record.split_once('\n').expect("header");
+
+    // A fresh namespace stands in for a boot: nftables.service runs `nft -f
+    // /etc/nftables.conf`; running it twice (a reload) must not duplicate anything.
+    let boot = Netns::new();
+    for _ in 0..2 {
+        ns::must(
+            lab.sandbox
+                .command(&boot, "nft")
+                .args(["-f", "/etc/nftables.conf"]),
+        );
+    }
+    assert_eq!(
+        boot.nft(&["-s", "list", "table", "inet", "olboot"]),
+        listing,
+        "the boot-time table is the one olboot loaded"
+    );
+    if Path::new("/lib/systemd/systemd").exists() {
+        let link = lab
+            .sandbox
+            .etc("systemd/system/sysinit.target.wants/nftables.service");
+        assert!(
+            std::fs::read_link(link).is_ok(),
+            "nftables.service is enabled"
+        );
+    }
+    // The include is added once, whatever the number of runs.
+    lab.apply(CONFIG_B);
+    let conf = std::fs::read_to_string(lab.sandbox.etc("nftables.conf")).expect("conf");
+    assert_eq!(conf.matches("include \"/etc/nftables.d/*.nft\"").count(), 1);
+}
+
+#[test]
+fn a_refused_ruleset_changes_nothing() {
+    let lab = Lab::new();
+    // Another program owns a table named inet olboot (nft's `owner` flag): while it holds its
+    // netlink socket, the kernel refuses every change to that table, as it would refuse any
+    // ruleset it cannot load.
+    let mut owner = lab
+        .srv
+        .command("nft")
+        .arg("-i")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("nft -i");
+    let mut stdin = owner.stdin.take().expect("stdin");
+    std::io::Write::write_all(
+        &mut stdin,
+        b"add table inet olboot { flags owner; }\nadd chain inet olboot input { type filter hook input priority 0; policy accept; }\n",
+    )
+    .expect("write");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !lab
+        .srv
+        .nft(&["list", "tables"])
+        .contains("table inet olboot")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "owner table not created"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let before = lab.srv.nft(&["list", "ruleset"]);
+
+    let out = lab.olboot("apply", CONFIG_A);
+    assert_eq!(common::code(&out), 1, "{}", common::stderr(&out));
+    let step = common::step(&common::report(&out), "firewall").clone();
+    assert_eq!(step["result"], "failed");
+    let err = step["error"].as_str().expect("error");
+    assert!(
+        err.contains("nft refused the rendered ruleset; nothing was changed")
+            && err.contains("nft -c -f -"),
+        "{err}"
+    );
+    assert!(changes(&step).is_empty(), "{step}");
+    assert_eq!(
+        lab.srv.nft(&["list", "ruleset"]),
+        before,
+        "kernel unchanged"
+    );
+    assert!(
+        !lab.sandbox.etc("nftables.d/olboot.nft").exists(),
+        "no file written"
+    );
+    assert!(!lab.sandbox.var_lib("olboot/firewall.listing").exists());
+
+    drop(stdin);
+    let _ = owner.kill();
+    let _ = owner.wait();
+    // With the owner gone its table goes too, and olboot's loads.
+    assert_eq!(lab.apply(CONFIG_A)["result"], "changed");
+    assert_eq!(lab.reaches(8082), (true, true));
+}
+
+/// Debian 12's nftables.service.
+const UNIT: &str = "[Unit]
+Description=nftables
+Wants=network-pre.target
+Before=network-pre.target shutdown.target
+Conflicts=shutdown.target
+DefaultDependencies=no
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/usr/sbin/nft -f /etc/nftables.conf
+ExecReload=/usr/sbin/nft -f /etc/nftables.conf
+ExecStop=/usr/sbin/nft flush ruleset
+
+[Install]
+WantedBy=sysinit.target
+";
+
+/// Debian's default /etc/nftables.conf.
+const DEBIAN_CONF: &str = "#!/usr/sbin/nft -f
+
+flush ruleset
+
+table inet filter {
+	chain input {
+		type filter hook input priority filter;
+	}
+}
+";
+
+#[test]
+fn under_root_only_files_change() {
+    let srv = Netns::new();
+    srv.nft_load(DOCKER_LIKE);
+    let before = srv.nft(&["list", "ruleset"]);
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path().join("root");
+    common::write(&root.join("usr/sbin/nft"), "");
+    common::write(&root.join("lib/systemd/systemd"), "");
+    common::write(&root.join("lib/systemd/system/nftables.service"), UNIT);
+    common::write(&root.join("etc/nftables.conf"), DEBIAN_CONF);
+    common::write(&root.join("usr/bin/dockerd"), "");
+    let cfg = t.path().join("olboot.yaml");
+    std::fs::write(&cfg, CONFIG_A).expect("config");
+    let run = |verb: &str| {
+        let mut c = srv.command(env!("CARGO_BIN_EXE_olboot"));
+        c.args([verb, "-c"])
+            .arg(&cfg)
+            .arg("--root")
+            .arg(&root)
+            .args(["--host", "lab", "--only", "firewall"]);
+        if verb == "apply" {
+            c.arg("--json");
+        }
+        c.output().expect("olboot")
+    };
+
+    let out = run("plan");
+    assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
+    let step = common::step(&common::report(&out), "firewall").clone();
+    let planned = changes(&step);
+    assert_eq!(planned.len(), 3, "{planned:?}");
+    assert!(planned[0].starts_with("write /etc/nftables.d/olboot.nft: "));
+    assert!(
+        planned[0].contains("\n    + table inet olboot {}"),
+        "{}",
+        planned[0]
+    );
+    assert_eq!(
+        planned[1],
+        "add include \"/etc/nftables.d/*.nft\" to /etc/nftables.conf"
+    );
+    assert_eq!(planned[2], "enable nftables.service for boot");
+    assert!(
+        step["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("flush ruleset")),
+        "Docker is installed and nftables.conf flushes: {step}"
+    );
+
+    let out = run("apply");
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+    let step = common::step(&common::report(&out), "firewall").clone();
+    assert_eq!(
+        changes(&step),
+        [
+            "wrote /etc/nftables.d/olboot.nft",
+            "added include \"/etc/nftables.d/*.nft\" to /etc/nftables.conf",
+            "enabled nftables.service (/etc/systemd/system/sysinit.target.wants/nftables.service -> /lib/systemd/system/nftables.service)",
+        ]
+    );
+    assert_eq!(
+        srv.nft(&["list", "ruleset"]),
+        before,
+        "the kernel is untouched"
+    );
+    let conf = std::fs::read_to_string(root.join("etc/nftables.conf")).expect("conf");
+    assert!(conf.starts_with(DEBIAN_CONF));
+    assert!(conf.ends_with("include \"/etc/nftables.d/*.nft\"\n"));
+    assert_eq!(
+        std::fs::read_link(root.join("etc/systemd/system/sysinit.target.wants/nftables.service"))
+            .expect("link"),
+        Path::new("/lib/systemd/system/nftables.service")
+    );
+    assert!(!root.join("var/lib/olboot/firewall.listing").exists());
+
+    // The written file loads as it is.
+    let check = Netns::new();
+    let file = std::fs::read_to_string(root.join("etc/nftables.d/olboot.nft")).expect("file");
+    check.nft_load(&file);
+    check.nft_load(&file);
+
+    let out = run("apply");
+    assert_eq!(common::code(&out), 0);
+    assert_eq!(
+        common::step(&common::report(&out), "firewall")["result"],
+        "unchanged"
+    );
+    assert_eq!(common::code(&run("plan")), 0);
+    assert_eq!(srv.nft(&["list", "ruleset"]), before);
+}
+
+#[test]
+fn a_target_without_nft_plans_to_install_it() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path().join("root");
+    std::fs::create_dir_all(&root).expect("root");
+    let cfg = t.path().join("olboot.yaml");
+    std::fs::write(&cfg, CONFIG_A).expect("config");
+    let out = common::olboot()
+        .args(["plan", "-c"])
+        .arg(&cfg)
+        .arg("--root")
+        .arg(&root)
+        .args(["--host", "lab", "--only", "firewall"])
+        .output()
+        .expect("olboot");
+    assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
+    let step = common::step(&common::report(&out), "firewall").clone();
+    let planned = changes(&step);
+    assert_eq!(planned[0], "install nftables (nft is missing)");
+    assert!(planned[1].starts_with("write /etc/nftables.d/olboot.nft"));
+    assert_eq!(
+        planned[2],
+        "create /etc/nftables.conf with include \"/etc/nftables.d/*.nft\""
+    );
+    assert_eq!(common::snapshot(&root).len(), 0, "plan wrote nothing");
+}
+
+#[test]
+fn a_linked_nftables_conf_is_left_alone() {
+    let t = tempfile::tempdir().expect("tempdir");
+    let root = t.path().join("root");
+    common::write(&root.join("usr/sbin/nft"), "");
+    common::write(&root.join("opt/olsystem/etc/nftables.conf"), DEBIAN_CONF);
+    std::fs::create_dir_all(root.join("etc")).expect("etc");
+    std::os::unix::fs::symlink(
+        "/opt/olsystem/etc/nftables.conf",
+        root.join("etc/nftables.conf"),
+    )
+    .expect("symlink");
+    let cfg = t.path().join("olboot.yaml");
+    std::fs::write(&cfg, CONFIG_A).expect("config");
+    let out = common::olboot()
+        .args(["plan", "-c"])
+        .arg(&cfg)
+        .arg("--root")
+        .arg(&root)
+        .args(["--host", "lab", "--only", "firewall"])
+        .output()
+        .expect("olboot");
+    assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
+    let step = common::step(&common::report(&out), "firewall").clone();
+    let planned = changes(&step);
+    assert_eq!(planned.len(), 1, "only the rules file: {planned:?}");
+    assert!(
+        step["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .any(|w| w
+                .as_str()
+                .is_some_and(|w| w.contains("is a symlink to /opt/olsystem/etc/nftables.conf"))),
+        "{step}"
+    );
+}
+
+#[test]
+fn a_broken_nftables_conf_is_reported() {
+    let lab = Lab::new();
+    lab.apply(CONFIG_A);
+    // Somebody's mistake elsewhere in the file that nftables.service loads at boot.
+    let conf = lab.sandbox.etc("nftables.conf");
+    let mut text = std::fs::read_to_string(&conf).expect("conf");
+    text.push_str("table inet broken {\n\tchain c {\n\t\tnonsense here\n\t}\n}\n");
+    std::fs::write(&conf, text).expect("write");
+    let plan = lab.olboot("plan", CONFIG_A);
+    assert_eq!(
+        common::code(&plan),
+        0,
+        "nothing to change: {}",
+        common::stderr(&plan)
+    );
+    let step = common::step(&common::report(&plan), "firewall").clone();
+    assert!(
+        step["warnings"]
+            .as_array()
+            .expect("warnings")
+            .iter()
+            .any(|w| w
+                .as_str()
+                .is_some_and(|w| w.contains("/etc/nftables.conf does not load"))),
+        "{step}"
+    );
+}
