@@ -2,7 +2,10 @@
 //!
 //! Certificates are always verified, against the Mozilla roots built into the binary (a rescue
 //! system may have no CA bundle), the running system's bundle when it has one, and an extra
-//! CA file for an internal mirror. Bodies are never decompressed on the fly (ureq's `gzip`
+//! CA file for an internal mirror. ureq takes extra roots only as certificates, while
+//! webpki-roots carries the Mozilla roots as bare trust anchors (a third of the size of the
+//! certificates, which matters for a 3 MiB binary): [`anchor_cert`] wraps each anchor in the
+//! smallest certificate that rustls reads back into the very same anchor. Bodies are never decompressed on the fly (ureq's `gzip`
 //! feature is off): the archive's sha256 and Range offsets are about the bytes on the wire.
 
 use crate::tuning::Tuning;
@@ -23,9 +26,9 @@ const SYSTEM_BUNDLES: [&str; 3] = [
 /// An agent with olboot's timeouts and trust roots, plus the certificates of `ca_file` (PEM).
 /// Statuses are returned as responses, not errors, so callers can tell retryable ones apart.
 pub fn agent(tuning: &Tuning, ca_file: Option<&Path>) -> Result<ureq::Agent> {
-    let mut roots: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+    let mut roots: Vec<Certificate<'static>> = webpki_roots::TLS_SERVER_ROOTS
         .iter()
-        .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+        .map(|a| Certificate::from_der(&anchor_cert(a)).to_owned())
         .collect();
     if let Some(bundle) = SYSTEM_BUNDLES.iter().map(Path::new).find(|p| p.is_file()) {
         // A broken system bundle must not stop a fetch the built-in roots can verify.
@@ -58,6 +61,57 @@ pub fn agent(tuning: &Tuning, ca_file: Option<&Path>) -> Result<ureq::Agent> {
         .user_agent(concat!("olboot/", env!("CARGO_PKG_VERSION")))
         .build();
     Ok(config.into())
+}
+
+/// A DER TLV: `tag`, the length, `content`.
+fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|&b| b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A v3 certificate carrying exactly a trust anchor: its subject (also as issuer), its public
+/// key and its name constraints. A root's own signature and validity are never checked (it is
+/// trusted as an anchor), so those fields hold placeholders.
+fn anchor_cert(a: &rustls::pki_types::TrustAnchor) -> Vec<u8> {
+    const SEQ: u8 = 0x30;
+    // AlgorithmIdentifier ecdsa-with-SHA256, for the (unchecked) signature.
+    let alg = tlv(
+        SEQ,
+        &tlv(0x06, &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]),
+    );
+    let name = tlv(SEQ, a.subject.as_ref());
+    let mut tbs = tlv(0xa0, &[0x02, 0x01, 0x02]); // [0] version v3
+    tbs.extend([0x02, 0x01, 0x01]); // serial 1
+    tbs.extend(&alg);
+    tbs.extend(&name);
+    let mut validity = tlv(0x17, b"000101000000Z");
+    validity.extend(tlv(0x17, b"491231235959Z"));
+    tbs.extend(tlv(SEQ, &validity));
+    tbs.extend(&name);
+    tbs.extend(tlv(SEQ, a.subject_public_key_info.as_ref()));
+    if let Some(nc) = &a.name_constraints {
+        // Extension { id-ce-nameConstraints (2.5.29.30), OCTET STRING { NameConstraints } }
+        let mut ext = tlv(0x06, &[0x55, 0x1d, 0x1e]);
+        ext.extend(tlv(0x04, &tlv(SEQ, nc.as_ref())));
+        tbs.extend(tlv(0xa3, &tlv(SEQ, &tlv(SEQ, &ext))));
+    }
+    let mut cert = tlv(SEQ, &tbs);
+    cert.extend(&alg);
+    cert.extend([0x03, 0x01, 0x00]); // empty signature BIT STRING
+    tlv(SEQ, &cert)
 }
 
 /// The certificates in the PEM file at `path`.
@@ -100,4 +154,32 @@ pub fn get_text(url: &str) -> Result<String> {
     resp.body_mut()
         .read_to_string()
         .with_context(|| format!("{url}: cannot read the body"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_builtin_anchor_survives_the_round_trip_through_a_certificate() {
+        let certs: Vec<rustls::pki_types::CertificateDer> = webpki_roots::TLS_SERVER_ROOTS
+            .iter()
+            .map(|a| anchor_cert(a).into())
+            .collect();
+        let mut store = rustls::RootCertStore::empty();
+        let (added, ignored) = store.add_parsable_certificates(certs);
+        assert_eq!(ignored, 0);
+        assert_eq!(added, webpki_roots::TLS_SERVER_ROOTS.len());
+        assert_eq!(store.roots, webpki_roots::TLS_SERVER_ROOTS);
+        assert!(webpki_roots::TLS_SERVER_ROOTS
+            .iter()
+            .any(|a| a.name_constraints.is_some()));
+    }
+
+    #[test]
+    fn long_der_lengths() {
+        assert_eq!(tlv(0x04, &[0; 3])[..2], [0x04, 3]);
+        assert_eq!(tlv(0x04, &[0; 200])[..3], [0x04, 0x81, 200]);
+        assert_eq!(tlv(0x04, &[0; 300])[..4], [0x04, 0x82, 0x01, 0x2c]);
+    }
 }
