@@ -6,6 +6,9 @@ use crate::report::{Outcome, StepReport};
 use crate::steps::{self, Ctx, Done, Step};
 use std::time::Instant;
 
+/// The `error` of a step the config does not mention.
+pub const NOT_CONFIGURED: &str = "not configured";
+
 /// Whether to change the machine or only say what would change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -72,26 +75,28 @@ fn run_named(cfg: &HostConfig, ctx: &Ctx, mode: Mode, name: StepName) -> StepRep
     match name {
         StepName::Firewall => match &cfg.firewall {
             Some(c) => run_step(&steps::firewall::Firewall { cfg: c }, ctx, mode),
-            None => skipped(name, "not configured".into()),
+            None => skipped(name, NOT_CONFIGURED.into()),
         },
-        StepName::Volumes if cfg.volumes.is_empty() => skipped(name, "not configured".into()),
+        StepName::Volumes if cfg.volumes.is_empty() => skipped(name, NOT_CONFIGURED.into()),
         StepName::Volumes => run_step(&steps::volumes::Volumes { cfg: &cfg.volumes }, ctx, mode),
         StepName::Opt => match &cfg.opt {
             Some(c) => run_step(&steps::opt::Opt { cfg: c }, ctx, mode),
-            None => skipped(name, "not configured".into()),
+            None => skipped(name, NOT_CONFIGURED.into()),
         },
         StepName::Packages => match &cfg.packages {
             Some(c) => run_step(&steps::packages::Packages { cfg: c }, ctx, mode),
-            None => skipped(name, "not configured".into()),
+            None => skipped(name, NOT_CONFIGURED.into()),
         },
-        StepName::Links if cfg.links.is_empty() => skipped(name, "not configured".into()),
+        StepName::Links if cfg.links.is_empty() => skipped(name, NOT_CONFIGURED.into()),
         StepName::Links => run_step(&steps::links::Links { cfg: &cfg.links }, ctx, mode),
     }
 }
 
 /// Why `name` cannot run given the reports of the steps before it, if it cannot.
-/// `opt` needs `volumes` when its path is on a volume; `links` needs `opt`. Under `plan`, a
-/// step whose prerequisite has pending changes cannot be planned truthfully yet.
+/// `opt` needs `volumes` when its path is on a volume; `links` needs `opt`; `packages` needs
+/// `firewall`, so that a machine whose firewall failed gets no new services listening (the
+/// firewall runs first for that reason). Under `plan`, a step whose prerequisite has pending
+/// changes cannot be planned truthfully yet.
 fn blocker(cfg: &HostConfig, name: StepName, before: &[StepReport], mode: Mode) -> Option<String> {
     let needs = match name {
         StepName::Opt => {
@@ -103,15 +108,18 @@ fn blocker(cfg: &HostConfig, name: StepName, before: &[StepReport], mode: Mode) 
             on_volume.then_some(StepName::Volumes)
         }
         StepName::Links => cfg.opt.as_ref().map(|_| StepName::Opt),
+        StepName::Packages => cfg.firewall.as_ref().map(|_| StepName::Firewall),
         _ => None,
     }?;
+    // opt looks at what volumes mounted, links at what opt unpacked; packages only waits.
+    let observes = needs != StepName::Firewall;
     let dep = before.iter().find(|r| r.name == needs.as_str())?;
     match dep.result {
         Outcome::Failed => Some(format!("needs {}, which failed", dep.name)),
-        Outcome::Skipped if dep.error.as_deref() != Some("not configured") => {
+        Outcome::Skipped if dep.error.as_deref() != Some(NOT_CONFIGURED) => {
             Some(format!("needs {}, which was skipped", dep.name))
         }
-        Outcome::Pending if mode == Mode::Plan => Some(format!(
+        Outcome::Pending if mode == Mode::Plan && observes => Some(format!(
             "needs {}, which has pending changes: planned once they are made",
             dep.name
         )),
@@ -120,7 +128,7 @@ fn blocker(cfg: &HostConfig, name: StepName, before: &[StepReport], mode: Mode) 
 }
 
 fn skipped(name: StepName, why: String) -> StepReport {
-    if why != "not configured" {
+    if why != NOT_CONFIGURED {
         log::warn!("{}: skipped: {why}", name.as_str());
     }
     StepReport {

@@ -218,6 +218,7 @@ fn errors_name_file_position_and_key() {
         ("version: 1\nfirewall:\n  sets: { a: [\"2620:0:9c0::/129\"] }\n  allow:\n    - { port: 22 }\n", &["invalid prefix length"]),
         ("version: 1\nfirewall:\n  allow:\n    - { port: [80, 443] }\n", &["firewall.allow", "SSH", "ssh: closed"]),
         ("version: 1\nfirewall:\n  allow:\n    - { port: 22, proto: udp }\n", &["SSH"]),
+        ("version: 1\nfirewall:\n  sets: { admin: [] }\n  allow:\n    - { port: 22, from: admin }\n", &["SSH"]),
         ("version: 1\nopt:\n  path: /1/opt\n  archive:\n    urls: [https://a.example/opt.tar.zst]\n", &["opt.archive.sha256", "missing"]),
         ("version: 1\nopt:\n  path: /1/opt\n  archive:\n    urls: [ftp://a.example/x]\n    sha256: 00\n", &["not an http://"]),
         ("version: 1\nopt:\n  path: /1/opt\n  archive:\n    urls: [https://a.example/x]\n    sha256: abc\n", &["not a sha256"]),
@@ -260,4 +261,17 @@ fn values_that_are_valid() {
     assert_eq!(h.volumes[0].mountpoint.to_string(), "/1", "normalized");
     assert_eq!(h.volumes[0].wait.0.as_secs(), 150);
     assert!(!h.opt.as_ref().unwrap().archive.as_ref().unwrap().urls[0].is_remote());
+}
+
+#[test]
+fn a_later_role_keeps_recommends_unless_it_sets_it() {
+    let c = parse("version: 1\nhosts:\n  a: [r1, r2]\n  b: [r1, r3]\nroles:\n  r1: { packages: { install: [git], recommends: true } }\n  r2: { packages: { install: [tree] } }\n  r3: { packages: { recommends: false } }\n").unwrap();
+    assert_eq!(
+        c.for_host("a").unwrap().packages.unwrap().recommends,
+        Some(true)
+    );
+    assert_eq!(
+        c.for_host("b").unwrap().packages.unwrap().recommends,
+        Some(false)
+    );
 }

@@ -327,3 +327,50 @@ fn converged_rerun_over_hundreds_of_files_changes_nothing() {
     assert_eq!(r["result"], "unchanged");
     assert_eq!(snapshot(&s.root.join("etc")), before);
 }
+
+#[test]
+fn links_below_a_source_directory_gone_as_a_whole_are_removed() {
+    let s = Scratch::new();
+    assert_eq!(code(&s.olboot("apply")), 0);
+    std::fs::remove_dir_all(s.etc_src().join("haproxy")).unwrap();
+    let p = s.olboot("plan");
+    assert_eq!(code(&p), 3);
+    let changes = step(&report(&p), "links")["changes"].to_string();
+    assert!(
+        changes.contains("remove /etc/haproxy/haproxy.cfg -> "),
+        "{changes}"
+    );
+    assert_eq!(code(&s.olboot("apply")), 0);
+    assert!(std::fs::symlink_metadata(s.root.join("etc/haproxy/haproxy.cfg")).is_err());
+    assert_eq!(report(&s.olboot("apply"))["result"], "unchanged");
+}
+
+#[test]
+fn backups_never_go_through_an_earlier_backup_symlink() {
+    let s = Scratch::new();
+    // First run: a directory symlink in the way is backed up as a symlink.
+    symlink("/srv/old-sites", s.root.join("etc/nginx")).unwrap();
+    std::fs::create_dir_all(s.root.join("srv/old-sites")).unwrap();
+    assert_eq!(code(&s.olboot("apply")), 0);
+    let b = s.root.join("var/lib/olboot/backup/etc");
+    assert_eq!(
+        std::fs::read_link(b.join("nginx")).unwrap(),
+        Path::new("/srv/old-sites")
+    );
+    // Somebody edits a link into a plain file (sed -i does that); the next run backs it up
+    // below etc/nginx, which must not resolve through the backed-up symlink.
+    let conf = s.root.join("etc/nginx/nginx.conf");
+    std::fs::remove_file(&conf).unwrap();
+    write(&conf, "edited in place\n");
+    let before = snapshot(&s.root.join("srv"));
+    assert_eq!(code(&s.olboot("apply")), 0);
+    assert_eq!(
+        snapshot(&s.root.join("srv")),
+        before,
+        "a backup went through the symlink"
+    );
+    assert_eq!(
+        std::fs::read_to_string(b.join("nginx.1/nginx.conf")).unwrap(),
+        "edited in place\n"
+    );
+}

@@ -674,7 +674,7 @@ fn disk_mounted_elsewhere_is_not_mounted_again() {
     });
     let elsewhere = lab.path().join("elsewhere");
     std::fs::create_dir_all(&elsewhere).unwrap();
-    olboot::sys::mount::mount(Path::new(&d.dev), &elsewhere, "ext4", "").unwrap();
+    olboot::sys::mount::mount_with(Path::new(&d.dev), &elsewhere, "ext4", &[]).unwrap();
     let cfg = lab.config(&volume(&d.dev, "/1", ""));
     let out = lab.olboot("apply", &cfg);
     assert_eq!(code(&out), 1, "{}", stderr(&out));

@@ -289,10 +289,13 @@ impl Config {
                     }
                 }
             }
-            let ssh_open = fw
-                .allow
-                .iter()
-                .any(|a| a.proto == Proto::Tcp && a.port.0.iter().any(|p| p.contains(22)));
+            // A rule counts only if it lets somebody in: from anywhere, or from a set that
+            // holds at least one network.
+            let ssh_open = fw.allow.iter().any(|a| {
+                a.proto == Proto::Tcp
+                    && a.port.0.iter().any(|p| p.contains(22))
+                    && (a.from.is_empty() || a.from.iter().any(|s| !fw.sets[s].is_empty()))
+            });
             if !ssh_open && fw.ssh != Some(Ssh::Closed) {
                 return Err(err(
                     "firewall.allow",
@@ -394,7 +397,9 @@ impl Role {
                     cur.install.push(name);
                 }
             }
-            cur.recommends = p.recommends;
+            if p.recommends.is_some() {
+                cur.recommends = p.recommends;
+            }
         }
         if let Some(l) = later.links {
             self.links.get_or_insert_with(Vec::new).extend(l);

@@ -170,8 +170,7 @@ pub struct Packages {
     #[serde(default)]
     pub install: Vec<PackageName>,
     /// Install recommended packages too (off by default).
-    #[serde(default)]
-    pub recommends: bool,
+    pub recommends: Option<bool>,
 }
 
 /// `links[]` — mirror the files below `from` as symlinks below `to`.

@@ -248,7 +248,9 @@ fn walk(
     Ok(())
 }
 
-/// Links in the target directory `rel` that point into `from` at a file that is gone.
+/// Links in the target directory `rel` that point into `from` at a file that is gone: names
+/// the source directory no longer has, and everything below target directories whose source
+/// directory is gone as a whole.
 fn stale_links(
     link: &Link,
     to_host: &Path,
@@ -256,27 +258,31 @@ fn stale_links(
     src_entries: &[(std::ffi::OsString, fs::FileType)],
     plan: &mut Plan<Change>,
 ) -> Result<()> {
-    let dir = to_host.join(rel);
-    let Ok(rd) = fs::read_dir(&dir) else {
-        return Ok(());
-    };
     let mut stale = Vec::new();
-    for e in rd {
-        let e = e.with_context(|| format!("cannot read {}", link.to.join(rel).display()))?;
-        if src_entries.iter().any(|(n, _)| *n == e.file_name()) {
-            continue;
-        }
-        if !e.file_type().map(|t| t.is_symlink()).unwrap_or(false) {
-            continue;
-        }
-        let Ok(dest) = fs::read_link(e.path()) else {
+    let mut todo = vec![(rel.to_path_buf(), true)];
+    while let Some((dir, top)) = todo.pop() {
+        let Ok(rd) = fs::read_dir(to_host.join(&dir)) else {
             continue;
         };
-        if dest.starts_with(&*link.from) {
-            stale.push(Change::RemoveStale {
-                link: link.to.join(rel).join(e.file_name()),
-                dest,
-            });
+        for e in rd {
+            let e = e.with_context(|| format!("cannot read {}", link.to.join(&dir).display()))?;
+            if top && src_entries.iter().any(|(n, _)| *n == e.file_name()) {
+                continue;
+            }
+            let Ok(t) = e.file_type() else { continue };
+            if t.is_dir() {
+                todo.push((dir.join(e.file_name()), false));
+            } else if t.is_symlink() {
+                let Ok(dest) = fs::read_link(e.path()) else {
+                    continue;
+                };
+                if dest.starts_with(&*link.from) {
+                    stale.push(Change::RemoveStale {
+                        link: link.to.join(&dir).join(e.file_name()),
+                        dest,
+                    });
+                }
+            }
         }
     }
     stale.sort_by_key(|c| c.to_string());
@@ -323,22 +329,39 @@ fn warn_ignored(target: &Path, src_host: &Path, plan: &mut Plan<Change>) {
 }
 
 /// Move what is at `target` (host path `host`) under the backup directory, keeping its path.
+///
+/// The backup tree holds earlier backups, symlinks among them (a migrated VM's directory
+/// link), so its path is walked without following anything: a part that is not a real
+/// directory, or a name already taken, gets the next free `name.N` instead.
 fn back_up(ctx: &Ctx, target: &Path, host: &Path) -> Result<PathBuf> {
-    let base = ctx
-        .root
-        .path(Path::new(BACKUP_DIR))
-        .join(target.strip_prefix("/").unwrap_or(target));
-    let mut dest = base.clone();
-    let mut n = 1;
-    while fs::symlink_metadata(&dest).is_ok() {
-        let mut name = base.file_name().unwrap_or_default().to_os_string();
-        name.push(format!(".{n}"));
-        dest = base.with_file_name(name);
-        n += 1;
-    }
-    if let Some(parent) = dest.parent() {
-        fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
+    let base = ctx.root.path(Path::new(BACKUP_DIR));
+    fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
+    let parts: Vec<_> = target.strip_prefix("/").unwrap_or(target).iter().collect();
+    let mut dest = base;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        let mut n = 0;
+        dest = loop {
+            let mut name = part.to_os_string();
+            if n > 0 {
+                name.push(format!(".{n}"));
+            }
+            let cand = dest.join(name);
+            match fs::symlink_metadata(&cand) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if !last {
+                        fs::create_dir(&cand)
+                            .with_context(|| format!("cannot create {}", cand.display()))?;
+                    }
+                    break cand;
+                }
+                Ok(m) if !last && m.is_dir() => break cand,
+                Ok(_) => n += 1,
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot inspect {}", cand.display()))
+                }
+            }
+        };
     }
     fs::rename(host, &dest)
         .with_context(|| format!("cannot move {} to {}", target.display(), dest.display()))?;

@@ -75,7 +75,7 @@ impl Step for Packages<'_> {
     }
 
     fn apply(&self, ctx: &Ctx, changes: Vec<Change>, done: &mut Done) -> Result<()> {
-        make(ctx, changes, self.cfg.recommends, done)
+        make(ctx, changes, self.cfg.recommends.unwrap_or(false), done)
     }
 }
 

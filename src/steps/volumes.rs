@@ -398,6 +398,7 @@ fn mount_volume(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) ->
             other.map(|m| m.source)
         ),
     }
+    done.record(format!("mounted {dev} at {}", v.mountpoint));
     // It was mounted nowhere before; any other mount now is a copy made by mount propagation
     // (a shared subtree), which would leave the volume reachable where nobody expects it.
     let others: Vec<String> = blockdev::usage(dev)?
@@ -413,7 +414,6 @@ fn mount_volume(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) ->
             others.join(", ")
         );
     }
-    done.record(format!("mounted {dev} at {}", v.mountpoint));
     Ok(())
 }
 

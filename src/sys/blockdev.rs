@@ -111,7 +111,14 @@ pub fn wait_for(candidates: &[impl AsRef<Path>], wait: Duration) -> Result<(Path
     let mut told = false;
     loop {
         for c in candidates {
-            if let Some(d) = present(c.as_ref())? {
+            // One odd candidate (not a block device, sysfs unreadable) must not hide the others.
+            let found = present(c.as_ref()).unwrap_or_else(|e| {
+                if !told {
+                    log::warn!("{e:#}");
+                }
+                None
+            });
+            if let Some(d) = found {
                 if told {
                     log::info!("{} appeared", c.as_ref().display());
                 }
@@ -264,8 +271,12 @@ pub fn probe(dev: &Device) -> Result<Probe> {
             tags: parse_export(&text).into_iter().next().unwrap_or_default(),
             ambivalent: false,
         }),
-        // Nothing found: the device is there (checked above), so it is blank.
-        Some(2) => Ok(Probe::default()),
+        // blkid also exits 2 when it cannot open or read the device: "blank" only when it
+        // said nothing and olboot can read both ends of the device itself.
+        Some(2) if out.stderr.is_empty() => {
+            readable(dev)?;
+            Ok(Probe::default())
+        }
         // "Ambivalent low-level probing result": more than one signature.
         Some(8) => Ok(Probe {
             tags: parse_export(&text).into_iter().next().unwrap_or_default(),
@@ -273,6 +284,27 @@ pub fn probe(dev: &Device) -> Result<Probe> {
         }),
         _ => bail!("cannot probe {}: {}", dev, cmd::failure(&c, &out)),
     }
+}
+
+/// Read the first and the last MiB of `dev`, where signatures live, so that an unreadable
+/// device is an error and never taken for a blank one.
+fn readable(dev: &Device) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(&dev.path).with_context(|| format!("cannot open {dev}"))?;
+    let size = f
+        .metadata()
+        .ok()
+        .filter(|m| m.len() > 0)
+        .map(|m| m.len())
+        .or_else(|| std::io::Seek::seek(&mut &f, std::io::SeekFrom::End(0)).ok())
+        .with_context(|| format!("cannot find the size of {dev}"))?;
+    let mut buf = vec![0u8; 1 << 20];
+    for at in [0, size.saturating_sub(buf.len() as u64)] {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        f.read_exact_at(&mut buf[..n], at)
+            .with_context(|| format!("cannot read {dev} at byte {at}: not probing it"))?;
+    }
+    Ok(())
 }
 
 /// Parse `blkid -o export` output: `KEY=value` lines, one block per device, blocks separated

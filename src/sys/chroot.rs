@@ -60,9 +60,12 @@ impl Session {
         let policy = root.path(Path::new("/usr/sbin/policy-rc.d"));
         let saved = policy.with_file_name("policy-rc.d.olboot-saved");
         // A saved one left by a run that died means the one in place is ours: keep the saved.
+        // Without one, a policy-rc.d with exactly our content is also ours, left by a run that
+        // died before it had anything to save: it goes away at the end, not back in place.
+        let ours = std::fs::read(&policy).is_ok_and(|c| c == POLICY);
         let put_aside = if saved.exists() {
             Some(saved)
-        } else if policy.symlink_metadata().is_ok() {
+        } else if policy.symlink_metadata().is_ok() && !ours {
             std::fs::rename(&policy, &saved).with_context(|| {
                 format!(
                     "cannot move {} aside to {}",

@@ -8,23 +8,32 @@ use std::path::Path;
 
 /// Replace `path` with `data`: write a temporary file beside it, fsync it, rename it over
 /// `path` and fsync the directory. Parent directories are created. The mode of an existing
-/// file is kept; a new file gets `mode`.
+/// file is kept; a new file gets `mode`. A symlink at `path` is refused rather than replaced
+/// by a file, and the temporary file is created afresh, never opened through something left
+/// at its name.
 pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{}: no parent directory", path.display()))?;
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let mode = match fs::metadata(path) {
+    let mode = match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            anyhow::bail!("{} is a symlink: not replacing it", path.display())
+        }
         Ok(m) => m.permissions().mode() & 0o7777,
         Err(_) => mode,
     };
     let name = path.file_name().unwrap_or_default().to_string_lossy();
     let tmp = dir.join(format!(".{name}.olboot-tmp"));
     let write = || -> std::io::Result<()> {
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         let mut f = OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .mode(mode)
             .open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;

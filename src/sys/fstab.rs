@@ -1,8 +1,8 @@
 //! Editing `/etc/fstab`: exactly one line per mountpoint olboot manages, every other line kept
 //! byte for byte.
 //!
-//! An older line for the same mountpoint (a disk of a previous VM, a hand-made entry) is not
-//! deleted: it is commented out with a `# olboot replaced:` prefix right where it stood and the
+//! An older line for the same mountpoint (a disk of a previous VM, a hand-made entry), or one
+//! that mounts the same device elsewhere (it would be mounted twice at boot), is not deleted: it is commented out with a `# olboot replaced:` prefix right where it stood and the
 //! new line takes its place, so an operator can still see what was there.
 
 use super::mount::unescape;
@@ -51,13 +51,14 @@ pub enum Edit {
     Replace(Vec<String>),
 }
 
-/// The mountpoint field of an active fstab line, unescaped.
-fn mountpoint(line: &str) -> Option<String> {
+/// The spec and mountpoint fields of an active fstab line, unescaped.
+fn spec_and_file(line: &str) -> Option<(String, String)> {
     let t = line.trim_start();
     if t.is_empty() || t.starts_with('#') {
         return None;
     }
-    t.split_whitespace().nth(1).map(unescape)
+    let mut f = t.split_whitespace().map(unescape);
+    Some((f.next()?, f.next()?))
 }
 
 fn fields(line: &str) -> Vec<String> {
@@ -69,51 +70,66 @@ fn fields(line: &str) -> Vec<String> {
     f
 }
 
-/// What it takes for `content` to hold exactly one line for `entry.file`, equal to `entry`.
-pub fn plan(content: &str, entry: &Entry) -> Edit {
+/// The lines that concern `entry`: those for its mountpoint, and those that mount its device
+/// elsewhere (which would mount it twice at boot). Returns (index, line) pairs and the index
+/// of the first one that is exactly `entry`, which is kept.
+fn concerned<'a>(content: &'a str, entry: &Entry) -> (Vec<(usize, &'a str)>, Option<usize>) {
     let want = fields(&entry.to_string());
-    let same: Vec<&str> = content
+    let lines: Vec<(usize, &str)> = content
         .lines()
-        .filter(|l| mountpoint(l).as_deref() == Some(entry.file.as_str()))
+        .enumerate()
+        .filter(|(_, l)| {
+            spec_and_file(l).is_some_and(|(spec, file)| file == entry.file || spec == entry.spec)
+        })
         .collect();
-    match same.as_slice() {
-        [] => Edit::Add,
-        [one] if fields(one) == want => Edit::Unchanged,
-        _ => Edit::Replace(
-            same.iter()
-                .filter(|l| fields(l) != want)
-                .map(|l| l.to_string())
-                .collect(),
-        ),
+    let keep = lines
+        .iter()
+        .find(|(_, l)| fields(l) == want)
+        .map(|(i, _)| *i);
+    (lines, keep)
+}
+
+/// What it takes for `content` to hold exactly one line for `entry.file` and `entry.spec`,
+/// equal to `entry`.
+pub fn plan(content: &str, entry: &Entry) -> Edit {
+    let (lines, keep) = concerned(content, entry);
+    let old: Vec<String> = lines
+        .iter()
+        .filter(|(i, _)| Some(*i) != keep)
+        .map(|(_, l)| l.to_string())
+        .collect();
+    match (old.is_empty(), keep) {
+        (true, Some(_)) => Edit::Unchanged,
+        (true, None) => Edit::Add,
+        (false, _) => Edit::Replace(old),
     }
 }
 
-/// `content` edited to hold exactly one line for `entry.file`: the first line for that
-/// mountpoint becomes `entry`, the old ones are commented out in place; with none, `entry`
-/// is appended.
+/// `content` edited as [`plan`] says: the lines it names are commented out in place; `entry`
+/// takes the place of the first of them unless an identical line is kept; with no line
+/// concerned, `entry` is appended.
 pub fn apply(content: &str, entry: &Entry) -> String {
+    let (lines, keep) = concerned(content, entry);
+    let first = lines.first().map(|(i, _)| *i);
     let mut out = String::with_capacity(content.len() + 128);
-    let mut placed = false;
-    for line in content.split_inclusive('\n') {
+    for (i, line) in content.split_inclusive('\n').enumerate() {
         let bare = line.trim_end_matches('\n');
-        if mountpoint(bare).as_deref() != Some(entry.file.as_str()) {
+        if Some(i) == keep || !lines.iter().any(|(j, _)| *j == i) {
             out.push_str(line);
-            continue;
-        }
-        if fields(bare) == fields(&entry.to_string()) && !placed {
-            out.push_str(line);
-        } else {
-            out.push_str(REPLACED);
-            out.push_str(bare);
-            out.push('\n');
-            if !placed {
-                out.push_str(&entry.to_string());
+            if !line.ends_with('\n') && Some(i) == keep {
                 out.push('\n');
             }
+            continue;
         }
-        placed = true;
+        out.push_str(REPLACED);
+        out.push_str(bare);
+        out.push('\n');
+        if keep.is_none() && Some(i) == first {
+            out.push_str(&entry.to_string());
+            out.push('\n');
+        }
     }
-    if !placed {
+    if first.is_none() {
         if !out.is_empty() && !out.ends_with('\n') {
             out.push('\n');
         }
@@ -181,9 +197,24 @@ mod tests {
     }
 
     #[test]
+    fn the_same_device_mounted_elsewhere_is_commented_out() {
+        let base = "UUID=1234 /data ext4 defaults 0 2\n";
+        assert_eq!(
+            plan(base, &e()),
+            Edit::Replace(vec![base.trim_end().into()])
+        );
+        let out = apply(base, &e());
+        assert_eq!(out, "# olboot replaced: UUID=1234 /data ext4 defaults 0 2\nUUID=1234 /1 ext4 defaults,nofail 0 2\n");
+        assert_eq!(plan(&out, &e()), Edit::Unchanged);
+    }
+
+    #[test]
     fn duplicates_are_reduced_to_one() {
         let base = "UUID=1234 /1 ext4 defaults,nofail 0 2\nUUID=1234 /1 ext4 defaults,nofail 0 2\n";
-        assert!(matches!(plan(base, &e()), Edit::Replace(_)));
+        assert_eq!(
+            plan(base, &e()),
+            Edit::Replace(vec!["UUID=1234 /1 ext4 defaults,nofail 0 2".into()])
+        );
         let out = apply(base, &e());
         assert_eq!(out.lines().filter(|l| l.starts_with("UUID")).count(), 1);
         assert_eq!(plan(&out, &e()), Edit::Unchanged);

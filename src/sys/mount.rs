@@ -49,26 +49,6 @@ pub fn at(target: &Path) -> Result<Option<MountInfo>> {
     Ok(mounts()?.into_iter().rev().find(|m| m.target == target))
 }
 
-/// Mount the filesystem on `device` at `target`.
-pub fn mount(device: &Path, target: &Path, fstype: &str, options: &str) -> Result<()> {
-    let data = std::ffi::CString::new(options)
-        .with_context(|| format!("mount options {options:?} contain a NUL byte"))?;
-    rustix::mount::mount(
-        device,
-        target,
-        fstype,
-        MountFlags::empty(),
-        Some(data.as_c_str()),
-    )
-    .with_context(|| {
-        format!(
-            "cannot mount {} ({fstype}) at {}",
-            device.display(),
-            target.display()
-        )
-    })
-}
-
 /// Mount the filesystem on `device` at `target` with fstab-style `options` (`noatime`,
 /// `ro`, `discard`, ...): the generic ones become mount flags, the rest go to the filesystem
 /// as its data string, as mount(8) does. Options that only mean something to mount(8) or
