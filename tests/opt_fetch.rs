@@ -1,5 +1,5 @@
-//! The opt step over HTTP(S) against a misbehaving server on 127.0.0.1: resume with Range,
-//! restart when Range is ignored, retry on 503, a lying Content-Length, 404 → next mirror,
+//! The opt step over HTTP(S) against a misbehaving server on 127.0.0.1: resume with Range
+//! after a cut or a stalled transfer, restart when Range is ignored, retry on 503, a lying Content-Length, 404 → next mirror,
 //! a wrong sha256, a kill in the middle of a fetch, and HTTPS with a CA made in the test.
 
 #[path = "opt/support.rs"]
@@ -46,6 +46,22 @@ fn a_cut_connection_resumes_with_range() {
     assert!(again.status.success());
     assert_eq!(opt_step(&s.root())["result"], "unchanged");
     assert_eq!(srv.requests().len(), 2);
+}
+
+#[test]
+fn a_stalled_transfer_times_out_and_resumes() {
+    let p = packed(BIG);
+    let at = p.bytes.len() / 2;
+    let srv = Server::start(p.bytes.clone(), vec![Fault::Hang(at)]);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("opt.tar.zst")], Some(&p.sha256), "", "symlink");
+    let started = Instant::now();
+    let out = s.run("apply", &cfg, &[("OLBOOT_STALL_TIMEOUT_MS", "300")]);
+    ok_and_same(&s, &p, &out);
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let reqs = srv.requests();
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert_eq!(reqs[1].range.as_deref(), Some(&*format!("bytes={at}-")));
 }
 
 #[test]
