@@ -1,7 +1,8 @@
 //! The opt step and `olboot pack` on local archives: pack is deterministic and GNU tar
 //! unpacks it to the same tree as olboot does; gzip and xz are recognized by magic; hostile
 //! archives of every kind fail naming the entry and write nothing outside; an existing tree
-//! is kept; the ways of exposing the tree at /opt.
+//! is kept; the ways of exposing the tree at /opt (bind on the live system inside a private
+//! mount namespace).
 
 #[path = "opt/support.rs"]
 mod support;
@@ -358,4 +359,76 @@ fn bind_expose_under_a_root_writes_the_fstab_line_only() {
     let again = s.apply(&cfg);
     assert!(again.status.success());
     assert_eq!(opt_step(&s.root())["result"], "unchanged");
+}
+
+#[test]
+fn bind_expose_on_the_live_system_mounts_it() {
+    // The live system, inside a private mount namespace whose /etc, /opt, /var/lib and /run
+    // are scratch directories: the machine's own files and mounts are never touched.
+    let p = packed(1024);
+    let d = tempfile::tempdir().unwrap();
+    let dir = |n: &str| {
+        let x = d.path().join(n);
+        fs::create_dir_all(&x).unwrap();
+        x
+    };
+    let (etc, opt, varlib, run) = (dir("etc"), dir("opt"), dir("varlib"), dir("run"));
+    fs::write(etc.join("fstab"), "UUID=abc / ext4 defaults 0 1\n").unwrap();
+    let path = d.path().join("data/opt");
+    let cfg = d.path().join("olboot.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "version: 1\nopt:\n  path: {}\n  archive:\n    urls: [{}]\n    sha256: {}\n",
+            path.display(),
+            file_url(&p.archive),
+            p.sha256
+        ),
+    )
+    .unwrap();
+    let script = r#"set -e
+mount --bind "$1" /etc; mount --bind "$2" /opt; mount --bind "$3" /var/lib; mount --bind "$4" /run
+"$5" apply -c "$6" --host ol-web1 --only opt
+test -f /opt/openlibrary/deploys/olsystem/def456/README
+"$5" apply -c "$6" --host ol-web1 --only opt"#;
+    let st = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "bash",
+            "-c",
+            script,
+            "bash",
+        ])
+        .args([&etc, &opt, &varlib, &run])
+        .arg(env!("CARGO_BIN_EXE_olboot"))
+        .arg(&cfg)
+        .envs(olboot().get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .output()
+        .unwrap();
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&st.stdout),
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(st.status.success(), "apply in the namespace failed");
+    assert_same_tree(&p.src, &path, true);
+    assert_eq!(
+        fs::read_to_string(etc.join("fstab")).unwrap(),
+        format!(
+            "UUID=abc / ext4 defaults 0 1\n{} /opt none bind,nofail 0 0\n",
+            path.display()
+        )
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(varlib.join("olboot/report.json")).unwrap())
+            .unwrap();
+    let step = &report["steps"][0];
+    assert_eq!(step["result"], "unchanged", "second apply: {step}");
+    let first = String::from_utf8_lossy(&st.stderr);
+    assert!(first.contains("bind-mounted"), "{first}");
+    // The mount lived in the namespace only.
+    assert_eq!(fs::read_dir(&opt).unwrap().count(), 0);
 }
