@@ -144,16 +144,36 @@ pub fn explain(e: &ureq::Error) -> String {
 
 /// Fetch a small text document (a config file) from `url`.
 pub fn get_text(url: &str) -> Result<String> {
-    let agent = agent(&Tuning::from_env(), None)?;
-    let mut resp = agent
-        .get(url)
-        .call()
-        .map_err(|e| anyhow::anyhow!("{url}: cannot fetch: {}", explain(&e)))?;
-    let status = resp.status().as_u16();
-    anyhow::ensure!(status == 200, "{url}: HTTP status {status}");
-    resp.body_mut()
-        .read_to_string()
-        .with_context(|| format!("{url}: cannot read the body"))
+    let tuning = Tuning::from_env();
+    let agent = agent(&tuning, None)?;
+    // At first boot the network may come up a little after olboot starts: connection errors
+    // and the named statuses are retried with backoff, other answers are final.
+    let mut attempt = 0;
+    loop {
+        let err = match agent.get(url).call() {
+            Ok(mut resp) => {
+                let status = resp.status().as_u16();
+                if status == 200 {
+                    return resp
+                        .body_mut()
+                        .read_to_string()
+                        .with_context(|| format!("{url}: cannot read the body"));
+                }
+                if !RETRY_STATUSES.contains(&status) {
+                    anyhow::bail!("{url}: HTTP status {status}");
+                }
+                format!("HTTP status {status}")
+            }
+            Err(e) => explain(&e),
+        };
+        attempt += 1;
+        if attempt >= tuning.retries {
+            anyhow::bail!("{url}: cannot fetch: {err} (after {attempt} attempts)");
+        }
+        let delay = tuning.backoff_for(attempt - 1);
+        log::warn!("{url}: {err}; retrying in {delay:?}");
+        std::thread::sleep(delay);
+    }
 }
 
 #[cfg(test)]
