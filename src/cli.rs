@@ -6,7 +6,7 @@ use crate::report::{self, Outcome, Report};
 use crate::root::Root;
 use crate::steps::Ctx;
 use crate::tuning::Tuning;
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::path::PathBuf;
 
 /// Exit code: success, converged (`plan`: nothing to change).
@@ -303,14 +303,7 @@ fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     if mode == Mode::Apply {
         rep.write(&root)?;
     }
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rep).context("cannot encode the report")?
-        );
-    } else {
-        print!("{}", rep.human());
-    }
+    rep.print(json)?;
     Ok(match result {
         Outcome::Failed => EXIT_FAILED,
         Outcome::Pending => EXIT_PENDING,
@@ -340,14 +333,7 @@ fn validate(source: &str, host: Option<&str>) -> Result<u8> {
 fn status(root: Option<PathBuf>, json: bool) -> Result<u8> {
     let root = root_of(root)?;
     let rep = Report::read(&root)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rep).context("cannot encode the report")?
-        );
-    } else {
-        print!("{}", rep.human());
-    }
+    rep.print(json)?;
     Ok(if rep.result == Outcome::Failed {
         EXIT_FAILED
     } else {
