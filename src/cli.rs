@@ -6,8 +6,7 @@ use crate::report::{self, Outcome, Report};
 use crate::root::Root;
 use crate::steps::Ctx;
 use crate::tuning::Tuning;
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
+use anyhow::Result;
 use std::path::PathBuf;
 
 /// Exit code: success, converged (`plan`: nothing to change).
@@ -19,81 +18,197 @@ pub const EXIT_INVALID: u8 = 2;
 /// Exit code: `plan` found pending changes.
 pub const EXIT_PENDING: u8 = 3;
 
-/// Turn a fresh VM into a working member of the Open Library fleet.
-///
-/// Steps, always in this order: firewall, volumes, opt, packages, links.
-/// Exit codes: 0 converged, 1 a step failed, 2 invalid config or command line,
-/// 3 (plan) changes pending.
-#[derive(Debug, Parser)]
-#[command(name = "olboot", version)]
-pub struct Cli {
-    #[command(subcommand)]
-    command: Command,
+const HELP: &str = "\
+olboot: turn a fresh VM into a working member of the Open Library fleet.
+
+Steps, always in this order: firewall, volumes, opt, packages, links.
+
+Usage: olboot <COMMAND> [OPTIONS]
+
+Commands:
+  apply     Converge this machine to the config
+  plan      Say what apply would change, as a JSON report; change nothing
+  validate  Check a config (the whole fleet unless --host is given); change nothing
+  status    Print the last apply's report
+  pack      Archive a legacy /opt for the archive store and print its sha256
+
+Exit codes: 0 converged, 1 a step failed, 2 invalid config or command line,
+3 (plan) changes pending.
+
+Run `olboot <COMMAND> --help` for its options. Logs go to stderr (RUST_LOG=debug for more).
+";
+
+const TARGET_OPTIONS: &str = "\
+  -c, --config CONFIG   A path, `-` for stdin, or an http(s):// URL [default: /etc/olboot.yaml]
+      --root DIR        Work on the system mounted at DIR (rescue boot): files below DIR,
+                        packages installed in a chroot, firewall written but not loaded
+      --host NAME       Use the fleet entry of NAME instead of this machine's host name
+      --only STEP,...   Run only these steps: firewall, volumes, opt, packages, links
+";
+
+fn help(cmd: &str) -> String {
+    match cmd {
+        "apply" => format!(
+            "Converge this machine to the config.\n\nUsage: olboot apply [OPTIONS]\n\nOptions:\n{TARGET_OPTIONS}      --json            Print the report as JSON on stdout\n  -h, --help            Print help\n"
+        ),
+        "plan" => format!(
+            "Say what apply would change, as a JSON report on stdout; change nothing.\nExit code 3: changes are pending.\n\nUsage: olboot plan [OPTIONS]\n\nOptions:\n{TARGET_OPTIONS}  -h, --help            Print help\n"
+        ),
+        "validate" => "Check a config (the whole fleet unless --host is given); change nothing.\n\nUsage: olboot validate [OPTIONS]\n\nOptions:\n  -c, --config CONFIG   A path, `-` for stdin, or an http(s):// URL [default: /etc/olboot.yaml]\n      --host NAME       Check only the fleet entry of this host\n  -h, --help            Print help\n".into(),
+        "status" => "Print the last apply's report.\n\nUsage: olboot status [OPTIONS]\n\nOptions:\n      --root DIR        Read the report of the system mounted at DIR\n      --json            Print it as JSON\n  -h, --help            Print help\n".into(),
+        "pack" => "Archive a legacy /opt for the archive store (zstd tar: numeric owners, modes, mtimes,\nsymlinks and hard links, stable order); print its sha256 and write FILE.sha256 beside it.\n\nUsage: olboot pack DIR -o FILE\n\nOptions:\n  -o FILE               The archive to write (FILE.tar.zst)\n  -h, --help            Print help\n".into(),
+        _ => HELP.into(),
+    }
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Converge this machine to the config.
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Cli {
+    /// Run a command.
+    Run(Command),
+    /// Print this text on stdout and exit 0 (`--help`, `--version`).
+    Print(String),
+}
+
+/// A command and its options.
+#[derive(Debug)]
+pub enum Command {
+    /// `olboot apply`.
     Apply {
-        #[command(flatten)]
+        /// Config source, root, host and steps.
         target: Target,
-        /// Print the report as JSON on stdout.
-        #[arg(long)]
+        /// Print the report as JSON.
         json: bool,
     },
-    /// Say what apply would change, as a JSON report; change nothing (exit 3: changes pending).
+    /// `olboot plan`.
     Plan {
-        #[command(flatten)]
+        /// Config source, root, host and steps.
         target: Target,
     },
-    /// Check a config (the whole fleet unless --host is given); change nothing.
+    /// `olboot validate`.
     Validate {
-        /// Config: a path, `-` for stdin, or an http(s):// URL.
-        #[arg(short, long, default_value = "/etc/olboot.yaml", value_name = "CONFIG")]
+        /// Config source.
         config: String,
-        /// Check only the fleet entry of this host.
-        #[arg(long, value_name = "NAME")]
+        /// Check only this host's entry.
         host: Option<String>,
     },
-    /// Print the last apply's report.
+    /// `olboot status`.
     Status {
-        /// Read the report of the system mounted at DIR.
-        #[arg(long, value_name = "DIR")]
+        /// Read the report below this root.
         root: Option<PathBuf>,
         /// Print it as JSON.
-        #[arg(long)]
         json: bool,
     },
-    /// Archive a legacy /opt for the archive store (zstd tar) and print its sha256.
+    /// `olboot pack`.
     Pack {
         /// The tree to archive.
         dir: PathBuf,
-        /// The archive to write (FILE.tar.zst); FILE.tar.zst.sha256 is written beside it.
-        #[arg(short, value_name = "FILE")]
+        /// The archive to write.
         output: PathBuf,
     },
 }
 
-#[derive(Debug, Args)]
-struct Target {
-    /// Config: a path, `-` for stdin, or an http(s):// URL.
-    #[arg(short, long, default_value = "/etc/olboot.yaml", value_name = "CONFIG")]
+/// The options shared by `apply` and `plan`.
+#[derive(Debug)]
+pub struct Target {
     config: String,
-    /// Work on the system mounted at DIR (rescue boot): files below DIR, packages installed in
-    /// a chroot, firewall written but not loaded.
-    #[arg(long, value_name = "DIR")]
     root: Option<PathBuf>,
-    /// Use the fleet entry of NAME instead of this machine's host name.
-    #[arg(long, value_name = "NAME")]
     host: Option<String>,
-    /// Run only these steps (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', value_name = "STEP,...")]
     only: Vec<StepName>,
 }
 
+const DEFAULT_CONFIG: &str = "/etc/olboot.yaml";
+
+/// Parse the arguments (without the program name). The error is the one-line usage error.
+pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, String> {
+    use lexopt::prelude::*;
+    let mut p = lexopt::Parser::from_args(args);
+    let err = |e: lexopt::Error| e.to_string();
+    let cmd = match p.next().map_err(err)? {
+        Some(Value(v)) => v.string().map_err(err)?,
+        Some(Long("help") | Short('h')) | None => return Ok(Cli::Print(HELP.into())),
+        Some(Long("version") | Short('V')) => {
+            return Ok(Cli::Print(format!(
+                "olboot {}\n",
+                env!("CARGO_PKG_VERSION")
+            )))
+        }
+        Some(other) => return Err(other.unexpected().to_string()),
+    };
+    if !["apply", "plan", "validate", "status", "pack"].contains(&cmd.as_str()) {
+        return Err(format!(
+            "unknown command {cmd:?} (olboot --help lists them)"
+        ));
+    }
+    let mut config = DEFAULT_CONFIG.to_string();
+    let (mut root, mut host, mut only, mut json) = (None, None, Vec::new(), false);
+    let (mut dir, mut output) = (None, None);
+    let takes = |opt: &str| -> bool {
+        match opt {
+            "config" | "host" => matches!(cmd.as_str(), "apply" | "plan" | "validate"),
+            "root" => matches!(cmd.as_str(), "apply" | "plan" | "status"),
+            "only" => matches!(cmd.as_str(), "apply" | "plan"),
+            "json" => matches!(cmd.as_str(), "apply" | "status"),
+            "o" | "dir" => cmd == "pack",
+            _ => false,
+        }
+    };
+    while let Some(arg) = p.next().map_err(err)? {
+        let name = match &arg {
+            Short('h') | Long("help") => return Ok(Cli::Print(help(&cmd))),
+            Short('c') | Long("config") => "config",
+            Long("root") => "root",
+            Long("host") => "host",
+            Long("only") => "only",
+            Long("json") => "json",
+            Short('o') => "o",
+            Value(_) => "dir",
+            _ => "",
+        };
+        if !takes(name) {
+            return Err(format!("{} (olboot {cmd} --help)", arg.unexpected()));
+        }
+        match arg {
+            Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
+            Value(v) => return Err(format!("unexpected argument {v:?} (olboot {cmd} --help)")),
+            Short('c') | Long("config") => {
+                config = p.value().map_err(err)?.string().map_err(err)?
+            }
+            Long("root") => root = Some(PathBuf::from(p.value().map_err(err)?)),
+            Long("host") => host = Some(p.value().map_err(err)?.string().map_err(err)?),
+            Long("only") => {
+                for s in p.value().map_err(err)?.string().map_err(err)?.split(',') {
+                    only.push(s.parse::<StepName>()?);
+                }
+            }
+            Long("json") => json = true,
+            _ => output = Some(PathBuf::from(p.value().map_err(err)?)),
+        }
+    }
+    let target = || Target {
+        config: config.clone(),
+        root: root.clone(),
+        host: host.clone(),
+        only: only.clone(),
+    };
+    Ok(Cli::Run(match cmd.as_str() {
+        "apply" => Command::Apply {
+            target: target(),
+            json,
+        },
+        "plan" => Command::Plan { target: target() },
+        "validate" => Command::Validate { config, host },
+        "status" => Command::Status { root, json },
+        _ => Command::Pack {
+            dir: dir.ok_or("pack needs the directory to archive (olboot pack DIR -o FILE)")?,
+            output: output.ok_or("pack needs -o FILE")?,
+        },
+    }))
+}
+
 /// Run the command line and return the process exit code.
-pub fn main(cli: Cli) -> u8 {
-    match dispatch(cli) {
+pub fn main(cmd: Command) -> u8 {
+    match dispatch(cmd) {
         Ok(code) => code,
         Err(e) => {
             let code = if e.downcast_ref::<Invalid>().is_some() {
@@ -107,8 +222,8 @@ pub fn main(cli: Cli) -> u8 {
     }
 }
 
-fn dispatch(cli: Cli) -> Result<u8> {
-    match cli.command {
+fn dispatch(cmd: Command) -> Result<u8> {
+    match cmd {
         Command::Apply { target, json } => converge(target, Mode::Apply, json),
         Command::Plan { target } => converge(target, Mode::Plan, true),
         Command::Validate { config, host } => validate(&config, host.as_deref()),
@@ -188,14 +303,7 @@ fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     if mode == Mode::Apply {
         rep.write(&root)?;
     }
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rep).context("cannot encode the report")?
-        );
-    } else {
-        print!("{}", rep.human());
-    }
+    rep.print(json)?;
     Ok(match result {
         Outcome::Failed => EXIT_FAILED,
         Outcome::Pending => EXIT_PENDING,
@@ -225,17 +333,79 @@ fn validate(source: &str, host: Option<&str>) -> Result<u8> {
 fn status(root: Option<PathBuf>, json: bool) -> Result<u8> {
     let root = root_of(root)?;
     let rep = Report::read(&root)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&rep).context("cannot encode the report")?
-        );
-    } else {
-        print!("{}", rep.human());
-    }
+    rep.print(json)?;
     Ok(if rep.result == Outcome::Failed {
         EXIT_FAILED
     } else {
         EXIT_OK
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Result<Cli, String> {
+        parse(s.split_whitespace().map(std::ffi::OsString::from))
+    }
+
+    #[test]
+    fn parses_every_command() {
+        let Ok(Cli::Run(Command::Apply { target, json: true })) =
+            args("apply --json -c - --root /mnt --host ol-web1 --only opt,links")
+        else {
+            panic!("apply not parsed");
+        };
+        assert_eq!(target.config, "-");
+        assert_eq!(target.root, Some(PathBuf::from("/mnt")));
+        assert_eq!(target.host.as_deref(), Some("ol-web1"));
+        assert_eq!(target.only, [StepName::Opt, StepName::Links]);
+        let Ok(Cli::Run(Command::Plan { target })) = args("plan") else {
+            panic!()
+        };
+        assert_eq!(target.config, DEFAULT_CONFIG);
+        assert!(matches!(
+            args("validate --host x"),
+            Ok(Cli::Run(Command::Validate { host: Some(_), .. }))
+        ));
+        assert!(matches!(
+            args("status --json"),
+            Ok(Cli::Run(Command::Status { json: true, .. }))
+        ));
+        let Ok(Cli::Run(Command::Pack { dir, output })) = args("pack /opt -o o.tar.zst") else {
+            panic!()
+        };
+        assert_eq!(
+            (dir, output),
+            (PathBuf::from("/opt"), PathBuf::from("o.tar.zst"))
+        );
+        assert!(matches!(args("--version"), Ok(Cli::Print(v)) if v.starts_with("olboot ")));
+        assert!(matches!(args("pack --help"), Ok(Cli::Print(h)) if h.contains("-o FILE")));
+    }
+
+    #[test]
+    fn refuses_what_a_command_does_not_take() {
+        for bad in [
+            "",
+            "frob",
+            "apply extra",
+            "status --only links",
+            "validate --root /",
+            "plan --json",
+            "pack /opt",
+            "pack -o x",
+            "pack a b -o x",
+            "apply --only nope",
+            "apply -c",
+        ] {
+            if bad.is_empty() {
+                assert!(
+                    matches!(args(bad), Ok(Cli::Print(_))),
+                    "no command prints the help"
+                );
+                continue;
+            }
+            assert!(args(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
 }

@@ -19,7 +19,7 @@ pub enum Mode {
 }
 
 /// The steps, in the order they always run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepName {
     /// nftables rules.
     Firewall,
@@ -52,6 +52,18 @@ impl StepName {
             StepName::Packages => steps::packages::Packages::NAME,
             StepName::Links => steps::links::Links::NAME,
         }
+    }
+}
+
+impl std::str::FromStr for StepName {
+    type Err = String;
+    fn from_str(s: &str) -> Result<StepName, String> {
+        StepName::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| {
+                format!("unknown step {s:?} (steps: firewall, volumes, opt, packages, links)")
+            })
     }
 }
 

@@ -1,6 +1,5 @@
 //! `olboot`: parse the command line, set up logging, hand over to the library.
 
-use clap::Parser;
 use std::io::Write;
 use std::process::ExitCode;
 
@@ -17,16 +16,15 @@ fn main() -> ExitCode {
             )
         })
         .init();
-    let cli = match olboot::cli::Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return ExitCode::from(if e.use_stderr() {
-                olboot::cli::EXIT_INVALID
-            } else {
-                0
-            });
+    match olboot::cli::parse(std::env::args_os().skip(1)) {
+        Ok(olboot::cli::Cli::Run(cmd)) => ExitCode::from(olboot::cli::main(cmd)),
+        Ok(olboot::cli::Cli::Print(text)) => {
+            print!("{text}");
+            ExitCode::SUCCESS
         }
-    };
-    ExitCode::from(olboot::cli::main(cli))
+        Err(e) => {
+            eprintln!("olboot: {e}");
+            ExitCode::from(olboot::cli::EXIT_INVALID)
+        }
+    }
 }

@@ -98,6 +98,17 @@ impl Report {
             .with_context(|| format!("{}: not an olboot report", path.display()))
     }
 
+    /// Print the report on stdout: JSON, or [`Report::human`].
+    pub fn print(&self, json: bool) -> Result<()> {
+        if json {
+            let text = serde_json::to_string_pretty(self).context("cannot encode the report")?;
+            println!("{text}");
+        } else {
+            print!("{}", self.human());
+        }
+        Ok(())
+    }
+
     /// A few lines for a person: one per step, with its changes and problems below it.
     pub fn human(&self) -> String {
         let mut s = format!(

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 /// The binary under test.
 pub fn olboot() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_olboot"));
-    c.env("RUST_LOG", "info");
+    c.env("RUST_LOG", "info").env("OLBOOT_BACKOFF_MS", "10");
     c
 }
 

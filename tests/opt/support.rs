@@ -1,0 +1,521 @@
+//! Helpers of the opt tests: a misbehaving HTTP server on 127.0.0.1 that counts requests,
+//! a realistic small tree, file-by-file tree comparison, and running the olboot binary on a
+//! scratch root.
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// What the server does with one request (taken in order; `Normal` once the script is used up).
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Serve honestly: `Range` (when `If-Range` matches) gives 206.
+    Normal,
+    /// Serve honestly but close the connection once the byte at this offset is reached.
+    CutAt(usize),
+    /// Answer 200 with the whole file whatever the `Range`.
+    IgnoreRange,
+    /// Answer with this status and no body.
+    Status(u16),
+    /// Announce this many bytes more than there are, send them all and close.
+    LieLength(usize),
+    /// Send up to this offset, then hang (the client is expected to be killed).
+    Hang(usize),
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub path: String,
+    pub range: Option<String>,
+    pub if_range: Option<String>,
+}
+
+/// A test HTTP server on 127.0.0.1 serving `data` at every path.
+pub struct Server {
+    pub port: u16,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+const ETAG: &str = "\"v1\"";
+
+impl Server {
+    pub fn start(data: Vec<u8>, script: Vec<Fault>) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let script = Arc::new(Mutex::new(VecDeque::from(script)));
+        let data = Arc::new(data);
+        let s2 = seen.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (data, seen, script) = (data.clone(), s2.clone(), script.clone());
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &data, &seen, &script);
+                });
+            }
+        });
+        Server { port, seen }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+fn serve(
+    conn: TcpStream,
+    data: &[u8],
+    seen: &Mutex<Vec<Seen>>,
+    script: &Mutex<VecDeque<Fault>>,
+) -> std::io::Result<()> {
+    let mut r = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    r.read_line(&mut line)?;
+    let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+    let (mut range, mut if_range) = (None, None);
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h)? == 0 || h.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "range" => range = Some(v.trim().to_string()),
+                "if-range" => if_range = Some(v.trim().to_string()),
+                _ => {}
+            }
+        }
+    }
+    seen.lock().unwrap().push(Seen {
+        path,
+        range: range.clone(),
+        if_range: if_range.clone(),
+    });
+    let fault = script.lock().unwrap().pop_front().unwrap_or(Fault::Normal);
+    let mut w = conn;
+    let len = data.len();
+    let head = |status: &str, extra: String| {
+        format!("HTTP/1.1 {status}\r\nConnection: close\r\nETag: {ETAG}\r\n{extra}\r\n")
+    };
+    let start = range
+        .as_deref()
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
+    let honor = start.is_some() && if_range.as_deref().is_none_or(|v| v == ETAG);
+    match fault {
+        Fault::Status(s) => {
+            w.write_all(head(&format!("{s} Oops"), "Content-Length: 0\r\n".into()).as_bytes())?;
+        }
+        Fault::IgnoreRange => {
+            w.write_all(head("200 OK", format!("Content-Length: {len}\r\n")).as_bytes())?;
+            w.write_all(data)?;
+        }
+        Fault::LieLength(extra) => {
+            w.write_all(head("200 OK", format!("Content-Length: {}\r\n", len + extra)).as_bytes())?;
+            w.write_all(data)?;
+        }
+        Fault::Normal | Fault::CutAt(_) | Fault::Hang(_) => {
+            let from = if honor { start.unwrap_or(0) } else { 0 };
+            if from >= len && honor {
+                w.write_all(
+                    head(
+                        "416 Range Not Satisfiable",
+                        format!("Content-Range: bytes */{len}\r\nContent-Length: 0\r\n"),
+                    )
+                    .as_bytes(),
+                )?;
+                return Ok(());
+            }
+            if honor {
+                w.write_all(
+                    head(
+                        "206 Partial Content",
+                        format!(
+                            "Content-Range: bytes {from}-{}/{len}\r\nContent-Length: {}\r\n",
+                            len - 1,
+                            len - from
+                        ),
+                    )
+                    .as_bytes(),
+                )?;
+            } else {
+                w.write_all(head("200 OK", format!("Content-Length: {len}\r\n")).as_bytes())?;
+            }
+            match fault {
+                Fault::CutAt(at) => w.write_all(&data[from..at.max(from).min(len)])?,
+                Fault::Hang(at) => {
+                    w.write_all(&data[from..at.max(from).min(len)])?;
+                    w.flush()?;
+                    std::thread::sleep(Duration::from_secs(60));
+                }
+                _ => w.write_all(&data[from..])?,
+            }
+        }
+    }
+    w.flush()?;
+    w.shutdown(std::net::Shutdown::Both)
+}
+
+/// Deterministic incompressible bytes.
+pub fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn set_mtime(p: &Path, secs: i64) {
+    let st = Command::new("touch")
+        .args(["-h", "-d", &format!("@{secs}")])
+        .arg(p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+fn chown(p: &Path, uid: u32, gid: u32) {
+    std::os::unix::fs::lchown(p, Some(uid), Some(gid)).unwrap();
+}
+
+/// A small tree shaped like a legacy `/opt`: a venv with many small files, an incompressible
+/// data file of `big` bytes, deploys with active-deploy symlinks (relative and absolute),
+/// hard links, setuid/setgid modes, several owners, a read-only directory and fixed mtimes.
+pub fn make_tree(dir: &Path, big: usize) {
+    let ol = dir.join("openlibrary");
+    let venv = ol.join("venv/lib/python3.11/site-packages");
+    for p in 0..6 {
+        let pkg = venv.join(format!("pkg{p}"));
+        fs::create_dir_all(&pkg).unwrap();
+        for f in 0..12 {
+            fs::write(
+                pkg.join(format!("mod{f}.py")),
+                format!("# module {p}.{f}\nprint({f})\n").repeat(f + 1),
+            )
+            .unwrap();
+        }
+    }
+    fs::create_dir_all(ol.join("venv/bin")).unwrap();
+    fs::write(ol.join("venv/bin/python3.11"), noise(4096, 7)).unwrap();
+    fs::set_permissions(
+        ol.join("venv/bin/python3.11"),
+        fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    symlink("python3.11", ol.join("venv/bin/python")).unwrap();
+    fs::create_dir_all(ol.join("maxmind-geoip")).unwrap();
+    fs::write(ol.join("maxmind-geoip/GeoIP.dat"), noise(big, 42)).unwrap();
+    for (repo, sha) in [("openlibrary", "abc123"), ("olsystem", "def456")] {
+        let d = ol.join(format!("deploys/{repo}/{sha}"));
+        fs::create_dir_all(d.join("etc/nginx")).unwrap();
+        fs::write(d.join("etc/nginx/nginx.conf"), "worker_processes 4;\n").unwrap();
+        fs::write(d.join("README"), format!("{repo} at {sha}\n")).unwrap();
+    }
+    symlink("deploys/openlibrary/abc123", ol.join("openlibrary")).unwrap();
+    symlink(
+        "/opt/openlibrary/deploys/olsystem/def456",
+        ol.join("olsystem"),
+    )
+    .unwrap();
+    symlink("/nonexistent/dangling", ol.join("dangling")).unwrap();
+    fs::hard_link(
+        ol.join("deploys/openlibrary/abc123/README"),
+        ol.join("README.hardlink"),
+    )
+    .unwrap();
+    let pb = dir.join("petabox");
+    fs::create_dir_all(pb.join("sw/bin")).unwrap();
+    fs::write(pb.join("sw/bin/suid-helper"), "#!/bin/sh\n").unwrap();
+    chown(&pb.join("sw/bin/suid-helper"), 0, 33);
+    fs::set_permissions(
+        pb.join("sw/bin/suid-helper"),
+        fs::Permissions::from_mode(0o4750),
+    )
+    .unwrap();
+    fs::create_dir_all(pb.join("shared")).unwrap();
+    chown(&pb.join("shared"), 1000, 1000);
+    fs::set_permissions(pb.join("shared"), fs::Permissions::from_mode(0o2775)).unwrap();
+    fs::write(pb.join("shared/data.txt"), "x\n").unwrap();
+    chown(&pb.join("shared/data.txt"), 1000, 1000);
+    fs::write(pb.join("empty"), "").unwrap();
+    fs::create_dir_all(pb.join("ro")).unwrap();
+    fs::write(pb.join("ro/frozen"), "frozen\n").unwrap();
+    fs::set_permissions(pb.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
+    chown(&ol.join("olsystem"), 999, 999);
+    // Fixed mtimes, children before parents so that setting them does not move the parent's.
+    let mut all = Vec::new();
+    walk(dir, Path::new(""), &mut all);
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for (i, rel) in all.iter().enumerate() {
+        set_mtime(&dir.join(rel), 1_600_000_000 + i as i64 * 37);
+    }
+    set_mtime(dir, 1_700_000_000);
+}
+
+fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    for n in names {
+        let p = dir.join(&n);
+        let r = rel.join(&n);
+        out.push(r.clone());
+        if fs::symlink_metadata(&p).unwrap().is_dir() {
+            walk(&p, &r, out);
+        }
+    }
+}
+
+/// Everything about one file that must survive pack and unpack.
+#[derive(Debug, PartialEq, Eq)]
+struct Facts {
+    kind: &'static str,
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    mtime: i64,
+    size: u64,
+    content: Option<Vec<u8>>,
+    target: Option<PathBuf>,
+}
+
+fn facts(p: &Path, with_symlink_mtime: bool) -> Facts {
+    let m = fs::symlink_metadata(p).unwrap();
+    let ft = m.file_type();
+    let kind = if ft.is_dir() {
+        "dir"
+    } else if ft.is_symlink() {
+        "symlink"
+    } else if ft.is_file() {
+        "file"
+    } else {
+        "other"
+    };
+    Facts {
+        kind,
+        mode: if ft.is_symlink() {
+            0
+        } else {
+            m.mode() & 0o7777
+        },
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: if ft.is_symlink() && !with_symlink_mtime {
+            0
+        } else {
+            m.mtime()
+        },
+        size: if ft.is_file() { m.len() } else { 0 },
+        content: ft.is_file().then(|| fs::read(p).unwrap()),
+        target: ft.is_symlink().then(|| fs::read_link(p).unwrap()),
+    }
+}
+
+/// Assert that trees `a` and `b` are the same file by file: type, mode, owner, mtime, size,
+/// content, link target, and which files are hard links of each other (the top directories'
+/// own metadata included).
+pub fn assert_same_tree(a: &Path, b: &Path, with_symlink_mtime: bool) {
+    let (mut ra, mut rb) = (Vec::new(), Vec::new());
+    walk(a, Path::new(""), &mut ra);
+    walk(b, Path::new(""), &mut rb);
+    assert_eq!(ra, rb, "different file lists");
+    assert_eq!(facts(a, true), facts(b, true), "the top directories differ");
+    for rel in &ra {
+        assert_eq!(
+            facts(&a.join(rel), with_symlink_mtime),
+            facts(&b.join(rel), with_symlink_mtime),
+            "{} differs",
+            rel.display()
+        );
+    }
+    assert_eq!(
+        link_groups(a, &ra),
+        link_groups(b, &rb),
+        "hard-link groups differ"
+    );
+}
+
+fn link_groups(root: &Path, rels: &[PathBuf]) -> Vec<Vec<PathBuf>> {
+    let mut by_ino: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
+    for r in rels {
+        let m = fs::symlink_metadata(root.join(r)).unwrap();
+        if m.is_file() && m.nlink() > 1 {
+            by_ino
+                .entry((m.dev(), m.ino()))
+                .or_default()
+                .push(r.clone());
+        }
+    }
+    let mut g: Vec<Vec<PathBuf>> = by_ino.into_values().collect();
+    g.sort();
+    g
+}
+
+/// The olboot binary.
+pub fn olboot() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_olboot"));
+    c.env("OLBOOT_BACKOFF_MS", "10")
+        .env("OLBOOT_BACKOFF_MAX_MS", "50")
+        .env("OLBOOT_RETRIES", "3")
+        .env("OLBOOT_CONNECT_TIMEOUT_MS", "2000")
+        .env("OLBOOT_STALL_TIMEOUT_MS", "5000")
+        .env("RUST_LOG", "info");
+    c
+}
+
+/// A scratch root with a config file; the opt path is `/1/opt`.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Scratch {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("root/1")).unwrap();
+        Scratch { dir }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root")
+    }
+
+    /// `opt.path` on this machine.
+    pub fn opt(&self) -> PathBuf {
+        self.root().join("1/opt")
+    }
+
+    pub fn staging(&self) -> PathBuf {
+        self.root().join("1/.olboot-staging-opt")
+    }
+
+    /// Write a config with these mirrors, sha256 and extra `archive` lines.
+    pub fn config(&self, urls: &[String], sha: Option<&str>, extra: &str, expose: &str) -> PathBuf {
+        let mut s = format!(
+            "version: 1\nopt:\n  path: /1/opt\n  expose: {expose}\n  archive:\n    urls:\n"
+        );
+        for u in urls {
+            s.push_str(&format!("      - {u}\n"));
+        }
+        if let Some(h) = sha {
+            s.push_str(&format!("    sha256: {h}\n"));
+        }
+        s.push_str(extra);
+        let p = self.dir.path().join("olboot.yaml");
+        fs::write(&p, s).unwrap();
+        p
+    }
+
+    pub fn apply(&self, config: &Path) -> Output {
+        self.run("apply", config, &[])
+    }
+
+    pub fn run(&self, verb: &str, config: &Path, env: &[(&str, &str)]) -> Output {
+        let mut c = olboot();
+        c.arg(verb)
+            .arg("-c")
+            .arg(config)
+            .arg("--root")
+            .arg(self.root())
+            .args(["--host", "ol-web1", "--only", "opt"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        eprintln!(
+            "--- olboot {verb}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Nothing of olboot's beside opt.path but the tree itself.
+    pub fn assert_nothing_beside(&self) {
+        let names: Vec<String> = fs::read_dir(self.root().join("1"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "opt")
+            .collect();
+        assert!(names.is_empty(), "left beside the tree: {names:?}");
+    }
+}
+
+/// A packed test tree: (source dir holder, source dir, archive bytes, sha256).
+pub struct Packed {
+    pub dir: tempfile::TempDir,
+    pub src: PathBuf,
+    pub archive: PathBuf,
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+/// Make a tree with a data file of `big` bytes and pack it with `olboot pack`.
+pub fn packed(big: usize) -> Packed {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("opt");
+    fs::create_dir(&src).unwrap();
+    make_tree(&src, big);
+    let archive = dir.path().join("opt.tar.zst");
+    let out = olboot()
+        .arg("pack")
+        .arg(&src)
+        .arg("-o")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sha256 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let bytes = fs::read(&archive).unwrap();
+    Packed {
+        dir,
+        src,
+        archive,
+        bytes,
+        sha256,
+    }
+}
+
+/// The report of the last apply under `root`.
+pub fn report(root: &Path) -> serde_json::Value {
+    serde_json::from_str(&fs::read_to_string(root.join("var/lib/olboot/report.json")).unwrap())
+        .unwrap()
+}
+
+/// The opt step's entry of a report.
+pub fn opt_step(root: &Path) -> serde_json::Value {
+    report(root)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "opt")
+        .unwrap()
+        .clone()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}

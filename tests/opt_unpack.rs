@@ -1,0 +1,434 @@
+//! The opt step and `olboot pack` on local archives: pack is deterministic and GNU tar
+//! unpacks it to the same tree as olboot does; gzip and xz are recognized by magic; hostile
+//! archives of every kind fail naming the entry and write nothing outside; an existing tree
+//! is kept; the ways of exposing the tree at /opt (bind on the live system inside a private
+//! mount namespace).
+
+#[path = "opt/support.rs"]
+mod support;
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+use support::*;
+
+fn file_url(p: &Path) -> String {
+    format!("file://{}", p.display())
+}
+
+#[test]
+fn pack_is_deterministic_and_gnu_tar_agrees_with_olboot() {
+    let p = packed(200 * 1024);
+    // The same tree gives the same bytes.
+    let again = p.dir.path().join("again.tar.zst");
+    let out = olboot()
+        .arg("pack")
+        .arg(&p.src)
+        .arg("-o")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        fs::read(&again).unwrap(),
+        p.bytes,
+        "pack is not deterministic"
+    );
+    // FILE.sha256 is in sha256sum format and checks.
+    let sums = fs::read_to_string(format!("{}.sha256", p.archive.display())).unwrap();
+    assert_eq!(sums, format!("{}  opt.tar.zst\n", p.sha256));
+    let st = Command::new("sha256sum")
+        .args(["-c", "opt.tar.zst.sha256"])
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+    // GNU tar unpacks it to an identical tree.
+    let gnu = p.dir.path().join("gnu");
+    fs::create_dir(&gnu).unwrap();
+    let st = Command::new("tar")
+        .args(["--zstd", "-xpf"])
+        .arg(&p.archive)
+        .arg("-C")
+        .arg(&gnu)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_same_tree(&p.src, &gnu, false);
+    // And so does olboot, symlink mtimes included.
+    let s = Scratch::new();
+    let cfg = s.config(&[file_url(&p.archive)], Some(&p.sha256), "", "symlink");
+    let out = s.apply(&cfg);
+    assert!(out.status.success());
+    assert_same_tree(&p.src, &s.opt(), true);
+    s.assert_nothing_beside();
+}
+
+#[test]
+fn pack_skips_sockets_with_a_warning() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    let out = olboot()
+        .arg("pack")
+        .arg(&src)
+        .arg("-o")
+        .arg(d.path().join("a.tar.zst"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("skipping") && err.contains("sock") && err.contains("socket"),
+        "{err}"
+    );
+    let list = Command::new("tar")
+        .args(["--zstd", "-tf"])
+        .arg(d.path().join("a.tar.zst"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "./\nf\n");
+}
+
+fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    build(&mut b);
+    b.into_inner().unwrap()
+}
+
+/// A header with a raw name (the tar crate refuses to *write* `..` or absolute names).
+fn raw(kind: tar::EntryType, name: &str, link: Option<&str>, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(0o644);
+    h.set_size(size);
+    h.set_mtime(1_600_000_000);
+    h.set_uid(0);
+    h.set_gid(0);
+    let old = h.as_old_mut();
+    old.name[..name.len()].copy_from_slice(name.as_bytes());
+    if let Some(l) = link {
+        old.linkname[..l.len()].copy_from_slice(l.as_bytes());
+    }
+    h.set_cksum();
+    h
+}
+
+fn dir_entry(b: &mut tar::Builder<Vec<u8>>, name: &str) {
+    b.append(&raw(tar::EntryType::Directory, name, None, 0), &[][..])
+        .unwrap();
+}
+
+fn file_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
+    b.append(
+        &raw(tar::EntryType::Regular, name, None, data.len() as u64),
+        data,
+    )
+    .unwrap();
+}
+
+#[test]
+fn hostile_archives_fail_naming_the_entry() {
+    type Build = fn(&mut tar::Builder<Vec<u8>>);
+    let cases: Vec<(&str, &str, Build)> = vec![
+        ("dotdot", "../escaped", |b| {
+            dir_entry(b, "./");
+            file_entry(b, "../escaped", b"evil");
+        }),
+        ("nested dotdot", "a/../../escaped", |b| {
+            dir_entry(b, "a/");
+            file_entry(b, "a/../../escaped", b"evil");
+        }),
+        ("absolute", "/tmp/olboot-test-escaped", |b| {
+            file_entry(b, "/tmp/olboot-test-escaped", b"evil");
+        }),
+        ("through a symlink", "link/escaped", |b| {
+            b.append(
+                &raw(tar::EntryType::Symlink, "link", Some("../.."), 0),
+                &[][..],
+            )
+            .unwrap();
+            file_entry(b, "link/escaped", b"evil");
+        }),
+        ("through an absolute symlink", "etc/escaped", |b| {
+            b.append(
+                &raw(tar::EntryType::Symlink, "etc", Some("/tmp"), 0),
+                &[][..],
+            )
+            .unwrap();
+            file_entry(b, "etc/escaped", b"evil");
+        }),
+        ("hard link outside", "hl", |b| {
+            b.append(
+                &raw(tar::EntryType::Link, "hl", Some("../../outside"), 0),
+                &[][..],
+            )
+            .unwrap();
+        }),
+        ("absolute hard link", "passwd", |b| {
+            b.append(
+                &raw(tar::EntryType::Link, "passwd", Some("/etc/passwd"), 0),
+                &[][..],
+            )
+            .unwrap();
+        }),
+        ("hard link through a symlink", "hl", |b| {
+            b.append(&raw(tar::EntryType::Symlink, "up", Some(".."), 0), &[][..])
+                .unwrap();
+            b.append(
+                &raw(tar::EntryType::Link, "hl", Some("up/outside"), 0),
+                &[][..],
+            )
+            .unwrap();
+        }),
+        ("char device", "null", |b| {
+            b.append(&raw(tar::EntryType::Char, "null", None, 0), &[][..])
+                .unwrap();
+        }),
+        ("block device", "sda", |b| {
+            b.append(&raw(tar::EntryType::Block, "sda", None, 0), &[][..])
+                .unwrap();
+        }),
+        ("fifo", "pipe", |b| {
+            b.append(&raw(tar::EntryType::Fifo, "pipe", None, 0), &[][..])
+                .unwrap();
+        }),
+    ];
+    for (what, entry, build) in cases {
+        let s = Scratch::new();
+        fs::write(s.root().join("1/outside"), "untouched").unwrap();
+        let tar = tar_of(build);
+        let archive = s.dir.path().join("hostile.tar.zst");
+        fs::write(&archive, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
+        let cfg = s.config(&[file_url(&archive)], None, "", "symlink");
+        let out = s.apply(&cfg);
+        assert_eq!(out.status.code(), Some(1), "{what}: not refused");
+        let err = opt_step(&s.root())["error"].as_str().unwrap().to_string();
+        assert!(
+            err.contains(&format!("archive entry \"{entry}\"")),
+            "{what}: the error does not name {entry}: {err}"
+        );
+        assert!(!s.opt().exists(), "{what}");
+        assert!(!s.root().join("opt").exists(), "{what}");
+        assert!(!s.root().join("escaped").exists(), "{what}");
+        assert!(!s.dir.path().join("escaped").exists(), "{what}");
+        assert!(!Path::new("/tmp/escaped").exists(), "{what}");
+        assert!(!Path::new("/tmp/olboot-test-escaped").exists(), "{what}");
+        assert_eq!(
+            fs::read_to_string(s.root().join("1/outside")).unwrap(),
+            "untouched",
+            "{what}"
+        );
+        fs::remove_file(s.root().join("1/outside")).unwrap();
+        s.assert_nothing_beside();
+    }
+}
+
+#[test]
+fn gzip_and_xz_are_recognized_by_their_magic() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    make_tree(&src, 100 * 1024);
+    let tar = d.path().join("plain.tar");
+    let st = Command::new("tar")
+        .args(["--numeric-owner", "-cf"])
+        .arg(&tar)
+        .arg("-C")
+        .arg(&src)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let data = fs::read(&tar).unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&data).unwrap();
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    xz.write_all(&data).unwrap();
+    for (name, bytes) in [
+        ("archive.gz.bin", gz.finish().unwrap()),
+        ("archive.xz.bin", xz.finish().unwrap()),
+        ("archive.tar.zst", data.clone()),
+    ] {
+        let s = Scratch::new();
+        let a = s.dir.path().join(name);
+        fs::write(&a, bytes).unwrap();
+        let cfg = s.config(&[file_url(&a)], None, "", "symlink");
+        let out = s.apply(&cfg);
+        assert!(out.status.success(), "{name}");
+        assert_same_tree(&src, &s.opt(), false);
+    }
+}
+
+#[test]
+fn an_existing_tree_is_kept_and_nothing_fetched() {
+    let s = Scratch::new();
+    fs::create_dir_all(s.opt().join("openlibrary")).unwrap();
+    fs::write(s.opt().join("openlibrary/mine"), "keep me").unwrap();
+    // Stale staging of a killed run beside an existing tree is removed too.
+    fs::create_dir_all(s.staging().join("half")).unwrap();
+    let cfg = s.config(
+        &["http://127.0.0.1:9/never-fetched.tar.zst".to_string()],
+        Some(&"a".repeat(64)),
+        "",
+        "symlink",
+    );
+    let plan = s.run("plan", &cfg, &[]);
+    assert_eq!(plan.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(text.contains("remove leftover staging"), "{text}");
+    assert!(!text.contains("fetch"), "{text}");
+    assert!(s.staging().exists(), "plan changed something");
+    let out = s.apply(&cfg);
+    assert!(out.status.success());
+    assert_eq!(
+        fs::read_to_string(s.opt().join("openlibrary/mine")).unwrap(),
+        "keep me"
+    );
+    s.assert_nothing_beside();
+    assert_eq!(
+        fs::read_link(s.root().join("opt")).unwrap(),
+        Path::new("/1/opt")
+    );
+    let again = s.apply(&cfg);
+    assert!(again.status.success());
+    assert_eq!(opt_step(&s.root())["result"], "unchanged");
+}
+
+#[test]
+fn symlink_expose_replaces_an_empty_opt_but_never_a_full_one() {
+    let p = packed(1024);
+    let s = Scratch::new();
+    fs::create_dir(s.root().join("opt")).unwrap();
+    let cfg = s.config(&[file_url(&p.archive)], Some(&p.sha256), "", "symlink");
+    let out = s.apply(&cfg);
+    assert!(out.status.success());
+    assert_eq!(
+        fs::read_link(s.root().join("opt")).unwrap(),
+        Path::new("/1/opt")
+    );
+
+    let s = Scratch::new();
+    fs::create_dir(s.root().join("opt")).unwrap();
+    fs::write(s.root().join("opt/precious"), "x").unwrap();
+    let out = s.apply(&cfg);
+    assert_eq!(out.status.code(), Some(1));
+    let err = opt_step(&s.root())["error"].as_str().unwrap().to_string();
+    assert!(err.contains("not empty"), "{err}");
+    assert!(s.root().join("opt/precious").exists());
+    assert!(!s.opt().exists(), "fetched although exposing cannot work");
+}
+
+#[test]
+fn bind_expose_under_a_root_writes_the_fstab_line_only() {
+    let p = packed(1024);
+    let s = Scratch::new();
+    fs::create_dir_all(s.root().join("etc")).unwrap();
+    fs::write(
+        s.root().join("etc/fstab"),
+        "UUID=abc / ext4 defaults 0 1\nUUID=def /1 ext4 defaults,nofail 0 2\n",
+    )
+    .unwrap();
+    let cfg = s.config(&[file_url(&p.archive)], Some(&p.sha256), "", "bind");
+    let out = s.apply(&cfg);
+    assert!(out.status.success());
+    assert_same_tree(&p.src, &s.opt(), true);
+    assert_eq!(
+        fs::read_to_string(s.root().join("etc/fstab")).unwrap(),
+        "UUID=abc / ext4 defaults 0 1\nUUID=def /1 ext4 defaults,nofail 0 2\n\
+         /1/opt /opt none bind,nofail 0 0\n"
+    );
+    assert!(s.root().join("opt").is_dir());
+    assert_eq!(
+        fs::read_dir(s.root().join("opt")).unwrap().count(),
+        0,
+        "mounted under --root"
+    );
+    let step = opt_step(&s.root());
+    assert!(
+        step["warnings"].to_string().contains("mounts it at boot"),
+        "{step}"
+    );
+    let again = s.apply(&cfg);
+    assert!(again.status.success());
+    assert_eq!(opt_step(&s.root())["result"], "unchanged");
+}
+
+#[test]
+fn bind_expose_on_the_live_system_mounts_it() {
+    // The live system, inside a private mount namespace whose /etc, /opt, /var/lib and /run
+    // are scratch directories: the machine's own files and mounts are never touched.
+    let p = packed(1024);
+    let d = tempfile::tempdir().unwrap();
+    let dir = |n: &str| {
+        let x = d.path().join(n);
+        fs::create_dir_all(&x).unwrap();
+        x
+    };
+    let (etc, opt, varlib, run) = (dir("etc"), dir("opt"), dir("varlib"), dir("run"));
+    fs::write(etc.join("fstab"), "UUID=abc / ext4 defaults 0 1\n").unwrap();
+    let path = d.path().join("data/opt");
+    let cfg = d.path().join("olboot.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "version: 1\nopt:\n  path: {}\n  archive:\n    urls: [{}]\n    sha256: {}\n",
+            path.display(),
+            file_url(&p.archive),
+            p.sha256
+        ),
+    )
+    .unwrap();
+    let script = r#"set -e
+mount --bind "$1" /etc; mount --bind "$2" /opt; mount --bind "$3" /var/lib; mount --bind "$4" /run
+"$5" apply -c "$6" --host ol-web1 --only opt
+test -f /opt/openlibrary/deploys/olsystem/def456/README
+"$5" apply -c "$6" --host ol-web1 --only opt"#;
+    let st = Command::new("unshare")
+        .args([
+            "-m",
+            "--propagation",
+            "private",
+            "--",
+            "bash",
+            "-c",
+            script,
+            "bash",
+        ])
+        .args([&etc, &opt, &varlib, &run])
+        .arg(env!("CARGO_BIN_EXE_olboot"))
+        .arg(&cfg)
+        .envs(olboot().get_envs().filter_map(|(k, v)| v.map(|v| (k, v))))
+        .output()
+        .unwrap();
+    eprintln!(
+        "{}{}",
+        String::from_utf8_lossy(&st.stdout),
+        String::from_utf8_lossy(&st.stderr)
+    );
+    assert!(st.status.success(), "apply in the namespace failed");
+    assert_same_tree(&p.src, &path, true);
+    assert_eq!(
+        fs::read_to_string(etc.join("fstab")).unwrap(),
+        format!(
+            "UUID=abc / ext4 defaults 0 1\n{} /opt none bind,nofail 0 0\n",
+            path.display()
+        )
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(varlib.join("olboot/report.json")).unwrap())
+            .unwrap();
+    let step = &report["steps"][0];
+    assert_eq!(step["result"], "unchanged", "second apply: {step}");
+    let first = String::from_utf8_lossy(&st.stderr);
+    assert!(first.contains("bind-mounted"), "{first}");
+    // The mount lived in the namespace only.
+    assert_eq!(fs::read_dir(&opt).unwrap().count(), 0);
+}
