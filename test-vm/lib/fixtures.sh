@@ -54,13 +54,8 @@ ensure_opt_archive() {
   mount_loop "$OPT_DIR/tree.img" "$OPT_DIR/mnt" ro
   rm -f "$OPT_ARCHIVE" "$OPT_ARCHIVE.sha256"
   log "opt: olboot pack"
-  if ! "$OLBOOT" pack "$OPT_DIR/mnt/opt" -o "$OPT_ARCHIVE" >"$OPT_DIR/pack.log" 2>&1; then
-    grep -q 'not implemented' "$OPT_DIR/pack.log" || { cat "$OPT_DIR/pack.log" >&2; die "olboot pack failed"; }
-    # Until `olboot pack` lands: the same format (zstd tar, stable order, numeric owners).
-    log "opt: WARNING: olboot pack is not implemented yet: packing with GNU tar instead"
-    tar --sort=name --numeric-owner --format=posix --pax-option=delete=atime,delete=ctime \
-      -C "$OPT_DIR/mnt/opt" -cf - . | zstd -q -T0 -o "$OPT_ARCHIVE"
-  fi
+  "$OLBOOT" pack "$OPT_DIR/mnt/opt" -o "$OPT_ARCHIVE" >"$OPT_DIR/pack.log" 2>&1 ||
+    { cat "$OPT_DIR/pack.log" >&2; die "olboot pack failed"; }
   umount "$OPT_DIR/mnt"
   OPT_SHA=$(sha256_of "$OPT_ARCHIVE")
   [[ -f $OPT_ARCHIVE.sha256 ]] && ! grep -q "^$OPT_SHA " "$OPT_ARCHIVE.sha256" &&
