@@ -24,7 +24,7 @@
 use super::{Ctx, Done, Plan, Step};
 use crate::config::{self, AbsPath, Filesystem, FormatPolicy};
 use crate::sys::blockdev::{self, Device};
-use crate::sys::{cmd, fs, fstab, mount};
+use crate::sys::{chroot, cmd, fs, fstab, mount};
 use anyhow::{anyhow, bail, Context, Result};
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -147,7 +147,7 @@ impl Step for Volumes<'_> {
                 .get(vol)
                 .with_context(|| format!("no volume number {vol} in the config"))?;
             let r = match &c {
-                Change::Format { dev, .. } => format(dev, v, done),
+                Change::Format { dev, .. } => format(ctx, dev, v, done),
                 Change::Mount { dev, .. } => mount_volume(ctx, dev, v, done),
                 Change::Fstab { dev, .. } => persist(ctx, dev, v, done),
             };
@@ -264,7 +264,7 @@ fn observe(
     if candidate != dev.path {
         log::info!("{}: {} is {dev}", v.mountpoint, candidate.display());
     }
-    let probe = blockdev::probe(&dev)?;
+    let probe = blockdev::probe(&dev, ctx.root)?;
     let mounted_here = mounted_at_target(&dev, &target, &probe.to_string())?;
     check_target_free(&dev, &target)?;
     let fs = v.filesystem.name();
@@ -347,12 +347,12 @@ fn observe(
 }
 
 /// Format `dev`, after checking once more, right before `mkfs`, that it is blank and unused.
-fn format(dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
+fn format(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
     match blockdev::present(&dev.path)? {
         Some(d) if d == *dev => {}
         _ => bail!("{dev} is gone or changed since it was probed; not formatting it"),
     }
-    let probe = blockdev::probe(dev)?;
+    let probe = blockdev::probe(dev, ctx.root)?;
     if !probe.is_blank() {
         bail!("{dev} is no longer blank (it holds {probe}); not formatting it");
     }
@@ -369,7 +369,10 @@ fn format(dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
         c.arg("-L").arg(l);
     }
     c.arg(&dev.path);
-    cmd::run(&mut c).with_context(|| format!("cannot format {dev} as {fs}"))?;
+    let out = chroot::output_here_or_in(ctx.root, &mut c)?;
+    if !out.status.success() {
+        bail!("cannot format {dev} as {fs}: {}", cmd::failure(&c, &out));
+    }
     done.record(format!("formatted {dev} as {fs}{}", label_note(&v.label)));
     Ok(())
 }
@@ -378,7 +381,7 @@ fn format(dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
 fn mount_volume(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
     let target = target_of(ctx, v);
     let fs = v.filesystem.name();
-    let probe = blockdev::probe(dev)?;
+    let probe = blockdev::probe(dev, ctx.root)?;
     if probe.filesystem() != Some(fs) {
         bail!("{dev} holds {probe}, not an {fs} filesystem; not mounting it");
     }
@@ -419,7 +422,7 @@ fn mount_volume(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) ->
 
 /// Write the volume's fstab line, by the UUID the device carries now.
 fn persist(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
-    let probe = blockdev::probe(dev)?;
+    let probe = blockdev::probe(dev, ctx.root)?;
     let uuid = match (probe.filesystem(), probe.uuid()) {
         (Some(t), Some(u)) if t == v.filesystem.name() => u.to_string(),
         _ => bail!(

@@ -10,8 +10,9 @@
 //! `/sys/dev/block/M:m/holders` (device-mapper, md); [`ensure_exclusive`] finally asks the
 //! kernel itself with an `O_EXCL` open, which fails while anything has the device claimed.
 
-use super::cmd;
 use super::mount::{self, MountInfo};
+use super::{chroot, cmd};
+use crate::root::Root;
 use anyhow::{bail, Context, Result};
 use rustix::fs::{Mode, OFlags};
 use std::collections::BTreeMap;
@@ -250,8 +251,9 @@ fn article(name: &str) -> &'static str {
 }
 
 /// Probe `dev` with `blkid -p -o export`: superblocks and partition tables, read from the
-/// device itself (no cache). The device must be there before and after, unchanged.
-pub fn probe(dev: &Device) -> Result<Probe> {
+/// device itself (no cache). The device must be there before and after, unchanged. Under
+/// `--root`, a rescue system without util-linux's `blkid` uses the target's.
+pub fn probe(dev: &Device, root: &Root) -> Result<Probe> {
     let still_there = || -> Result<()> {
         match present(&dev.path)? {
             Some(d) if d == *dev => Ok(()),
@@ -262,7 +264,7 @@ pub fn probe(dev: &Device) -> Result<Probe> {
     still_there()?;
     let mut c = Command::new("blkid");
     c.args(["-p", "-o", "export"]).arg(&dev.path);
-    let out = cmd::output(&mut c)?;
+    let out = chroot::output_here_or_in(root, &mut c)?;
     still_there()?;
     let text = String::from_utf8_lossy(&out.stdout);
     match out.status.code() {

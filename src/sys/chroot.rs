@@ -23,9 +23,41 @@ pub struct Session {
 }
 
 impl Session {
-    /// Prepare `root` for apt. For the running system this does nothing. A directory that is
-    /// already a mount point (a rescue shell that bound `/proc` itself) is left as it is.
+    /// Prepare `root` for apt: [`Session::binds`] and the policy-rc.d.
     pub fn enter(root: &Root) -> Result<Session> {
+        let mut s = Session::binds(root)?;
+        if root.is_live() {
+            return Ok(s);
+        }
+        let policy = root.path(Path::new("/usr/sbin/policy-rc.d"));
+        let saved = policy.with_file_name("policy-rc.d.olboot-saved");
+        // A saved one left by a run that died means the one in place is ours: keep the saved.
+        // Without one, a policy-rc.d with exactly our content is also ours, left by a run that
+        // died before it had anything to save: it goes away at the end, not back in place.
+        let ours = std::fs::read(&policy).is_ok_and(|c| c == POLICY);
+        let put_aside = if saved.exists() {
+            Some(saved)
+        } else if policy.symlink_metadata().is_ok() && !ours {
+            std::fs::rename(&policy, &saved).with_context(|| {
+                format!(
+                    "cannot move {} aside to {}",
+                    policy.display(),
+                    saved.display()
+                )
+            })?;
+            Some(saved)
+        } else {
+            None
+        };
+        s.policy = Some((policy.clone(), put_aside));
+        fs::write_atomic(&policy, POLICY, 0o755)?;
+        Ok(s)
+    }
+
+    /// Bind the running system's `/proc`, `/sys` and `/dev` into `root`, for programs run
+    /// there with `chroot`. For the running system this does nothing. A directory that is
+    /// already a mount point (a rescue shell that bound `/proc` itself) is left as it is.
+    pub fn binds(root: &Root) -> Result<Session> {
         let mut s = Session {
             binds: Vec::new(),
             policy: None,
@@ -57,28 +89,6 @@ impl Session {
             mount::bind(Path::new(dir), &target)?;
             s.binds.push(target);
         }
-        let policy = root.path(Path::new("/usr/sbin/policy-rc.d"));
-        let saved = policy.with_file_name("policy-rc.d.olboot-saved");
-        // A saved one left by a run that died means the one in place is ours: keep the saved.
-        // Without one, a policy-rc.d with exactly our content is also ours, left by a run that
-        // died before it had anything to save: it goes away at the end, not back in place.
-        let ours = std::fs::read(&policy).is_ok_and(|c| c == POLICY);
-        let put_aside = if saved.exists() {
-            Some(saved)
-        } else if policy.symlink_metadata().is_ok() && !ours {
-            std::fs::rename(&policy, &saved).with_context(|| {
-                format!(
-                    "cannot move {} aside to {}",
-                    policy.display(),
-                    saved.display()
-                )
-            })?;
-            Some(saved)
-        } else {
-            None
-        };
-        s.policy = Some((policy.clone(), put_aside));
-        fs::write_atomic(&policy, POLICY, 0o755)?;
         Ok(s)
     }
 
@@ -129,4 +139,26 @@ impl Drop for Session {
             log::error!("{e:#}");
         }
     }
+}
+
+/// Run `cmd`, built for this system, and return its output. Under `--root`, when this system
+/// lacks the program (a busybox rescue system has neither util-linux's `blkid -p` nor
+/// `mkfs.ext4`), the target's own copy runs instead, through `chroot DIR` with `/proc`, `/sys`
+/// and `/dev` bound in for the call; device paths mean the same devices there.
+pub fn output_here_or_in(
+    root: &Root,
+    cmd: &mut std::process::Command,
+) -> Result<std::process::Output> {
+    let program = cmd.get_program().to_string_lossy().into_owned();
+    if root.is_live() || super::cmd::exists(&program) {
+        return super::cmd::output(cmd);
+    }
+    let mut inner = std::process::Command::new("chroot");
+    inner.arg(root.dir()).arg(&program).args(cmd.get_args());
+    inner.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+    log::debug!("{program} is not on this system: running the target's copy");
+    let session = Session::binds(root)?;
+    let out = super::cmd::output(&mut inner);
+    session.close()?;
+    out
 }
