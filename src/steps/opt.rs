@@ -6,9 +6,9 @@
 //! either absent or complete; staging left by a killed run is removed by the next one.
 //!
 //! Exposing: `bind` mounts `path` at `/opt` and keeps one `/etc/fstab` line
-//! (`<path> /opt none bind,nofail 0 0`) so it comes back at boot; under `--root` on a system
-//! that is not the running one only the fstab line is written (mounting into the rescue
-//! system's namespace would not outlive it, and the target mounts it at its next boot).
+//! (`<path> /opt none bind,nofail 0 0`) so it comes back at boot. Under `--root` the bind is
+//! made below the root (`DIR/1/opt` at `DIR/opt`), as the volumes step mounts the volume at
+//! `DIR/1`: the steps after it (links) then see the target as it will be after its next boot.
 //! `symlink` makes `/opt` a symlink to `path`; an empty `/opt` directory is replaced, a
 //! non-empty one is an error, never deleted.
 //!
@@ -136,7 +136,7 @@ impl Opt<'_> {
     fn plan_bind(&self, ctx: &Ctx, fetching: bool, plan: &mut Plan<Change>) -> Result<()> {
         let opt = ctx.root.path(Path::new(OPT));
         let host = ctx.root.path(&self.cfg.path);
-        let bound = ctx.root.is_live() && !fetching && same_inode(&opt, &host);
+        let bound = !fetching && same_inode(&opt, &host);
         match look(&opt)? {
             Found::Missing => plan.changes.push(Change::CreateOpt),
             Found::EmptyDir => {}
@@ -157,13 +157,7 @@ impl Opt<'_> {
             fstab::Edit::Unchanged => {}
             e => plan.changes.push(Change::Fstab(e)),
         }
-        if !ctx.root.is_live() {
-            plan.warnings.push(format!(
-                "not bind-mounting {} at {OPT} now: --root is not the running system; \
-                 its {FSTAB} mounts it at boot",
-                self.cfg.path
-            ));
-        } else if !bound {
+        if !bound {
             plan.changes.push(Change::Bind(self.cfg.path.to_string()));
         }
         Ok(())
