@@ -202,3 +202,50 @@ fn host_name_comes_from_the_target_under_root() {
     assert_eq!(r["steps"].as_array().unwrap().len(), 5);
     assert!(dir.path().join("var/lib/olboot/report.json").is_file());
 }
+
+#[test]
+fn packages_wait_for_a_failed_firewall() {
+    // An empty root has no nft and no dpkg: the firewall cannot install nftables and fails;
+    // packages must then not install anything that could listen unprotected.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = "version: 1\nfirewall:\n  allow: [ { port: 22 } ]\npackages:\n  install: [hello]\n";
+    let o = run(
+        &[
+            "apply",
+            "-c",
+            "-",
+            "--root",
+            dir.path().to_str().unwrap(),
+            "--host",
+            "h",
+            "--json",
+        ],
+        Some(cfg),
+    );
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let r = report(&o);
+    assert_eq!(step(&r, "firewall")["result"], "failed");
+    assert_eq!(step(&r, "packages")["result"], "skipped");
+    assert_eq!(
+        step(&r, "packages")["error"],
+        "needs firewall, which failed"
+    );
+    // plan does not wait for the firewall's pending changes: packages are planned.
+    let o = run(
+        &[
+            "plan",
+            "-c",
+            "-",
+            "--root",
+            dir.path().to_str().unwrap(),
+            "--host",
+            "h",
+        ],
+        Some(cfg),
+    );
+    let r = report(&o);
+    assert_ne!(
+        step(&r, "packages")["error"],
+        "needs firewall, which has pending changes: planned once they are made"
+    );
+}
