@@ -555,6 +555,18 @@ fn under_root_only_files_change() {
     assert_eq!(srv.nft(&["list", "ruleset"]), before);
 }
 
+/// `olboot plan --only firewall` for the system at `root`, run on this machine (it only reads).
+fn plan_under_root(root: &std::path::Path, cfg: &std::path::Path) -> std::process::Output {
+    common::olboot()
+        .args(["plan", "-c"])
+        .arg(cfg)
+        .arg("--root")
+        .arg(root)
+        .args(["--host", "lab", "--only", "firewall"])
+        .output()
+        .expect("olboot")
+}
+
 #[test]
 fn a_target_without_nft_plans_to_install_it() {
     let t = tempfile::tempdir().expect("tempdir");
@@ -562,14 +574,7 @@ fn a_target_without_nft_plans_to_install_it() {
     std::fs::create_dir_all(&root).expect("root");
     let cfg = t.path().join("olboot.yaml");
     std::fs::write(&cfg, CONFIG_A).expect("config");
-    let out = common::olboot()
-        .args(["plan", "-c"])
-        .arg(&cfg)
-        .arg("--root")
-        .arg(&root)
-        .args(["--host", "lab", "--only", "firewall"])
-        .output()
-        .expect("olboot");
+    let out = plan_under_root(&root, &cfg);
     assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
     let step = common::step(&common::report(&out), "firewall").clone();
     let planned = changes(&step);
@@ -596,14 +601,7 @@ fn a_linked_nftables_conf_is_left_alone() {
     .expect("symlink");
     let cfg = t.path().join("olboot.yaml");
     std::fs::write(&cfg, CONFIG_A).expect("config");
-    let out = common::olboot()
-        .args(["plan", "-c"])
-        .arg(&cfg)
-        .arg("--root")
-        .arg(&root)
-        .args(["--host", "lab", "--only", "firewall"])
-        .output()
-        .expect("olboot");
+    let out = plan_under_root(&root, &cfg);
     assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
     let step = common::step(&common::report(&out), "firewall").clone();
     let planned = changes(&step);

@@ -78,42 +78,56 @@ pub enum Change {
     },
 }
 
-impl fmt::Display for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Change {
+    /// The change in words: what it would do (`plan`), or, once `done`, what it did.
+    fn describe(&self, done: bool) -> String {
+        let verb = |now: &str, past: &str| if done { past } else { now }.to_string();
+        let back_up = |w: &InTheWay, at: &Path| {
+            if done {
+                format!(
+                    "backed up the {w} at {} under {BACKUP_DIR} and",
+                    at.display()
+                )
+            } else {
+                format!("back up the {w} at {} and", at.display())
+            }
+        };
         match self {
-            Change::Dir { dir, in_way: None } => write!(f, "create directory {}", dir.display()),
+            Change::Dir { dir, in_way: None } => {
+                format!("{} directory {}", verb("create", "created"), dir.display())
+            }
             Change::Dir {
                 dir,
                 in_way: Some(w),
-            } => write!(
-                f,
-                "back up the {w} at {} and create a directory there",
-                dir.display()
+            } => format!(
+                "{} {} a directory there",
+                back_up(w, dir),
+                verb("create", "created")
             ),
-            Change::Link {
-                link,
-                dest,
-                in_way: None,
-            } => {
-                write!(f, "link {} -> {}", link.display(), dest.display())
-            }
-            Change::Link {
-                link,
-                dest,
-                in_way: Some(w),
-            } => write!(
-                f,
-                "back up the {w} at {} and link it -> {}",
-                link.display(),
+            Change::Link { link, dest, in_way } => format!(
+                "{}{} {} -> {}",
+                in_way.map(|w| back_up(&w, link) + " ").unwrap_or_default(),
+                verb("link", "linked"),
+                if in_way.is_some() {
+                    "it".to_string()
+                } else {
+                    link.display().to_string()
+                },
                 dest.display()
             ),
-            Change::RemoveStale { link, dest } => write!(
-                f,
-                "remove {} -> {} (its source is gone)",
+            Change::RemoveStale { link, dest } => format!(
+                "{} {} -> {} (its source is gone)",
+                verb("remove", "removed"),
                 link.display(),
                 dest.display()
             ),
         }
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.describe(false))
     }
 }
 
@@ -132,7 +146,7 @@ impl Step for Links<'_> {
     fn apply(&self, ctx: &Ctx, changes: Vec<Change>, done: &mut Done) -> Result<()> {
         for change in changes {
             apply_one(ctx, &change)?;
-            done.record(past(&change));
+            done.record(change.describe(true));
         }
         Ok(())
     }
@@ -390,40 +404,5 @@ fn apply_one(ctx: &Ctx, change: &Change) -> Result<()> {
             let host = ctx.root.path(link);
             fs::remove_file(&host).with_context(|| format!("cannot remove {}", link.display()))
         }
-    }
-}
-
-/// The report line of a change that was made.
-fn past(change: &Change) -> String {
-    match change {
-        Change::Dir { dir, in_way: None } => format!("created directory {}", dir.display()),
-        Change::Dir {
-            dir,
-            in_way: Some(w),
-        } => format!(
-            "backed up the {w} at {} under {BACKUP_DIR} and created a directory there",
-            dir.display()
-        ),
-        Change::Link {
-            link,
-            dest,
-            in_way: None,
-        } => {
-            format!("linked {} -> {}", link.display(), dest.display())
-        }
-        Change::Link {
-            link,
-            dest,
-            in_way: Some(w),
-        } => format!(
-            "backed up the {w} at {} under {BACKUP_DIR} and linked it -> {}",
-            link.display(),
-            dest.display()
-        ),
-        Change::RemoveStale { link, dest } => format!(
-            "removed {} -> {} (its source is gone)",
-            link.display(),
-            dest.display()
-        ),
     }
 }
