@@ -108,7 +108,10 @@ fn validate_checks_the_whole_fleet_or_one_host() {
     let o = run(&["validate", "-c", "-"], Some(fleet));
     assert_eq!(code(&o), 2, "the mem role references an unknown set");
     let e = stderr(&o);
-    assert!(e.contains("-: firewall.allow[1].from: unknown set \"web\" (in hosts.ol-mem[3-5] (roles base, mem))"), "{e}");
+    assert!(
+        e.contains("-: roles.mem.firewall.allow: unknown set \"web\" in `from` (in hosts.ol-mem[3-5] (roles base, mem)) at line 12 column 14"),
+        "{e}"
+    );
     // The web hosts alone are fine.
     let o = run(&["validate", "-c", "-", "--host", "ol-web2"], Some(fleet));
     assert_eq!(code(&o), 0, "{}", stderr(&o));

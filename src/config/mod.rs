@@ -42,6 +42,8 @@ pub struct Config {
     pub source: String,
     /// sha256 of the file's bytes, for the report.
     pub sha256: String,
+    /// The text, parsed again to locate errors found after merging.
+    text: String,
     file: File,
 }
 
@@ -87,11 +89,13 @@ struct Role {
 impl Config {
     /// Parse config text read from `source` (a path, `-` or a URL, used in messages).
     pub fn parse(source: &str, text: &str) -> Result<Config> {
+        steps::reset_allows();
         let file: File =
             serde_yaml::from_str(text).map_err(|e| invalid(format!("{source}: {e}")))?;
         let cfg = Config {
             source: source.to_string(),
             sha256: hex(&Sha256::digest(text.as_bytes())),
+            text: text.to_string(),
             file,
         };
         cfg.check_shape()?;
@@ -214,14 +218,14 @@ impl Config {
     /// The merged, validated steps for `host`.
     pub fn for_host(&self, host: &str) -> Result<HostConfig> {
         match self.entry_for(host)? {
-            None => self.validate_merged(self.single(), "(top level)"),
+            None => self.validate_merged(self.single(), ""),
             Some(entry) => self.for_entry(&entry),
         }
     }
 
     fn for_entry(&self, entry: &str) -> Result<HostConfig> {
         let (Some(hosts), Some(roles)) = (&self.file.hosts, &self.file.roles) else {
-            return self.validate_merged(self.single(), "(top level)");
+            return self.validate_merged(self.single(), "");
         };
         let mut merged = Role::default();
         for r in &hosts[entry] {
@@ -262,7 +266,13 @@ impl Config {
             packages: r.packages,
             links: r.links.unwrap_or_default(),
         };
-        let err = |key: &str, msg: String| self.err(key, format!("{msg} (in {what})"));
+        // Which fleet entry the merged config is of, for messages.
+        let within = if what.is_empty() {
+            String::new()
+        } else {
+            format!(" (in {what})")
+        };
+        let err = |key: &str, msg: String| self.err(key, format!("{msg}{within}"));
         if let Some(fw) = &cfg.firewall {
             // Set names become nftables identifiers (`@admin_v4`): keep them to what nft parses.
             for name in fw.sets.keys() {
@@ -279,14 +289,17 @@ impl Config {
                     ));
                 }
             }
-            for (i, a) in fw.allow.iter().enumerate() {
-                for s in &a.from {
-                    if !fw.sets.contains_key(s) {
-                        return Err(err(
-                            &format!("firewall.allow[{i}].from"),
-                            format!("unknown set {s:?}"),
-                        ));
-                    }
+            for a in &fw.allow {
+                if let Some(s) = a.from.iter().find(|s| !fw.sets.contains_key(*s)) {
+                    let msg = format!("unknown set {s:?} in `from`{within}");
+                    // Parse again to have the parser say where the rule stands.
+                    let located = steps::trap_allow(a.ordinal, msg.clone(), || {
+                        serde_yaml::from_str::<File>(&self.text)
+                    });
+                    return Err(match located {
+                        Err(e) => invalid(format!("{}: {e}", self.source)),
+                        Ok(_) => self.err("firewall.allow", msg),
+                    });
                 }
             }
             // A rule counts only if it lets somebody in: from anywhere, or from a set that
