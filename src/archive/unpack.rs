@@ -181,6 +181,19 @@ fn relative(name: &[u8]) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Open the directory `rel` beneath `dir` with `flags`, never through a symlink or `..`
+/// ([`RESOLVE`]); errors name `shown`, the path as the archive has it.
+fn open_dir(dir: impl AsFd, rel: impl AsRef<Path>, flags: OFlags, shown: &Path) -> Result<OwnedFd> {
+    rustix::fs::openat2(
+        dir,
+        rel.as_ref(),
+        flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        RESOLVE,
+    )
+    .map_err(|e| errno(e, &format!("cannot open directory {}", shown.display())))
+}
+
 fn errno(e: Errno, what: &str) -> anyhow::Error {
     match e {
         Errno::LOOP | Errno::XDEV => {
@@ -374,14 +387,7 @@ impl Unpacker {
         if rel.as_os_str().is_empty() {
             return rustix::io::dup(&self.root).context("cannot dup the staging directory");
         }
-        rustix::fs::openat2(
-            &self.root,
-            rel,
-            OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-            Mode::empty(),
-            RESOLVE,
-        )
-        .map_err(|e| errno(e, &format!("cannot open directory {}", rel.display())))
+        open_dir(&self.root, rel, OFlags::PATH, rel)
     }
 
     /// Create the missing directories of `rel` one by one, each beneath the previous one.
@@ -392,14 +398,7 @@ impl Unpacker {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(errno(e, &format!("cannot create {}", rel.display()))),
             }
-            fd = rustix::fs::openat2(
-                &fd,
-                c,
-                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-                RESOLVE,
-            )
-            .map_err(|e| errno(e, &format!("cannot open directory {}", rel.display())))?;
+            fd = open_dir(&fd, c, OFlags::PATH, rel)?;
         }
         Ok(fd)
     }
@@ -423,14 +422,7 @@ impl Unpacker {
             let fd = if rel.as_os_str().is_empty() {
                 rustix::io::dup(&self.root).context("cannot dup the staging directory")?
             } else {
-                rustix::fs::openat2(
-                    &self.root,
-                    rel,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                    Mode::empty(),
-                    RESOLVE,
-                )
-                .map_err(|e| errno(e, &format!("cannot open directory {}", rel.display())))?
+                open_dir(&self.root, rel, OFlags::RDONLY, rel)?
             };
             self.set_meta_fd(&fd, *meta)
                 .with_context(|| format!("directory {}", rel.display()))?;
