@@ -3,7 +3,7 @@
 
 use crate::config::HostConfig;
 use crate::report::{Outcome, StepReport};
-use crate::steps::{self, Ctx, Done, Step};
+use crate::steps::{self, Ctx, Describe, Done, Step, Tense};
 use std::time::Instant;
 
 /// The `error` of a step the config does not mention.
@@ -181,13 +181,17 @@ pub fn run_step<S: Step>(step: &S, ctx: &Ctx, mode: Mode) -> StepReport {
                 }
             } else if mode == Mode::Plan {
                 report.result = Outcome::Pending;
-                report.changes = plan.changes.iter().map(|c| c.to_string()).collect();
+                report.changes = plan
+                    .changes
+                    .iter()
+                    .map(|c| c.describe(Tense::Plan))
+                    .collect();
                 for c in &report.changes {
                     log::info!("{}: would {c}", S::NAME);
                 }
             } else {
                 let mut done = Done::new(S::NAME);
-                let r = step.apply(ctx, plan.changes, &mut done);
+                let r = step.apply(ctx, &plan.changes, &mut done);
                 report.changes = done.lines;
                 report.result = Outcome::Changed;
                 if let Err(e) = r {

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod report;
+pub mod retry;
 pub mod root;
 pub mod steps;
 pub mod sys;

@@ -30,7 +30,7 @@ mod boot;
 mod diff;
 mod ruleset;
 
-use super::{Ctx, Done, Plan, Step};
+use super::{Ctx, Describe, Done, Plan, Step, Tense};
 use crate::config;
 use crate::root::Root;
 use crate::sys::{cmd, fs, nft};
@@ -201,7 +201,7 @@ impl Firewall<'_> {
     }
 
     /// Load `rendered` into the kernel and record the listing that results.
-    fn load(ctx: &Ctx, rendered: &str, done: &mut Done) -> Result<()> {
+    fn load(ctx: &Ctx, rendered: &str, done: &mut Done<Change>) -> Result<()> {
         let existed = nft::list_table(ruleset::FAMILY, ruleset::NAME)?.is_some();
         nft::load(rendered).with_context(|| {
             format!(
@@ -209,7 +209,7 @@ impl Firewall<'_> {
                 ruleset::TABLE
             )
         })?;
-        done.record(if existed {
+        done.record_line(if existed {
             format!("replaced table {} in the running kernel", ruleset::TABLE)
         } else {
             format!("loaded table {} into the running kernel", ruleset::TABLE)
@@ -270,11 +270,14 @@ impl Step for Firewall<'_> {
         Ok(plan)
     }
 
-    fn apply(&self, ctx: &Ctx, changes: Vec<Change>, done: &mut Done) -> Result<()> {
+    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         let root = ctx.root;
         let rendered = ruleset::render(self.cfg);
         if changes.contains(&Change::InstallNftables) {
-            super::packages::ensure_installed(ctx, &["nftables"], done)?;
+            let mut installed = Done::new(Self::NAME);
+            let r = super::packages::ensure_installed(ctx, &["nftables"], &mut installed);
+            installed.lines.iter().for_each(|l| done.record_line(l));
+            r?;
         }
         let rules = changes
             .iter()
@@ -289,13 +292,13 @@ impl Step for Firewall<'_> {
                 Change::Load(_) => Self::load(ctx, &rendered, done)?,
                 Change::Write(_) => {
                     fs::write_atomic(&root.path(Path::new(FILE)), rendered.as_bytes(), 0o644)?;
-                    done.record(format!("wrote {FILE}"));
+                    done.record_line(format!("wrote {FILE}"));
                 }
                 Change::Include(create) => {
                     let path = root.path(Path::new(boot::CONF));
                     let old = fs::read_optional(&path)?;
                     fs::write_atomic(&path, boot::with_include(old.as_deref()).as_bytes(), 0o755)?;
-                    done.record(if create {
+                    done.record_line(if *create {
                         format!("created {} with {}", boot::CONF, boot::INCLUDE)
                     } else {
                         format!("added {} to {}", boot::INCLUDE, boot::CONF)
@@ -306,7 +309,7 @@ impl Step for Firewall<'_> {
                         format!("{} not found below {}", boot::SERVICE, root.dir().display())
                     })?;
                     for link in boot::enable(root, &unit)? {
-                        done.record(format!(
+                        done.record_line(format!(
                             "enabled {} ({} -> {})",
                             boot::SERVICE,
                             link.display(),
@@ -317,6 +320,13 @@ impl Step for Firewall<'_> {
             }
         }
         Ok(())
+    }
+}
+
+// Transitional: both tenses from the plan text until this step describes its changes itself.
+impl Describe for Change {
+    fn describe(&self, _tense: Tense) -> String {
+        self.to_string()
     }
 }
 

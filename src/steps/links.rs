@@ -9,7 +9,7 @@
 //! directory, so nothing is ever written through it. A link of ours whose source file is gone
 //! is removed rather than left dangling.
 
-use super::{Ctx, Done, Plan, Step};
+use super::{Ctx, Describe, Done, Plan, Step, Tense};
 use crate::config::Link;
 use anyhow::{bail, Context, Result};
 use std::fmt;
@@ -78,9 +78,9 @@ pub enum Change {
     },
 }
 
-impl Change {
-    /// The change in words: what it would do (`plan`), or, once `done`, what it did.
-    fn describe(&self, done: bool) -> String {
+impl Describe for Change {
+    fn describe(&self, tense: Tense) -> String {
+        let done = tense == Tense::Done;
         let verb = |now: &str, past: &str| if done { past } else { now }.to_string();
         let back_up = |w: &InTheWay, at: &Path| {
             if done {
@@ -125,12 +125,6 @@ impl Change {
     }
 }
 
-impl fmt::Display for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.describe(false))
-    }
-}
-
 impl Step for Links<'_> {
     const NAME: &'static str = "links";
     type Change = Change;
@@ -143,10 +137,10 @@ impl Step for Links<'_> {
         Ok(plan)
     }
 
-    fn apply(&self, ctx: &Ctx, changes: Vec<Change>, done: &mut Done) -> Result<()> {
+    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         for change in changes {
-            apply_one(ctx, &change)?;
-            done.record(change.describe(true));
+            apply_one(ctx, change)?;
+            done.record(change);
         }
         Ok(())
     }
@@ -299,7 +293,7 @@ fn stale_links(
             }
         }
     }
-    stale.sort_by_key(|c| c.to_string());
+    stale.sort_by_key(|c| c.describe(Tense::Plan));
     plan.changes.extend(stale);
     Ok(())
 }

@@ -15,7 +15,7 @@
 //! Paths from the config go through `--root`, `opt.archive.ca_file` included; a `file://`
 //! mirror, like an `http://` one, names a place as the running system sees it.
 
-use super::{Ctx, Done, Plan, Step};
+use super::{Ctx, Describe, Done, Plan, Step, Tense};
 use crate::archive::{self, fetch::mib};
 use crate::config::{self, Expose};
 use crate::sys::{fs as sysfs, fstab, mount};
@@ -223,14 +223,14 @@ impl Step for Opt<'_> {
         Ok(plan)
     }
 
-    fn apply(&self, ctx: &Ctx, changes: Vec<Change>, done: &mut Done) -> Result<()> {
+    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         let host = ctx.root.path(&self.cfg.path);
         let opt = ctx.root.path(Path::new(OPT));
         for change in changes {
             match &change {
                 Change::RemoveStaging(p) => {
                     archive::remove_staging(p)?;
-                    done.record(format!(
+                    done.record_line(format!(
                         "removed leftover staging directory {}",
                         p.display()
                     ));
@@ -243,7 +243,7 @@ impl Step for Opt<'_> {
                         .context("opt.archive is not set")?;
                     let ca = a.ca_file.as_ref().map(|c| ctx.root.path(c));
                     let got = archive::install(a, ca.as_deref(), &host, ctx.tuning)?;
-                    done.record(format!(
+                    done.record_line(format!(
                         "fetched {} ({}, {:?}, sha256 {}) and unpacked {} entries ({}) into {path}",
                         got.url,
                         mib(got.bytes),
@@ -256,18 +256,18 @@ impl Step for Opt<'_> {
                 Change::CreateOpt => {
                     fs::create_dir_all(&opt)
                         .with_context(|| format!("cannot create {}", opt.display()))?;
-                    done.record(format!("created directory {OPT}"));
+                    done.record_line(format!("created directory {OPT}"));
                 }
                 Change::Fstab(_) => {
                     let p = ctx.root.path(Path::new(FSTAB));
                     let content = sysfs::read_optional(&p)?.unwrap_or_default();
                     let new = fstab::apply(&content, &self.fstab_entry());
                     sysfs::write_atomic(&p, new.as_bytes(), 0o644)?;
-                    done.record(format!("added the bind mount of {OPT} to {FSTAB}"));
+                    done.record_line(format!("added the bind mount of {OPT} to {FSTAB}"));
                 }
                 Change::Bind(p) => {
                     mount::bind(&host, &opt)?;
-                    done.record(format!("bind-mounted {p} at {OPT}"));
+                    done.record_line(format!("bind-mounted {p} at {OPT}"));
                 }
                 Change::Symlink(target, replacing) => {
                     let tmp = opt.with_file_name(".opt.olboot-tmp");
@@ -288,7 +288,7 @@ impl Step for Opt<'_> {
                             .and_then(|d| d.sync_all())
                             .with_context(|| format!("cannot sync {}", dir.display()))?;
                     }
-                    done.record(match replacing {
+                    done.record_line(match replacing {
                         None => format!("linked {OPT} -> {target}"),
                         Some(old) => format!("linked {OPT} -> {target} (replaced {old})"),
                     });
@@ -296,5 +296,12 @@ impl Step for Opt<'_> {
             }
         }
         Ok(())
+    }
+}
+
+// Transitional: both tenses from the plan text until this step describes its changes itself.
+impl Describe for Change {
+    fn describe(&self, _tense: Tense) -> String {
+        self.to_string()
     }
 }

@@ -20,7 +20,7 @@
 //! [`Tuning::dpkg_lock_timeout`]: crate::tuning::Tuning::dpkg_lock_timeout
 //! [`Tuning::retries`]: crate::tuning::Tuning::retries
 
-use super::{Ctx, Done, Plan, Step};
+use super::{Ctx, Describe, Done, Plan, Step, Tense};
 use crate::config;
 use crate::sys::apt::{self, Failure, Ran};
 use crate::sys::chroot::Session;
@@ -74,14 +74,19 @@ impl Step for Packages<'_> {
         })
     }
 
-    fn apply(&self, ctx: &Ctx, changes: Vec<Change>, done: &mut Done) -> Result<()> {
-        make(ctx, changes, self.cfg.recommends.unwrap_or(false), done)
+    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
+        make(
+            ctx,
+            changes.to_vec(),
+            self.cfg.recommends.unwrap_or(false),
+            done,
+        )
     }
 }
 
 /// Make sure `names` are installed on the target, through the same apt code as the step;
 /// used by the firewall step when `nft` is missing. Records what it installed in `done`.
-pub fn ensure_installed(ctx: &Ctx, names: &[&str], done: &mut Done) -> Result<()> {
+pub fn ensure_installed(ctx: &Ctx, names: &[&str], done: &mut Done<Change>) -> Result<()> {
     let changes = changes(ctx, names)?;
     if changes.is_empty() {
         return Ok(());
@@ -138,7 +143,7 @@ fn missing(names: &[&str], installed: &BTreeMap<String, String>) -> Vec<String> 
 }
 
 /// Make `changes` inside an apt session on the target.
-fn make(ctx: &Ctx, changes: Vec<Change>, recommends: bool, done: &mut Done) -> Result<()> {
+fn make(ctx: &Ctx, changes: Vec<Change>, recommends: bool, done: &mut Done<Change>) -> Result<()> {
     let session = Session::enter(ctx.root)
         .with_context(|| format!("cannot prepare {} for apt", ctx.root.dir().display()))?;
     let mut run = Run {
@@ -160,7 +165,7 @@ fn make(ctx: &Ctx, changes: Vec<Change>, recommends: bool, done: &mut Done) -> R
 /// One apt session's state: what has been done to the package system so far.
 struct Run<'a, 'd> {
     ctx: &'a Ctx<'a>,
-    done: &'d mut Done,
+    done: &'d mut Done<Change>,
     /// The lists were refreshed by this run: a package apt cannot find does not exist.
     updated: bool,
     /// `dpkg --configure -a` ran: a second "dpkg was interrupted" is not repaired again.
@@ -175,7 +180,7 @@ impl Run<'_, '_> {
         }
         self.repaired = true;
         self.done
-            .record("repaired the interrupted dpkg (dpkg --configure -a)");
+            .record_line("repaired the interrupted dpkg (dpkg --configure -a)");
         Ok(())
     }
 
@@ -186,7 +191,7 @@ impl Run<'_, '_> {
             bail!("cannot update the package lists: {}", ran.describe());
         }
         self.updated = true;
-        self.done.record("updated package lists");
+        self.done.record_line("updated package lists");
         Ok(())
     }
 
@@ -231,13 +236,13 @@ impl Run<'_, '_> {
                      (a virtual package? name a package that provides it)"
                 );
             };
-            self.done.record(format!("installed {name} {version}"));
+            self.done.record_line(format!("installed {name} {version}"));
         }
         for (name, version) in &after {
             let requested = names.iter().any(|s| split_spec(s).0 == name);
             if !requested && !before.contains_key(name) {
                 self.done
-                    .record(format!("installed {name} {version} (dependency)"));
+                    .record_line(format!("installed {name} {version} (dependency)"));
             }
         }
         Ok(())
@@ -284,6 +289,13 @@ fn retrying(ctx: &Ctx, what: &str, make: impl Fn() -> Command) -> Result<Ran> {
             _ => return Ok(ran),
         };
         std::thread::sleep(delay);
+    }
+}
+
+// Transitional: both tenses from the plan text until this step describes its changes itself.
+impl Describe for Change {
+    fn describe(&self, _tense: Tense) -> String {
+        self.to_string()
     }
 }
 

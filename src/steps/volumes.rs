@@ -21,7 +21,7 @@
 //! (`opt` unpacking into `/1/opt`) write onto the volume, not into the target's root
 //! filesystem below it. The fstab line names the mountpoint as the target sees it (`/1`).
 
-use super::{Ctx, Done, Plan, Step};
+use super::{Ctx, Describe, Done, Plan, Step, Tense};
 use crate::config::{self, AbsPath, Filesystem, FormatPolicy};
 use crate::sys::blockdev::{self, Device};
 use crate::sys::{chroot, cmd, fs, fstab, mount};
@@ -135,7 +135,7 @@ impl Step for Volumes<'_> {
         Ok(plan)
     }
 
-    fn apply(&self, ctx: &Ctx, changes: Vec<Change>, done: &mut Done) -> Result<()> {
+    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         let mut failed: Vec<(usize, AbsPath, String)> = Vec::new();
         for c in changes {
             let vol = c.vol();
@@ -347,7 +347,7 @@ fn observe(
 }
 
 /// Format `dev`, after checking once more, right before `mkfs`, that it is blank and unused.
-fn format(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
+fn format(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done<Change>) -> Result<()> {
     match blockdev::present(&dev.path)? {
         Some(d) if d == *dev => {}
         _ => bail!("{dev} is gone or changed since it was probed; not formatting it"),
@@ -373,12 +373,17 @@ fn format(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) -> Resul
     if !out.status.success() {
         bail!("cannot format {dev} as {fs}: {}", cmd::failure(&c, &out));
     }
-    done.record(format!("formatted {dev} as {fs}{}", label_note(&v.label)));
+    done.record_line(format!("formatted {dev} as {fs}{}", label_note(&v.label)));
     Ok(())
 }
 
 /// Mount `dev` at the volume's mountpoint and check it is mounted there and nowhere else.
-fn mount_volume(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
+fn mount_volume(
+    ctx: &Ctx,
+    dev: &Device,
+    v: &config::Volume,
+    done: &mut Done<Change>,
+) -> Result<()> {
     let target = target_of(ctx, v);
     let fs = v.filesystem.name();
     let probe = blockdev::probe(dev, ctx.root)?;
@@ -401,7 +406,7 @@ fn mount_volume(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) ->
             other.map(|m| m.source)
         ),
     }
-    done.record(format!("mounted {dev} at {}", v.mountpoint));
+    done.record_line(format!("mounted {dev} at {}", v.mountpoint));
     // It was mounted nowhere before; any other mount now is a copy made by mount propagation
     // (a shared subtree), which would leave the volume reachable where nobody expects it.
     let others: Vec<String> = blockdev::usage(dev)?
@@ -421,7 +426,7 @@ fn mount_volume(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) ->
 }
 
 /// Write the volume's fstab line, by the UUID the device carries now.
-fn persist(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) -> Result<()> {
+fn persist(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done<Change>) -> Result<()> {
     let probe = blockdev::probe(dev, ctx.root)?;
     let uuid = match (probe.filesystem(), probe.uuid()) {
         (Some(t), Some(u)) if t == v.filesystem.name() => u.to_string(),
@@ -443,8 +448,15 @@ fn persist(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done) -> Resu
         ),
     };
     fs::write_atomic(&path, fstab::apply(&content, &e).as_bytes(), 0o644)?;
-    done.record(line);
+    done.record_line(line);
     Ok(())
+}
+
+// Transitional: both tenses from the plan text until this step describes its changes itself.
+impl Describe for Change {
+    fn describe(&self, _tense: Tense) -> String {
+        self.to_string()
+    }
 }
 
 #[cfg(test)]
