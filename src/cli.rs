@@ -44,6 +44,7 @@ const TARGET_OPTIONS: &str = "\
                         packages installed in a chroot, firewall written but not loaded
       --host NAME       Use the fleet entry of NAME instead of this machine's host name
       --only STEP,...   Run only these steps: firewall, volumes, opt, packages, links
+      --auth-file FILE  A root-only file with one header line, sent with a config URL
 ";
 
 fn help(cmd: &str) -> String {
@@ -54,9 +55,9 @@ fn help(cmd: &str) -> String {
         "plan" => format!(
             "Say what apply would change, as a JSON report on stdout; change nothing.\nExit code 3: changes are pending.\n\nUsage: olboot plan [OPTIONS]\n\nOptions:\n{TARGET_OPTIONS}  -h, --help            Print help\n"
         ),
-        "validate" => "Check a config (the whole fleet unless --host is given); change nothing.\n\nUsage: olboot validate [OPTIONS]\n\nOptions:\n  -c, --config CONFIG   A path, `-` for stdin, or an http(s):// URL [default: /etc/olboot.yaml]\n      --host NAME       Check only the fleet entry of this host\n  -h, --help            Print help\n".into(),
+        "validate" => "Check a config (the whole fleet unless --host is given); change nothing.\n\nUsage: olboot validate [OPTIONS]\n\nOptions:\n  -c, --config CONFIG   A path, `-` for stdin, or an http(s):// URL [default: /etc/olboot.yaml]\n      --host NAME       Check only the fleet entry of this host\n      --auth-file FILE  A root-only file with one header line, sent with a config URL\n  -h, --help            Print help\n".into(),
         "status" => "Print the last apply's report.\n\nUsage: olboot status [OPTIONS]\n\nOptions:\n      --root DIR        Read the report of the system mounted at DIR\n      --json            Print it as JSON\n  -h, --help            Print help\n".into(),
-        "pack" => "Archive a legacy /opt for the archive store (zstd tar: numeric owners, modes, mtimes,\nsymlinks and hard links, stable order); print its sha256 and write FILE.sha256 beside it.\n\nUsage: olboot pack DIR -o FILE\n\nOptions:\n  -o FILE               The archive to write (FILE.tar.zst)\n  -h, --help            Print help\n".into(),
+        "pack" => "Archive a legacy /opt for the archive store (zstd tar: numeric owners, modes, mtimes,\nsymlinks and hard links, stable order); print its sha256 and write FILE.sha256 beside it.\n\nUsage: olboot pack DIR -o FILE [--recipient age1...]...\n\nOptions:\n  -o FILE               The archive to write (FILE.tar.zst, or FILE.tar.zst.age when encrypted)\n      --recipient KEY   Encrypt with age to this public key (age1...); repeatable\n      --recipients-file FILE  Encrypt to every age1... key in FILE; repeatable\n  -h, --help            Print help\n".into(),
         _ => HELP.into(),
     }
 }
@@ -91,6 +92,8 @@ pub enum Command {
         config: String,
         /// Check only this host's entry.
         host: Option<String>,
+        /// Credentials for a config URL.
+        auth_file: Option<PathBuf>,
     },
     /// `olboot status`.
     Status {
@@ -105,6 +108,10 @@ pub enum Command {
         dir: PathBuf,
         /// The archive to write.
         output: PathBuf,
+        /// age public keys to encrypt to.
+        recipients: Vec<String>,
+        /// Files of age public keys to encrypt to.
+        recipients_files: Vec<PathBuf>,
     },
 }
 
@@ -115,6 +122,7 @@ pub struct Target {
     root: Option<PathBuf>,
     host: Option<String>,
     only: Vec<StepName>,
+    auth_file: Option<PathBuf>,
 }
 
 const DEFAULT_CONFIG: &str = "/etc/olboot.yaml";
@@ -143,13 +151,16 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
     let mut config = DEFAULT_CONFIG.to_string();
     let (mut root, mut host, mut only, mut json) = (None, None, Vec::new(), false);
     let (mut dir, mut output) = (None, None);
+    let (mut auth_file, mut recipients, mut recipients_files) = (None, Vec::new(), Vec::new());
     let takes = |opt: &str| -> bool {
         match opt {
-            "config" | "host" => matches!(cmd.as_str(), "apply" | "plan" | "validate"),
+            "config" | "host" | "auth-file" => {
+                matches!(cmd.as_str(), "apply" | "plan" | "validate")
+            }
             "root" => matches!(cmd.as_str(), "apply" | "plan" | "status"),
             "only" => matches!(cmd.as_str(), "apply" | "plan"),
             "json" => matches!(cmd.as_str(), "apply" | "status"),
-            "o" | "dir" => cmd == "pack",
+            "o" | "dir" | "recipient" | "recipients-file" => cmd == "pack",
             _ => false,
         }
     };
@@ -162,6 +173,9 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
             Long("only") => "only",
             Long("json") => "json",
             Short('o') => "o",
+            Long("auth-file") => "auth-file",
+            Long("recipient") => "recipient",
+            Long("recipients-file") => "recipients-file",
             Value(_) => "dir",
             _ => "",
         };
@@ -182,6 +196,11 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
                 }
             }
             Long("json") => json = true,
+            Long("auth-file") => auth_file = Some(PathBuf::from(p.value().map_err(err)?)),
+            Long("recipient") => recipients.push(p.value().map_err(err)?.string().map_err(err)?),
+            Long("recipients-file") => {
+                recipients_files.push(PathBuf::from(p.value().map_err(err)?))
+            }
             _ => output = Some(PathBuf::from(p.value().map_err(err)?)),
         }
     }
@@ -190,6 +209,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
         root: root.clone(),
         host: host.clone(),
         only: only.clone(),
+        auth_file: auth_file.clone(),
     };
     Ok(Cli::Run(match cmd.as_str() {
         "apply" => Command::Apply {
@@ -197,11 +217,17 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
             json,
         },
         "plan" => Command::Plan { target: target() },
-        "validate" => Command::Validate { config, host },
+        "validate" => Command::Validate {
+            config,
+            host,
+            auth_file,
+        },
         "status" => Command::Status { root, json },
         _ => Command::Pack {
             dir: dir.ok_or("pack needs the directory to archive (olboot pack DIR -o FILE)")?,
             output: output.ok_or("pack needs -o FILE")?,
+            recipients,
+            recipients_files,
         },
     }))
 }
@@ -226,10 +252,28 @@ fn dispatch(cmd: Command) -> Result<u8> {
     match cmd {
         Command::Apply { target, json } => converge(target, Mode::Apply, json),
         Command::Plan { target } => converge(target, Mode::Plan, true),
-        Command::Validate { config, host } => validate(&config, host.as_deref()),
+        Command::Validate {
+            config,
+            host,
+            auth_file,
+        } => validate(&config, host.as_deref(), auth_file.as_deref()),
         Command::Status { root, json } => status(root, json),
-        Command::Pack { dir, output } => {
-            crate::archive::pack::pack(&dir, &output)?;
+        Command::Pack {
+            dir,
+            output,
+            recipients,
+            recipients_files,
+        } => {
+            let mut to = crate::archive::crypt::Recipients::default();
+            for r in &recipients {
+                to.add(r, "--recipient")
+                    .map_err(|e| Invalid(format!("{e:#}")))?;
+            }
+            for f in &recipients_files {
+                to.add_file(f)
+                    .map_err(|e| Invalid(format!("--recipients-file: {e:#}")))?;
+            }
+            crate::archive::pack::pack(&dir, &output, &to)?;
             Ok(EXIT_OK)
         }
     }
@@ -266,9 +310,10 @@ fn host_of(host: Option<String>, root: &Root) -> Result<String> {
 
 fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     let root = root_of(t.root)?;
-    let cfg = Config::load(&t.config)?;
+    let cfg = load(&t.config, t.auth_file.as_deref())?;
     let host = host_of(t.host, &root)?;
     let host_cfg = cfg.for_host(&host)?;
+    crate::store::check(&host_cfg, &root)?;
     let _lock = match mode {
         Mode::Apply => Some(crate::sys::fs::lock(&root)?),
         Mode::Plan => None,
@@ -311,8 +356,16 @@ fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     })
 }
 
-fn validate(source: &str, host: Option<&str>) -> Result<u8> {
-    let cfg = Config::load(source)?;
+/// Load the config at `source`, with the credential of `auth_file` for a URL.
+fn load(source: &str, auth_file: Option<&std::path::Path>) -> Result<Config> {
+    let auth = auth_file.map(crate::store::auth_file).transpose()?;
+    Config::load_with(source, auth.as_ref())
+}
+
+fn validate(source: &str, host: Option<&str>, auth_file: Option<&std::path::Path>) -> Result<u8> {
+    let cfg = load(source, auth_file)?;
+    // As the config names itself in messages: a URL without its query and user-info.
+    let source = &cfg.source;
     match host {
         Some(h) => {
             cfg.for_host(h)?;
@@ -372,13 +425,27 @@ mod tests {
             args("status --json"),
             Ok(Cli::Run(Command::Status { json: true, .. }))
         ));
-        let Ok(Cli::Run(Command::Pack { dir, output })) = args("pack /opt -o o.tar.zst") else {
+        let Ok(Cli::Run(Command::Pack {
+            dir,
+            output,
+            recipients,
+            recipients_files,
+        })) =
+            args("pack /opt -o o.tar.zst --recipient age1a --recipient age1b --recipients-file f")
+        else {
             panic!()
         };
         assert_eq!(
             (dir, output),
             (PathBuf::from("/opt"), PathBuf::from("o.tar.zst"))
         );
+        assert_eq!(recipients, ["age1a", "age1b"]);
+        assert_eq!(recipients_files, [PathBuf::from("f")]);
+        assert!(args("status --recipient age1a").is_err());
+        assert!(matches!(
+            args("apply --auth-file /a -c https://x/c.yaml"),
+            Ok(Cli::Run(Command::Apply { .. }))
+        ));
         assert!(matches!(args("--version"), Ok(Cli::Print(v)) if v.starts_with("olboot ")));
         assert!(matches!(args("pack --help"), Ok(Cli::Print(h)) if h.contains("-o FILE")));
     }

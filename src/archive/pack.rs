@@ -36,8 +36,9 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-/// Archive `dir` into `out`, print its sha256 on stdout and write `out.sha256`.
-pub fn pack(dir: &Path, out: &Path) -> Result<()> {
+/// Archive `dir` into `out`, age-encrypted to `to` unless it is empty, print its sha256 (of
+/// the bytes written: the ciphertext when encrypted) on stdout and write `out.sha256`.
+pub fn pack(dir: &Path, out: &Path, to: &super::crypt::Recipients) -> Result<()> {
     let meta = fs::metadata(dir).with_context(|| format!("cannot read {}", dir.display()))?;
     anyhow::ensure!(meta.is_dir(), "{}: not a directory", dir.display());
     let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
@@ -45,7 +46,7 @@ pub fn pack(dir: &Path, out: &Path) -> Result<()> {
         inner: BufWriter::with_capacity(1024 * 1024, file),
         hasher: Sha256::new(),
     };
-    let mut enc = zstd::stream::write::Encoder::new(hashing, LEVEL)?;
+    let mut enc = zstd::stream::write::Encoder::new(Output::new(hashing, to)?, LEVEL)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
     enc.multithread(workers.max(1))
         .context("zstd multi-threading")?;
@@ -61,7 +62,11 @@ pub fn pack(dir: &Path, out: &Path) -> Result<()> {
     p.walk(dir, Path::new(""))?;
     let (entries, bytes) = (p.entries, p.bytes);
     let enc = p.tar.into_inner().context("cannot finish the tar")?;
-    let mut hashing = enc.finish().context("cannot finish the zstd stream")?;
+    let mut hashing = enc
+        .finish()
+        .context("cannot finish the zstd stream")?
+        .finish()
+        .with_context(|| format!("cannot write {}", out.display()))?;
     hashing.flush()?;
     let file = hashing
         .inner
@@ -94,6 +99,45 @@ pub fn pack(dir: &Path, out: &Path) -> Result<()> {
     );
     println!("{hex}");
     Ok(())
+}
+
+/// Where the zstd stream goes: the file, or an age encryption in front of it.
+enum Output<W: Write> {
+    Plain(W),
+    Age(super::crypt::Encrypting<W>),
+}
+
+impl<W: Write> Output<W> {
+    fn new(inner: W, to: &super::crypt::Recipients) -> Result<Output<W>> {
+        Ok(if to.is_empty() {
+            Output::Plain(inner)
+        } else {
+            Output::Age(to.encrypt(inner)?)
+        })
+    }
+
+    /// End the stream (age's last chunk) and give back the writer inside.
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Output::Plain(w) => Ok(w),
+            Output::Age(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Output<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Output::Plain(w) => w.write(buf),
+            Output::Age(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Output::Plain(w) => w.flush(),
+            Output::Age(w) => w.flush(),
+        }
+    }
 }
 
 struct Packer<W: Write> {

@@ -105,13 +105,21 @@ impl Config {
     /// Read and parse the config at `source`: a path, `-` for standard input, or an
     /// `http(s)://` URL.
     pub fn load(source: &str) -> Result<Config> {
+        Config::load_with(source, None)
+    }
+
+    /// [`Config::load`], sending `auth` with the request when `source` is a URL.
+    pub fn load_with(source: &str, auth: Option<&crate::secret::Auth>) -> Result<Config> {
         let text = if source == "-" {
             let mut s = String::new();
             std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
                 .map_err(|e| invalid(format!("-: cannot read standard input: {e}")))?;
             s
         } else if source.starts_with("http://") || source.starts_with("https://") {
-            crate::sys::http::get_text(source).map_err(|e| invalid(format!("{e:#}")))?
+            let text =
+                crate::sys::http::get_text(source, auth).map_err(|e| invalid(format!("{e:#}")))?;
+            // The URL names the config in every message: without its query and user-info.
+            return Config::parse(&crate::secret::ShownUrl::new(source).to_string(), &text);
         } else {
             std::fs::read_to_string(source).map_err(|e| invalid(format!("{source}: {e}")))?
         };
@@ -363,6 +371,14 @@ impl Config {
                         "opt.archive.sha256",
                         "missing: a remote archive must name its sha256".into(),
                     ));
+                }
+                for (i, h) in a.trusted_hosts.iter().enumerate() {
+                    if h.is_empty() || h.contains(['/', ':', '@', '?', ' ']) {
+                        return Err(err(
+                            &format!("opt.archive.trusted_hosts[{i}]"),
+                            format!("{h:?} is not a host name"),
+                        ));
+                    }
                 }
             }
         }

@@ -281,7 +281,8 @@ impl<'de> Deserialize<'de> for ArchiveUrl {
             Ok(ArchiveUrl(s))
         } else {
             Err(de::Error::custom(format!(
-                "{s:?} is not an http://, https:// or file:/// URL"
+                "\"{}\" is not an http://, https:// or file:/// URL",
+                crate::secret::ShownUrl::new(&s)
             )))
         }
     }

@@ -212,7 +212,11 @@ impl Step for Opt<'_> {
                 )
             })?;
             plan.changes.push(Change::Fetch {
-                url: a.urls.first().map(|u| u.0.clone()).unwrap_or_default(),
+                url: a
+                    .urls
+                    .first()
+                    .map(|u| crate::secret::ShownUrl::new(&u.0).to_string())
+                    .unwrap_or_default(),
                 path: self.cfg.path.to_string(),
             });
         }
@@ -241,8 +245,8 @@ impl Step for Opt<'_> {
                         .archive
                         .as_ref()
                         .context("opt.archive is not set")?;
-                    let ca = a.ca_file.as_ref().map(|c| ctx.root.path(c));
-                    let got = archive::install(a, ca.as_deref(), &host, ctx.tuning)?;
+                    let source = crate::store::source(a, ctx.root)?;
+                    let got = archive::install(&source, &host, ctx.tuning)?;
                     done.record_line(format!(
                         "fetched {} ({}, {:?}, sha256 {}) and unpacked {} entries ({}) into {path}",
                         got.url,
