@@ -35,8 +35,9 @@ const PIPE_BUFFERS: usize = 4;
 const PIPE_BUFFER_SIZE: usize = 1024 * 1024;
 
 /// Where the archive is and how to get it: the archive's own types, filled in by the opt step
-/// from the config (paths already taken below `--root`).
-#[derive(Debug, Default)]
+/// from the config (paths already taken below `--root`). `Debug` shows no secret: URLs as
+/// [`ShownUrl`], the key and the credential by their files.
+#[derive(Default)]
 pub struct Source {
     /// Mirrors, tried in order: `http://`, `https://` or `file:///` URLs.
     pub urls: Vec<String>,
@@ -52,6 +53,21 @@ pub struct Source {
     pub trusted_hosts: Vec<String>,
     /// The archive's size, when known.
     pub size: Option<u64>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<ShownUrl> = self.urls.iter().map(|u| ShownUrl::new(u)).collect();
+        f.debug_struct("Source")
+            .field("urls", &urls)
+            .field("sha256", &self.sha256)
+            .field("ca_file", &self.ca_file)
+            .field("identities", &self.identities)
+            .field("auth", &self.auth)
+            .field("trusted_hosts", &self.trusted_hosts)
+            .field("size", &self.size)
+            .finish()
+    }
 }
 
 /// The local path of a `file://` URL.
@@ -301,4 +317,24 @@ fn pipeline(mirror: Mirror, staging: &Path) -> Result<Installed> {
             stats,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let auth = Auth::parse(&crate::secret::SecretFile::from_text("/a", "Bearer t0k")).unwrap();
+        let s = Source {
+            urls: vec!["https://u:pw@store/opt.tar.zst.age?sig=s1g".into()],
+            auth: Some(auth),
+            ..Source::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(shown.contains("https://store/opt.tar.zst.age?…"), "{shown}");
+        for secret in ["t0k", "s1g", "pw"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
 }
