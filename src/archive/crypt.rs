@@ -7,19 +7,21 @@
 //! it is reached: the pipeline's caller must treat everything unpacked before that as garbage
 //! (it does: staging is renamed into place only after the whole stream was read).
 
+use super::age::{self, Identity, OpenError, Recipient};
 use crate::secret::SecretFile;
 use anyhow::{bail, Context, Result};
 use std::fmt;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Write};
 use std::path::Path;
-use std::str::FromStr;
+
+pub use super::age::Encrypting;
 
 /// How the age format begins: recognizing it gives a better error than "not compressed".
 pub const MAGIC: &[u8] = b"age-encryption.org/";
 
 /// The X25519 identities of an identity file. Never printed: its `Debug` names only the file.
 pub struct Identities {
-    keys: Vec<age::x25519::Identity>,
+    keys: Vec<Identity>,
     file: String,
 }
 
@@ -39,9 +41,9 @@ impl Identities {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            // The parser's error would not echo the line, but say nothing of it to be sure.
-            let key = age::x25519::Identity::from_str(line).map_err(|_| {
-                anyhow::anyhow!(
+            // The line is the key, or a mistyped one: it is never echoed.
+            let key = Identity::parse(line).with_context(|| {
+                format!(
                     "{name}: line {}: not an age identity (AGE-SECRET-KEY-1…)",
                     n + 1
                 )
@@ -56,32 +58,26 @@ impl Identities {
 
     /// A reader of the plaintext of the age stream `r`. Fails at once, before any plaintext,
     /// when `r` is not an age file or none of the identities opens it.
-    pub fn decrypt<'a, R: Read + Send + 'a>(&self, r: R) -> Result<impl BufRead + Send + 'a> {
-        let d = age::Decryptor::new(r).map_err(|e| match e {
-            age::DecryptError::Io(e) => anyhow::Error::new(e).context("cannot read the archive"),
-            e => anyhow::anyhow!("not an age-encrypted archive: {e}"),
-        })?;
-        let keys = self.keys.iter().map(|k| k as &dyn age::Identity);
-        let plain = d.decrypt(keys).map_err(|e| match e {
-            age::DecryptError::NoMatchingKeys => anyhow::anyhow!(
+    pub fn decrypt<R: BufRead>(&self, r: R) -> Result<age::Decrypting<R>> {
+        age::Decrypting::new(r, &self.keys).map_err(|e| match e {
+            OpenError::NoMatchingKey => anyhow::anyhow!(
                 "the archive is not encrypted to any identity in {}",
                 self.file
             ),
-            e => anyhow::anyhow!("cannot decrypt the archive with {}: {e}", self.file),
-        })?;
-        Ok(BufReader::with_capacity(256 * 1024, plain))
+            OpenError::Bad(e) => anyhow::anyhow!("cannot decrypt the archive: {e}"),
+        })
     }
 }
 
 /// Recipients to encrypt to: `age1…` public keys.
 #[derive(Debug, Clone, Default)]
-pub struct Recipients(Vec<age::x25519::Recipient>);
+pub struct Recipients(Vec<Recipient>);
 
 impl Recipients {
     /// Add one `age1…` key; `from` says where it came from, for the error.
     pub fn add(&mut self, key: &str, from: &str) -> Result<()> {
-        let r = age::x25519::Recipient::from_str(key.trim())
-            .map_err(|e| anyhow::anyhow!("{from}: {key:?} is not an age recipient: {e}"))?;
+        let r = Recipient::parse(key.trim())
+            .with_context(|| format!("{from}: {key:?} is not an age recipient (age1…)"))?;
         self.0.push(r);
         Ok(())
     }
@@ -111,73 +107,64 @@ impl Recipients {
     /// Wrap `out` in a writer that encrypts to every recipient; its
     /// [`Encrypting::finish`] writes the last chunk.
     pub fn encrypt<W: Write>(&self, out: W) -> Result<Encrypting<W>> {
-        let keys = self.0.iter().map(|k| k as &dyn age::Recipient);
-        let enc = age::Encryptor::with_recipients(keys).context("no age recipient")?;
-        let w = enc
-            .wrap_output(out)
-            .context("cannot write the age header")?;
-        Ok(Encrypting(w))
-    }
-}
-
-/// A writer that age-encrypts what goes through it.
-pub struct Encrypting<W: Write>(age::stream::StreamWriter<W>);
-
-impl<W: Write> Encrypting<W> {
-    /// Write the final chunk and give back the writer inside.
-    pub fn finish(self) -> io::Result<W> {
-        self.0.finish()
-    }
-}
-
-impl<W: Write> Write for Encrypting<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
+        if self.0.is_empty() {
+            bail!("no age recipient");
+        }
+        Encrypting::new(out, &self.0).context("cannot write the age header")
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     fn identities(text: &str) -> Result<Identities> {
         Identities::parse(&SecretFile::from_text("/k", text))
     }
 
+    /// A key pair from the reference tool: (identity file text, public key).
+    fn keygen() -> (String, String) {
+        let run = |args: &[&str], input: Option<&str>| {
+            let mut c = std::process::Command::new("age-keygen");
+            c.args(args)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped());
+            let mut child = c
+                .spawn()
+                .expect("age-keygen (Debian package age) is needed");
+            if let Some(i) = input {
+                child.stdin.take().unwrap().write_all(i.as_bytes()).unwrap();
+            }
+            drop(child.stdin.take());
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success());
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let id = run(&[], None);
+        let public = run(&["-y"], Some(&id)).trim().to_string();
+        (id, public)
+    }
+
     #[test]
     fn round_trip_and_tampering() {
-        let key = age::x25519::Identity::generate();
-        let ids = identities(&format!(
-            "# created: now\n{}\n",
-            age::secrecy::ExposeSecret::expose_secret(&key.to_string())
-        ))
-        .unwrap();
+        let (id, public) = keygen();
+        let ids = identities(&id).unwrap();
         let mut r = Recipients::default();
-        r.add(&key.to_public().to_string(), "test").unwrap();
+        r.add(&public, "test").unwrap();
         let plain: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
         let mut w = r.encrypt(Vec::new()).unwrap();
         w.write_all(&plain).unwrap();
         let cipher = w.finish().unwrap();
 
         let mut out = Vec::new();
-        ids.decrypt(&cipher[..])
-            .unwrap()
-            .read_to_end(&mut out)
-            .unwrap();
+        let mut d = ids.decrypt(&cipher[..]).unwrap();
+        d.read_to_end(&mut out).unwrap();
         assert_eq!(out, plain);
 
-        let mut cut = cipher.clone();
-        cut.truncate(cipher.len() - 1);
         let mut sink = Vec::new();
-        assert!(ids
-            .decrypt(&cut[..])
-            .unwrap()
-            .read_to_end(&mut sink)
-            .is_err());
-
+        let cut = &cipher[..cipher.len() - 1];
+        assert!(ids.decrypt(cut).unwrap().read_to_end(&mut sink).is_err());
         let mut bad = cipher.clone();
         let last = bad.len() - 10;
         bad[last] ^= 1;
@@ -187,16 +174,22 @@ mod tests {
             .read_to_end(&mut sink)
             .is_err());
 
-        let other = age::x25519::Identity::generate();
-        let other = identities(age::secrecy::ExposeSecret::expose_secret(
-            &other.to_string(),
-        ));
-        let e = other.unwrap().decrypt(&cipher[..]).err().unwrap();
+        let other = identities(&keygen().0).unwrap();
+        let e = other.decrypt(&cipher[..]).err().unwrap();
         assert!(
             e.to_string()
                 .contains("not encrypted to any identity in /k"),
             "{e}"
         );
+        let e = ids
+            .decrypt(&b"age-encryption.org/v1\n-> X25519 !!\n"[..])
+            .err()
+            .unwrap();
+        assert!(
+            e.to_string().starts_with("cannot decrypt the archive: "),
+            "{e}"
+        );
+        assert!(Recipients::default().encrypt(Vec::new()).is_err());
     }
 
     #[test]
@@ -206,9 +199,7 @@ mod tests {
             .to_string();
         assert_eq!(e, "/k: line 2: not an age identity (AGE-SECRET-KEY-1…)");
         assert!(identities("# only a comment\n").is_err());
-        let key = age::x25519::Identity::generate();
-        let text = age::secrecy::ExposeSecret::expose_secret(&key.to_string()).to_string();
-        let shown = format!("{:?}", identities(&text).unwrap());
+        let shown = format!("{:?}", identities(&keygen().0).unwrap());
         assert_eq!(shown, "Identities(/k, 1 keys)");
     }
 }

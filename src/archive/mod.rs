@@ -15,6 +15,7 @@
 //! stream was read, decrypted and authenticated, its sha256 matched and the filesystem was
 //! synced is it renamed into place.
 
+pub mod age;
 pub mod crypt;
 pub mod decompress;
 pub mod fetch;
