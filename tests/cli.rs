@@ -109,7 +109,7 @@ fn validate_checks_the_whole_fleet_or_one_host() {
     assert_eq!(code(&o), 2, "the mem role references an unknown set");
     let e = stderr(&o);
     assert!(
-        e.contains("-: roles.mem.firewall.allow: unknown set \"web\" in `from` (in hosts.ol-mem[3-5] (roles base, mem)) at line 12 column 14"),
+        e.contains("-: roles.mem.firewall.allow[0].from: unknown set \"web\" (in hosts.ol-mem[3-5] (roles base, mem))"),
         "{e}"
     );
     // The web hosts alone are fine.
