@@ -207,6 +207,25 @@ fn host_name_comes_from_the_target_under_root() {
 }
 
 #[test]
+fn a_single_host_config_needs_no_host_name_under_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let single = "version: 1\nlinks: []\n";
+    let o = run(
+        &["apply", "-c", "-", "--root", root, "--json"],
+        Some(single),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(report(&o)["host"], "(single host)");
+    // A fleet file still needs one, to pick its entry.
+    let fleet = "version: 1\nhosts:\n  ol-mem[3-5]: [m]\nroles:\n  m: {}\n";
+    let o = run(&["apply", "-c", "-", "--root", root], Some(fleet));
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("etc/hostname"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("give --host"), "{}", stderr(&o));
+}
+
+#[test]
 fn packages_wait_for_a_failed_firewall() {
     // An empty root has no nft and no dpkg: the firewall cannot install nftables and fails;
     // packages must then not install anything that could listen unprotected.
