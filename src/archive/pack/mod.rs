@@ -1,0 +1,525 @@
+//! `olboot pack DIR -o FILE.tar.zst`: archive a live legacy `/opt` for the archive store.
+//!
+//! The tar is what GNU tar's `--format=pax --acls --xattrs --sparse --numeric-owner` would
+//! make, in a stable order: entries sorted by the bytes of their names, depth first, the
+//! root as `./`; numeric owners only (no user or group names, which would be looked up
+//! differently on the new VM); modes; nanosecond and negative mtimes, long names and link
+//! targets, extended attributes, ACLs and file capabilities in PAX records ([`pax`]); files
+//! with holes as PAX 1.0 sparse members; symlinks as they are and hard links as links to the
+//! first name archived. The same tree gives the same bytes (zstd's multi-threaded mode is
+//! deterministic whatever the number of workers).
+//!
+//! The tree is live, so every file is read whole before its header is written, and read
+//! again when it changed meanwhile ([`read`]); a file that keeps changing fails the pack
+//! naming it, or with `--allow-changing` is stored as its last read saw it (a well-formed
+//! entry) and listed as a warning. A file, symlink or directory that vanishes before it is
+//! read is skipped with a warning: on a live system that is a temporary file or a rotated
+//! log, and failing the whole pack for it would help no one. Sockets, FIFOs and device
+//! nodes are skipped with a reason (the opt step refuses FIFOs and devices, and a socket is
+//! made anew by the server that listens on it); so is anything `--exclude` matches
+//! ([`exclude`]).
+//!
+//! The archive is written under a temporary name beside FILE and renamed into place only
+//! when complete, so a failed pack leaves no archive, no `.sha256` and prints no sha256.
+//! Memory stays bounded: one file's data in memory up to 4 MiB, beyond that in an unlinked
+//! temporary file beside FILE (so up to the size of the largest file of free space there).
+//!
+//! System calls are those of Linux 3.13 (the legacy hosts run 3.13 to 4.4): `SEEK_DATA`,
+//! `*xattr`, `pread`; what the standard library calls beyond that (`statx`, `getrandom`)
+//! falls back by itself on `ENOSYS`.
+
+pub mod exclude;
+mod pax;
+mod read;
+pub mod summary;
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use summary::{Scanner, Summary};
+use tar::EntryType;
+
+/// zstd level: fast to make, and decompression speed hardly depends on it.
+const LEVEL: i32 = 3;
+
+/// What `olboot pack` is asked to do.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The tree to archive.
+    pub dir: PathBuf,
+    /// The archive to write.
+    pub output: PathBuf,
+    /// `--exclude` patterns (checked when the command line is parsed).
+    pub excludes: Vec<String>,
+    /// Store a file that keeps changing as last read, with a warning, instead of failing.
+    pub allow_changing: bool,
+    /// Print the summary as JSON on stdout instead of the sha256 alone.
+    pub json: bool,
+}
+
+/// A writer that hashes what goes through it.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Archive `o.dir` into `o.output`, write `o.output.sha256`, print the summary on stderr and
+/// the sha256 (or, with `json`, the summary) on stdout.
+pub fn pack(o: &Options) -> Result<()> {
+    let patterns = o
+        .excludes
+        .iter()
+        .map(|p| exclude::Pattern::new(p).map_err(anyhow::Error::msg))
+        .collect::<Result<Vec<_>>>()?;
+    let meta = fs::metadata(&o.dir).with_context(|| format!("cannot read {}", o.dir.display()))?;
+    anyhow::ensure!(meta.is_dir(), "{}: not a directory", o.dir.display());
+    let out = std::path::absolute(&o.output)
+        .with_context(|| format!("{}: no absolute path", o.output.display()))?;
+    let (parent, name) = match (out.parent(), out.file_name()) {
+        (Some(p), Some(n)) => (p.to_path_buf(), n.to_string_lossy().into_owned()),
+        _ => bail!("{}: not a file name", o.output.display()),
+    };
+    let tmp = parent.join(format!(".{name}.olboot-tmp"));
+    let mut summary = match write_tmp(o, &patterns, &meta, &tmp, &parent, &name) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    fs::rename(&tmp, &out)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), out.display()))?;
+    File::open(&parent)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", parent.display()))?;
+    let mut sums = out.clone().into_os_string();
+    sums.push(".sha256");
+    let line = format!("{}  {name}\n", summary.sha256);
+    crate::sys::fs::write_atomic(Path::new(&sums), line.as_bytes(), 0o644)?;
+    summary.archive = out.display().to_string();
+    summary.print(&o.dir.display().to_string());
+    if o.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        println!("{}", summary.sha256);
+    }
+    Ok(())
+}
+
+/// Write the whole archive to `tmp` and sync it; the summary carries its sha256 and size.
+fn write_tmp(
+    o: &Options,
+    patterns: &[exclude::Pattern],
+    root: &fs::Metadata,
+    tmp: &Path,
+    parent: &Path,
+    name: &str,
+) -> Result<Summary> {
+    let _ = fs::remove_file(tmp);
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
+    let own = file.metadata().map(|m| (m.dev(), m.ino()))?;
+    let hashing = HashingWriter {
+        inner: BufWriter::with_capacity(1024 * 1024, file),
+        hasher: Sha256::new(),
+    };
+    let mut enc = zstd::stream::write::Encoder::new(hashing, LEVEL)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    enc.multithread(workers.max(1))
+        .context("zstd multi-threading")?;
+    enc.include_checksum(true)?;
+    let (tops, roots) = tops_and_roots(&o.dir)?;
+    let (summary, needles) = Summary::new(&tops, &roots);
+    let mut p = Packer {
+        tar: tar::Builder::new(enc),
+        dir: &o.dir,
+        patterns,
+        allow_changing: o.allow_changing,
+        own,
+        links: HashMap::new(),
+        spool: read::Spool::new(parent, name),
+        scan: Scanner::new(&needles, tops.len()),
+        buf: vec![0; 256 * 1024],
+        summary,
+    };
+    p.add(&o.dir, b"./", root, ".")?;
+    p.walk(&o.dir, b"", None)?;
+    let mut summary = std::mem::take(&mut p.summary);
+    let what = || format!("cannot write {}", tmp.display());
+    let enc = p.tar.into_inner().with_context(what)?;
+    let mut hashing = enc.finish().with_context(what)?;
+    hashing.flush().with_context(what)?;
+    let file = hashing
+        .inner
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(what)?;
+    file.sync_all()
+        .with_context(|| format!("cannot sync {}", tmp.display()))?;
+    summary.archive_bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+    summary.sha256 = hashing
+        .hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(summary)
+}
+
+/// The top-level directories of `dir`, and the prefixes a reference to them may start with:
+/// `/opt`, and `dir`'s absolute path when it is not `/opt`.
+fn tops_and_roots(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
+    let mut tops = Vec::new();
+    for e in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
+        let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            tops.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    tops.sort();
+    let mut roots = vec!["/opt".to_string()];
+    if let Ok(abs) = std::path::absolute(dir) {
+        let abs = abs.display().to_string();
+        let abs = abs.trim_end_matches('/');
+        if abs != "/opt" && !abs.is_empty() {
+            roots.push(abs.to_string());
+        }
+    }
+    Ok((tops, roots))
+}
+
+struct Packer<'a, W: Write> {
+    tar: tar::Builder<W>,
+    dir: &'a Path,
+    patterns: &'a [exclude::Pattern],
+    allow_changing: bool,
+    /// (device, inode) of the archive being written, in case it lies inside the tree.
+    own: (u64, u64),
+    /// (device, inode) of files with more than one link → the first name archived.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    spool: read::Spool,
+    scan: Scanner<'a>,
+    buf: Vec<u8>,
+    summary: Summary,
+}
+
+/// A name for messages.
+fn show(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl<W: Write> Packer<'_, W> {
+    /// Archive the children of `dir` (archive name `rel`, `top` its top-level name), sorted
+    /// by name, depth first.
+    fn walk(&mut self, dir: &Path, rel: &[u8], top: Option<&str>) -> Result<()> {
+        let mut names: Vec<_> = match fs::read_dir(dir) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.summary
+                    .warn(format!("{}: vanished while being packed", dir.display()));
+                return Ok(());
+            }
+            r => r
+                .and_then(|r| {
+                    r.map(|e| e.map(|e| e.file_name()))
+                        .collect::<io::Result<_>>()
+                })
+                .with_context(|| format!("cannot list {}", dir.display()))?,
+        };
+        names.sort();
+        for name in names {
+            let path = dir.join(&name);
+            let mut child = rel.to_vec();
+            if !child.is_empty() {
+                child.push(b'/');
+            }
+            child.extend_from_slice(name.as_bytes());
+            let meta = match fs::symlink_metadata(&path) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.vanished(&path);
+                    continue;
+                }
+                r => r.with_context(|| format!("cannot stat {}", path.display()))?,
+            };
+            let child_top = top.map_or_else(|| name.to_string_lossy().into_owned(), str::to_string);
+            let top_key = if top.is_none() && !meta.is_dir() {
+                "."
+            } else {
+                &child_top
+            };
+            if let Some(p) = exclude::excluded(self.patterns, &child, meta.is_dir()) {
+                let why = format!("excluded by {}", p.text());
+                self.summary.skip(show(&child), why);
+                continue;
+            }
+            if self.add(&path, &child, &meta, top_key)? && meta.is_dir() {
+                self.walk(&path, &child, Some(&child_top))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn vanished(&mut self, path: &Path) {
+        self.summary.warn(format!(
+            "{}: vanished while being packed; not archived",
+            path.display()
+        ));
+    }
+
+    /// Archive one entry; `false` when it was skipped.
+    fn add(&mut self, path: &Path, rel: &[u8], meta: &fs::Metadata, top: &str) -> Result<bool> {
+        let ft = meta.file_type();
+        if (meta.dev(), meta.ino()) == self.own {
+            let why = "the archive being written".to_string();
+            self.summary.skip(show(rel), why);
+            return Ok(false);
+        }
+        let reason = if ft.is_socket() {
+            "a socket (made anew by the server that listens on it)"
+        } else if ft.is_fifo() {
+            "a FIFO (the opt step does not create FIFOs)"
+        } else if ft.is_block_device() || ft.is_char_device() {
+            "a device node (the opt step does not create device nodes)"
+        } else {
+            ""
+        };
+        if !reason.is_empty() {
+            self.summary.skip(show(rel), reason.to_string());
+            return Ok(false);
+        }
+        let mut rec = pax::Records::default();
+        let warnings = match pax::xattrs(path, &mut rec) {
+            Err(e) if is_not_found(&e) => {
+                self.vanished(path);
+                return Ok(false);
+            }
+            r => r?,
+        };
+        for w in warnings {
+            self.summary.warn(w);
+        }
+        let done = if ft.is_dir() {
+            self.append(rel, EntryType::Directory, meta, 0, rec, None, io::empty())?;
+            true
+        } else if ft.is_symlink() {
+            self.symlink(path, rel, meta, rec, top)?
+        } else {
+            self.file(path, rel, meta, rec, top)?
+        };
+        if done && !ft.is_file() {
+            self.summary.entry(top, 0);
+        }
+        Ok(done)
+    }
+
+    fn symlink(
+        &mut self,
+        path: &Path,
+        rel: &[u8],
+        meta: &fs::Metadata,
+        rec: pax::Records,
+        top: &str,
+    ) -> Result<bool> {
+        let target = match fs::read_link(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.vanished(path);
+                return Ok(false);
+            }
+            r => r.with_context(|| format!("cannot read {}", path.display()))?,
+        };
+        let target = target.as_os_str().as_bytes();
+        self.scan.reset();
+        self.scan.feed(target);
+        self.summary.references(&show(rel), top, &mut self.scan);
+        self.append(
+            rel,
+            EntryType::Symlink,
+            meta,
+            0,
+            rec,
+            Some(target),
+            io::empty(),
+        )?;
+        Ok(true)
+    }
+
+    /// A regular file: a hard link to a name already archived, or its content, read until
+    /// consistent.
+    fn file(
+        &mut self,
+        path: &Path,
+        rel: &[u8],
+        meta: &fs::Metadata,
+        mut rec: pax::Records,
+        top: &str,
+    ) -> Result<bool> {
+        let key = (meta.dev(), meta.ino());
+        if meta.nlink() > 1 {
+            if let Some(first) = self.links.get(&key).cloned() {
+                self.append(
+                    rel,
+                    EntryType::Link,
+                    meta,
+                    0,
+                    rec,
+                    Some(&first),
+                    io::empty(),
+                )?;
+                self.summary.entry(top, 0);
+                return Ok(true);
+            }
+        }
+        let Some(got) = read::read(path, &mut self.spool, &mut self.scan, &mut self.buf)? else {
+            self.vanished(path);
+            return Ok(false);
+        };
+        if !got.consistent {
+            if !self.allow_changing {
+                bail!(
+                    "{}: changed while being read, {} times in a row (size, mtime or ctime); \
+                     stop what writes it, --exclude it, or pass --allow-changing to store \
+                     the last read",
+                    path.display(),
+                    got.tries
+                );
+            }
+            self.summary.warn(format!(
+                "{}: kept changing while being read; stored as the last of {} reads saw it \
+                 ({} bytes)",
+                path.display(),
+                got.tries,
+                got.size
+            ));
+        }
+        self.summary.references(&show(rel), top, &mut self.scan);
+        let (name, size, map) = if got.is_sparse() {
+            sparse(rel, &got, &mut rec)
+        } else {
+            (rel.to_vec(), got.size, Vec::new())
+        };
+        // The metadata of the consistent read, not the listing's: the file may have changed.
+        let mut h = pax::header(
+            &name,
+            EntryType::Regular,
+            &meta_of(&got.meta),
+            size,
+            &mut rec,
+        );
+        h.set_cksum();
+        if !rec.is_empty() {
+            let xh = rec.header(&name);
+            self.tar
+                .append(&xh, rec.bytes())
+                .with_context(|| self.cannot(path))?;
+        }
+        let data = io::Read::chain(&map[..], self.spool.reader()?);
+        self.tar
+            .append(&h, data)
+            .with_context(|| format!("cannot archive {}", path.display()))?;
+        if got.meta.nlink() > 1 {
+            self.links.insert(key, rel.to_vec());
+        }
+        self.summary.entry(top, got.size);
+        Ok(true)
+    }
+
+    fn cannot(&self, path: &Path) -> String {
+        format!("cannot archive {}", path.display())
+    }
+
+    /// Write the PAX header (if any) and the header of an entry without spooled content.
+    #[allow(clippy::too_many_arguments)]
+    fn append(
+        &mut self,
+        rel: &[u8],
+        kind: EntryType,
+        meta: &fs::Metadata,
+        size: u64,
+        mut rec: pax::Records,
+        link: Option<&[u8]>,
+        data: impl io::Read,
+    ) -> Result<()> {
+        let mut h = pax::header(rel, kind, &meta_of(meta), size, &mut rec);
+        if let Some(l) = link {
+            pax::set_link(&mut h, l, &mut rec);
+        }
+        h.set_cksum();
+        let path = self.dir.join(OsStr::from_bytes(rel));
+        if !rec.is_empty() {
+            let xh = rec.header(rel);
+            self.tar
+                .append(&xh, rec.bytes())
+                .with_context(|| self.cannot(&path))?;
+        }
+        self.tar
+            .append(&h, data)
+            .with_context(|| self.cannot(&path))
+    }
+}
+
+fn is_not_found(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NOENT)
+            || c.downcast_ref::<io::Error>()
+                .is_some_and(|e| e.kind() == io::ErrorKind::NotFound)
+    })
+}
+
+fn meta_of(m: &fs::Metadata) -> pax::Meta {
+    pax::Meta {
+        uid: m.uid(),
+        gid: m.gid(),
+        mode: m.mode(),
+        mtime: m.mtime(),
+        mtime_nsec: m.mtime_nsec() as u32,
+    }
+}
+
+/// A PAX 1.0 sparse member as GNU tar writes it: the name `GNUSparseFile.0/BASE`, the
+/// real name and size in `GNU.sparse.*` records, and at the start of the data a map (the
+/// number of segments, then each one's offset and length, one decimal a line, padded to a
+/// 512-byte block) before the segments' data. A file that ends in a hole gets a last, empty
+/// segment at its end so its size is restored. Returns the member's name, size and the map.
+fn sparse(rel: &[u8], got: &read::Got, rec: &mut pax::Records) -> (Vec<u8>, u64, Vec<u8>) {
+    let mut segs = got.segments.clone();
+    if segs.last().is_none_or(|&(o, l)| o + l < got.size) {
+        segs.push((got.size, 0));
+    }
+    let mut map = format!("{}\n", segs.len());
+    for (o, l) in &segs {
+        map += &format!("{o}\n{l}\n");
+    }
+    let mut map = map.into_bytes();
+    map.resize(map.len().div_ceil(512) * 512, 0);
+    rec.push(b"GNU.sparse.major", b"1");
+    rec.push(b"GNU.sparse.minor", b"0");
+    rec.push(b"GNU.sparse.name", rel);
+    rec.push(b"GNU.sparse.realsize", got.size.to_string().as_bytes());
+    // The member's own name only matters to readers without sparse support: keep it short
+    // enough for the header, so that no `path` record competes with `GNU.sparse.name`.
+    let base = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+    let mut name = b"GNUSparseFile.0/".to_vec();
+    name.extend(base.iter().take(80));
+    let data: u64 = got.segments.iter().map(|s| s.1).sum();
+    (name, map.len() as u64 + data, map)
+}
