@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use support::{noise, olboot, stderr, Scratch};
+use support::{assert_same_tree, noise, olboot, packed, stderr, Scratch};
 
 fn file_url(p: &Path) -> String {
     format!("file://{}", p.display())
@@ -410,4 +410,437 @@ fn every_feature_survives_pack_and_the_opt_step() {
     let cfg = s.config(&[file_url(&archive)], Some(&sha), "", "symlink");
     assert!(s.apply(&cfg).status.success());
     assert_same(&want, &describe(&s.opt()), "olboot opt");
+}
+#[test]
+fn pack_is_deterministic_and_gnu_tar_agrees_with_olboot() {
+    let p = packed(200 * 1024);
+    // The same tree gives the same bytes.
+    let again = p.dir.path().join("again.tar.zst");
+    let out = olboot()
+        .arg("pack")
+        .arg(&p.src)
+        .arg("-o")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        fs::read(&again).unwrap(),
+        p.bytes,
+        "pack is not deterministic"
+    );
+    // FILE.sha256 is in sha256sum format and checks.
+    let sums = fs::read_to_string(format!("{}.sha256", p.archive.display())).unwrap();
+    assert_eq!(sums, format!("{}  opt.tar.zst\n", p.sha256));
+    let st = Command::new("sha256sum")
+        .args(["-c", "opt.tar.zst.sha256"])
+        .current_dir(p.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stdout)
+    );
+    // GNU tar unpacks it to an identical tree.
+    let gnu = p.dir.path().join("gnu");
+    fs::create_dir(&gnu).unwrap();
+    let st = Command::new("tar")
+        .args(["--zstd", "-xpf"])
+        .arg(&p.archive)
+        .arg("-C")
+        .arg(&gnu)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_same_tree(&p.src, &gnu, false);
+    // And so does olboot, symlink mtimes included.
+    let s = Scratch::new();
+    let cfg = s.config(&[file_url(&p.archive)], Some(&p.sha256), "", "symlink");
+    let out = s.apply(&cfg);
+    assert!(out.status.success());
+    assert_same_tree(&p.src, &s.opt(), true);
+    s.assert_nothing_beside();
+}
+
+#[test]
+fn pack_skips_sockets_with_a_warning() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("f"), "x").unwrap();
+    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    let out = olboot()
+        .arg("pack")
+        .arg(&src)
+        .arg("-o")
+        .arg(d.path().join("a.tar.zst"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("skipping") && err.contains("sock") && err.contains("socket"),
+        "{err}"
+    );
+    let list = Command::new("tar")
+        .args(["--zstd", "-tf"])
+        .arg(d.path().join("a.tar.zst"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "./\nf\n");
+}
+
+/// Names in the output directory other than the archive and its `.sha256`.
+fn leftovers(dir: &Path, keep: &[&str]) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !keep.contains(&n.as_str()))
+        .collect()
+}
+
+/// A writer that changes `path` by `step` every millisecond (a log being written, or cut
+/// back), from now until `stop` is set.
+fn changing(path: &Path, step: i64, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let (path, stop) = (path.to_path_buf(), stop.clone());
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let mut f = fs::File::options().append(true).open(&path).unwrap();
+        let mut i = 0;
+        while !stop.load(Ordering::SeqCst) {
+            if step > 0 {
+                f.write_all(&noise(step as usize, i)).unwrap();
+            } else {
+                let len = f.metadata().unwrap().len();
+                f.set_len(len.saturating_sub(step.unsigned_abs())).unwrap();
+            }
+            i += 1;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    })
+}
+
+#[test]
+fn files_that_shrink_grow_or_vanish_while_read_are_archived_consistently() {
+    use std::io::{BufRead, Read};
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("opt");
+    fs::create_dir(&src).unwrap();
+    for n in ["b-shrinks", "c-grows"] {
+        fs::write(src.join(n), noise(32 << 20, 9)).unwrap();
+    }
+    fs::write(src.join("d-vanishes"), "soon gone").unwrap();
+    // A log being cut back and one being written, changing until pack says it saw them
+    // change and reads them again; and a temporary file removed before pack gets to it.
+    let (stop_b, stop_c) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let shrinker = changing(&src.join("b-shrinks"), -4096, &stop_b);
+    let grower = changing(&src.join("c-grows"), 4096, &stop_c);
+    let archive = d.path().join("opt.tar.zst");
+    let mut child = olboot()
+        .arg("pack")
+        .arg(&src)
+        .arg("-o")
+        .arg(&archive)
+        .arg("--json")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    for line in std::io::BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line.contains("b-shrinks changed while being read; reading it again (2 of 4)") {
+            stop_b.store(true, Ordering::SeqCst);
+            fs::remove_file(src.join("d-vanishes")).unwrap();
+        }
+        if line.contains("c-grows changed while being read; reading it again (2 of 4)") {
+            stop_c.store(true, Ordering::SeqCst);
+        }
+        err += &line;
+        err += "\n";
+    }
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_end(&mut stdout)
+        .unwrap();
+    let status = child.wait().unwrap();
+    eprintln!("--- olboot pack: {status}\n{err}");
+    let (b_stopped, c_stopped) = (
+        stop_b.swap(true, Ordering::SeqCst),
+        stop_c.swap(true, Ordering::SeqCst),
+    );
+    shrinker.join().unwrap();
+    grower.join().unwrap();
+    assert!(status.success());
+    assert!(
+        b_stopped && c_stopped,
+        "pack never read a changing file again"
+    );
+    let s: serde_json::Value = serde_json::from_slice(&stdout).unwrap();
+    assert_eq!(s["warnings"]["count"], 1, "{s}");
+    let w = s["warnings"]["listed"][0].as_str().unwrap();
+    assert!(w.contains("d-vanishes") && w.contains("vanished"), "{w}");
+    // The archive holds each file as it was once it stopped changing: the source now.
+    let len = |p: &Path| fs::metadata(p).unwrap().len();
+    assert!(len(&src.join("b-shrinks")) < 32 << 20 && len(&src.join("c-grows")) > 32 << 20);
+    // The root's mtime is that of before d-vanishes was removed.
+    let mut want = describe(&src);
+    want.remove("");
+    assert!(!want.contains_key("d-vanishes"));
+    let gnu = d.path().join("gnu");
+    gnu_extract(&archive, &gnu);
+    let mut got = describe(&gnu);
+    got.remove("");
+    assert_same(&want, &got, "GNU tar");
+    // The opt step takes the same archive.
+    let sha = s["sha256"].as_str().unwrap();
+    let sc = Scratch::new();
+    let cfg = sc.config(&[file_url(&archive)], Some(sha), "", "symlink");
+    assert!(sc.apply(&cfg).status.success());
+    for n in ["b-shrinks", "c-grows"] {
+        assert_eq!(
+            fs::read(sc.opt().join(n)).unwrap(),
+            fs::read(src.join(n)).unwrap()
+        );
+    }
+    assert!(leftovers(
+        d.path(),
+        &["opt", "gnu", "opt.tar.zst", "opt.tar.zst.sha256"]
+    )
+    .is_empty());
+}
+
+#[test]
+fn a_file_that_keeps_changing_fails_the_pack_unless_allowed() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("opt");
+    fs::create_dir(&src).unwrap();
+    fs::write(src.join("a-steady"), "steady\n").unwrap();
+    let churn = src.join("churns.log");
+    fs::write(&churn, noise(32 << 20, 11)).unwrap();
+    // A writer that never stops: every read pack makes sees the size change.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, churn) = (stop.clone(), churn.clone());
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let mut f = fs::File::options().append(true).open(&churn).unwrap();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                f.write_all(&[b'x'; 4096]).unwrap();
+                n += 1;
+                if n % 4096 == 0 {
+                    f.set_len(32 << 20).unwrap();
+                }
+            }
+        })
+    };
+    let archive = d.path().join("opt.tar.zst");
+    let refused = pack(&src, &archive, &[]);
+    let allowed = pack(&src, &archive, &["--allow-changing", "--json"]);
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    // Refused: exit 1, one error naming the file, no sha256, nothing written.
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        refused.stdout.is_empty(),
+        "printed {:?}",
+        String::from_utf8_lossy(&refused.stdout)
+    );
+    let err = stderr(&refused);
+    let line = err
+        .lines()
+        .find(|l| l.contains("ERROR"))
+        .unwrap_or_default();
+    assert!(
+        line.contains(&churn.display().to_string())
+            && line.contains("changed while being read, 4 times"),
+        "{err}"
+    );
+    // Allowed: the last read is stored as a well-formed entry, and said so.
+    assert!(allowed.status.success());
+    let s = summary(&allowed);
+    let w = s["warnings"]["listed"][0].as_str().unwrap();
+    assert!(
+        w.contains("churns.log") && w.contains("kept changing"),
+        "{w}"
+    );
+    let gnu = d.path().join("gnu");
+    gnu_extract(&archive, &gnu);
+    let size = fs::metadata(gnu.join("churns.log")).unwrap().len();
+    assert!(size >= 32 << 20, "{size}");
+    assert_eq!(fs::read(gnu.join("a-steady")).unwrap(), b"steady\n");
+    assert!(leftovers(
+        d.path(),
+        &["opt", "gnu", "opt.tar.zst", "opt.tar.zst.sha256"]
+    )
+    .is_empty());
+}
+
+#[test]
+fn a_failed_pack_leaves_nothing_and_bad_patterns_are_usage_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let archive = d.path().join("o.tar.zst");
+    let out = pack(&d.path().join("missing"), &archive, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(out.stdout.is_empty());
+    assert!(stderr(&out).contains("missing"), "{}", stderr(&out));
+    assert!(leftovers(d.path(), &[]).is_empty());
+    let out = pack(d.path(), &archive, &["--exclude", "[ab]"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--exclude \"[ab]\""), "{err}");
+}
+
+#[test]
+fn the_reference_report_says_who_mentions_each_top_level_directory() {
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("opt");
+    let w = |rel: &str, text: &[u8]| {
+        let p = src.join(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, text).unwrap();
+    };
+    let etc = "openlibrary/deploys/olsystem/0a1b2c/etc";
+    w(
+        "petabox/www/index.php",
+        b"<?php include '/opt/openlibrary/olsystem/etc/ia.ini';",
+    );
+    w("petabox/sbin/self.sh", b"exec /opt/petabox/sbin/other\n");
+    w("petabox/x.pyc", b"/opt/openlibrary\n");
+    w("petabox/cache/c", b"/opt/openlibrary\n");
+    w("petabox/www/cache", b"a file named cache\n");
+    w(
+        &format!("{etc}/supervisor/a.conf"),
+        b"[program:a]\ncommand=/opt/petabox/sw/bin/a\n",
+    );
+    w(
+        &format!("{etc}/supervisor/b.conf"),
+        b"directory=/opt/petabox",
+    );
+    let c = format!("cd {}/petabox/www\n", src.display());
+    w(&format!("{etc}/supervisor/c.conf"), c.as_bytes());
+    w(
+        &format!("{etc}/cron.d/ol-cron"),
+        b"0 * * * * root /opt/petabox/sbin/cron\n",
+    );
+    w(
+        &format!("{etc}/not-it.conf"),
+        b"/opt/petabox2/x petabox /opt/.petabox/seed\n",
+    );
+    w(
+        &format!("{etc}/lib/module.so"),
+        b"\x7fELF\0\0\0/opt/petabox/\n",
+    );
+    let mut big = vec![b' '; 300 * 1024];
+    big[256 * 1024 - 5..256 * 1024 + 7].copy_from_slice(b"/opt/petabox");
+    w(&format!("{etc}/big.txt"), &big);
+    w("openlibrary/venv/lib/site.py", b"/opt/petabox\n");
+    w("openlibrary/venv2/lib/site.py", b"nothing\n");
+    w(".petabox/seed", b"secret\n");
+    symlink("/opt/petabox/www", src.join("openlibrary/petabox-link")).unwrap();
+    let archive = d.path().join("opt.tar.zst");
+    let out = pack(
+        &src,
+        &archive,
+        &[
+            "--json",
+            "--exclude",
+            "*.pyc",
+            "--exclude",
+            "/openlibrary/venv/",
+            "--exclude",
+            "cache/",
+        ],
+    );
+    assert!(out.status.success());
+    let s = summary(&out);
+    let refs = |dir: &str| -> (u64, Vec<String>) {
+        let r = s["references"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["dir"] == dir)
+            .unwrap();
+        let listed = r["listed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string());
+        (r["files"].as_u64().unwrap(), listed.collect())
+    };
+    let petabox: Vec<String> = [
+        format!("{etc}/big.txt"),
+        format!("{etc}/cron.d/ol-cron"),
+        format!("{etc}/supervisor/a.conf"),
+        format!("{etc}/supervisor/b.conf"),
+        format!("{etc}/supervisor/c.conf"),
+        "openlibrary/petabox-link".to_string(),
+    ]
+    .into();
+    assert_eq!(refs("petabox"), (6, petabox));
+    assert_eq!(
+        refs("openlibrary"),
+        (1, vec!["petabox/www/index.php".to_string()])
+    );
+    assert_eq!(refs(".petabox"), (1, vec![format!("{etc}/not-it.conf")]));
+    // Excluded: not archived, not scanned, and said why.
+    let skipped: Vec<(String, String)> = s["skipped"]["listed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["path"].as_str().unwrap().into(),
+                k["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let ex = |p: &str, why: &str| (p.to_string(), format!("excluded by {why}"));
+    assert_eq!(
+        skipped,
+        [
+            ex("openlibrary/venv", "/openlibrary/venv/"),
+            ex("petabox/cache", "cache/"),
+            ex("petabox/x.pyc", "*.pyc"),
+        ]
+    );
+    let list = Command::new("tar")
+        .args(["--zstd", "-tf"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let list = String::from_utf8(list.stdout).unwrap();
+    assert!(
+        list.contains("openlibrary/venv2/lib/site.py\n") && list.contains("petabox/www/cache\n")
+    );
+    assert!(
+        !list.contains("openlibrary/venv/") && !list.contains("x.pyc") && !list.contains("cache/c")
+    );
+    // Entries and bytes per top-level directory.
+    let entries = list.lines().filter(|l| l.starts_with("petabox")).count() as u64;
+    assert_eq!(s["top"]["petabox"]["entries"], entries);
+    let bytes = [
+        "petabox/www/index.php",
+        "petabox/sbin/self.sh",
+        "petabox/www/cache",
+    ]
+    .iter()
+    .map(|f| fs::metadata(src.join(f)).unwrap().len())
+    .sum::<u64>();
+    assert_eq!(s["top"]["petabox"]["bytes"], bytes);
+    // The same on stderr for a person.
+    let err = stderr(&out);
+    assert!(
+        err.contains("/opt/petabox or ") && err.contains(": 6 files\n"),
+        "{err}"
+    );
 }

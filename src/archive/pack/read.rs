@@ -144,9 +144,10 @@ pub fn read(
         if got.consistent || tries >= TRIES {
             return Ok(Some(got));
         }
-        log::debug!(
-            "{} changed while being read; reading it again",
-            path.display()
+        log::info!(
+            "{} changed while being read; reading it again ({} of {TRIES})",
+            path.display(),
+            tries + 1
         );
         std::thread::sleep(Duration::from_millis(20 << tries));
     }
