@@ -90,3 +90,45 @@ pub fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
 }
+
+/// Syscall numbers (x86_64) for [`olboot_denying`].
+pub mod nr {
+    /// `openat2(2)`, Linux 5.6.
+    pub const OPENAT2: u32 = 437;
+}
+
+/// `tests/tools/seccomp-deny`, compiled once per build (gcc): `seccomp-deny ERRNO NR,... --
+/// PROGRAM ARGS...` runs PROGRAM with the listed syscalls failing with ERRNO.
+pub fn seccomp_wrapper() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/seccomp-deny.c");
+            let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("seccomp-deny");
+            // Built under a private name then renamed: test binaries may race to build it.
+            let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+            let st = Command::new("gcc")
+                .args(["-O2", "-Wall", "-Werror", "-o"])
+                .arg(&tmp)
+                .arg(&src)
+                .status()
+                .expect("cannot run gcc (needed to build tests/tools/seccomp-deny.c)");
+            assert!(st.success(), "gcc failed on {}", src.display());
+            std::fs::rename(&tmp, &out).unwrap();
+            out
+        })
+        .clone()
+}
+
+/// The olboot binary (with [`olboot`]'s environment) under a seccomp filter that makes each
+/// syscall of `nrs` fail with `errno` (`libc` numbers: 38 ENOSYS, 1 EPERM).
+pub fn olboot_denying(nrs: &[u32], errno: i32) -> Command {
+    let list: Vec<String> = nrs.iter().map(|n| n.to_string()).collect();
+    let mut c = Command::new(seccomp_wrapper());
+    c.arg(errno.to_string())
+        .arg(list.join(","))
+        .arg("--")
+        .arg(env!("CARGO_BIN_EXE_olboot"));
+    c.env("RUST_LOG", "info").env("OLBOOT_BACKOFF_MS", "10");
+    c
+}
