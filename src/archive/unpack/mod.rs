@@ -13,32 +13,58 @@
 //! its final mode under a zero umask, so it costs open, write, futimens and close only; and
 //! a background thread starts the writeback every 64 MiB so the final sync is short.
 
+mod beneath;
+mod stream;
+mod xattr;
+
 use anyhow::{bail, Context, Result};
+use beneath::{errno, open_dir};
 use rustix::fd::{AsFd, OwnedFd};
-use rustix::fs::{AtFlags, Gid, Mode, OFlags, ResolveFlags, Timespec, Timestamps, Uid, UTIME_OMIT};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid, UTIME_OMIT};
 use rustix::io::Errno;
+use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use tar::EntryType;
+use stream::{Entry, Kind, Stream, Time};
 
 /// What was unpacked.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct Stats {
     /// Entries created (files, directories, links).
     pub entries: u64,
     /// Bytes of file content written.
     pub bytes: u64,
+    /// What could not be restored as the archive has it, each naming the entry (an xattr the
+    /// filesystem does not support, say); at most [`MAX_WARNINGS`], then a count.
+    pub warnings: Vec<String>,
 }
 
-/// Owner, mode and mtime of an entry.
-#[derive(Clone, Copy)]
+/// Warnings kept in [`Stats::warnings`]; more are counted in a last line.
+pub const MAX_WARNINGS: usize = 20;
+
+/// Names in error texts are cut to this many bytes.
+const SHOWN: usize = 200;
+
+/// `name` for an error text: lossy UTF-8, quoted, cut to [`SHOWN`] bytes with "…".
+pub fn shown(name: &[u8]) -> String {
+    let cut = &name[..name.len().min(SHOWN)];
+    let mut s = String::from_utf8_lossy(cut).into_owned();
+    if cut.len() < name.len() {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+/// Owner, mode, mtime and extended attributes of an entry.
+#[derive(Clone)]
 struct Meta {
     uid: u32,
     gid: u32,
     mode: u32,
-    mtime: i64,
+    mtime: Time,
+    attrs: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Unpack the tar stream `r` into the existing, empty directory `dir`, then read `r` to its
@@ -53,13 +79,14 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
     let setgid_root = rustix::fs::fstat(&root)
         .map(|st| st.st_mode & 0o2000 != 0)
         .with_context(|| format!("cannot stat {}", dir.display()))?;
-    // Files are created with their final mode (see `Unpacker::entry`): no umask in the way.
+    // Files are created with their final mode (see `Unpacker::file`): no umask in the way.
     // Restored when `_umask` is dropped.
     let _umask = Umask(rustix::process::umask(Mode::empty()));
     let mut u = Unpacker {
         root,
         parent: None,
         dirs: Vec::new(),
+        dir_index: HashMap::new(),
         chown: rustix::process::geteuid().is_root(),
         // New files get the process's ids unless the directory is setgid; the directories
         // made here are setgid only if the staging root is (their modes come at the end).
@@ -71,17 +98,22 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
         }),
         buf: vec![0; 256 * 1024],
         stats: Stats::default(),
+        dropped_warnings: 0,
         flusher: Flusher::start(dir)?,
     };
-    let mut ar = tar::Archive::new(r);
-    for entry in ar.entries().context("cannot read the tar stream")? {
-        let mut entry = entry.context("cannot read the tar stream")?;
-        let name = entry.path_bytes().into_owned();
-        u.entry(&name, &mut entry)
-            .with_context(|| format!("archive entry {:?}", String::from_utf8_lossy(&name)))?;
+    let mut ar = Stream::new(r);
+    while let Some(e) = ar.next_entry().context("cannot read the tar stream")? {
+        u.entry(&e, &mut ar)
+            .with_context(|| format!("archive entry {}", shown(&e.name)))?;
     }
     u.finish_dirs()?;
     io::copy(&mut ar.into_inner(), &mut io::sink()).context("cannot read the tar stream")?;
+    if u.dropped_warnings > 0 {
+        let n = u.dropped_warnings;
+        u.stats
+            .warnings
+            .push(format!("{n} more warnings like these"));
+    }
     Ok(u.stats)
 }
 
@@ -99,12 +131,14 @@ struct Unpacker {
     ids: Option<(u32, u32)>,
     /// The last parent directory opened, reused while entries stay in it (the usual case).
     parent: Option<(PathBuf, OwnedFd)>,
-    /// Directories whose metadata is set at the end.
+    /// Directories whose metadata is set at the end (the last entry of a name wins).
     dirs: Vec<(PathBuf, Meta)>,
+    dir_index: HashMap<PathBuf, usize>,
     /// Whether to set owners (only root can).
     chown: bool,
     buf: Vec<u8>,
     stats: Stats,
+    dropped_warnings: u64,
     flusher: Flusher,
 }
 
@@ -181,28 +215,6 @@ fn relative(name: &[u8]) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// Open the directory `rel` beneath `dir` with `flags`, never through a symlink or `..`
-/// ([`RESOLVE`]); errors name `shown`, the path as the archive has it.
-fn open_dir(dir: impl AsFd, rel: impl AsRef<Path>, flags: OFlags, shown: &Path) -> Result<OwnedFd> {
-    rustix::fs::openat2(
-        dir,
-        rel.as_ref(),
-        flags | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-        RESOLVE,
-    )
-    .map_err(|e| errno(e, &format!("cannot open directory {}", shown.display())))
-}
-
-fn errno(e: Errno, what: &str) -> anyhow::Error {
-    match e {
-        Errno::LOOP | Errno::XDEV => {
-            anyhow::anyhow!("{what}: refusing to go through a symlink or leave the tree")
-        }
-        e => anyhow::Error::new(io::Error::from(e)).context(what.to_string()),
-    }
-}
-
 fn split(path: &Path) -> (&Path, &OsStr) {
     (
         path.parent().unwrap_or(Path::new("")),
@@ -210,129 +222,201 @@ fn split(path: &Path) -> (&Path, &OsStr) {
     )
 }
 
-const RESOLVE: ResolveFlags = ResolveFlags::BENEATH
-    .union(ResolveFlags::NO_SYMLINKS)
-    .union(ResolveFlags::NO_MAGICLINKS);
-
 impl Unpacker {
-    fn entry<R: Read>(&mut self, name: &[u8], e: &mut tar::Entry<R>) -> Result<()> {
-        let path = relative(name)?;
-        let h = e.header();
+    fn entry<R: Read>(&mut self, e: &Entry, ar: &mut Stream<R>) -> Result<()> {
+        let path = relative(&e.name)?;
         let meta = Meta {
-            uid: h.uid().context("bad uid")? as u32,
-            gid: h.gid().context("bad gid")? as u32,
-            mode: h.mode().context("bad mode")? & 0o7777,
-            mtime: h.mtime().context("bad mtime")? as i64,
+            uid: e.uid,
+            gid: e.gid,
+            mode: e.mode,
+            mtime: e.mtime,
+            attrs: xattr::collect(&e.xattrs, e.acl_access.as_deref(), e.acl_default.as_deref())?,
         };
-        let kind = h.entry_type();
-        match kind {
-            EntryType::Directory => {
-                if !path.as_os_str().is_empty() {
-                    let (parent, base) = split(&path);
-                    let pfd = self.parent_fd(parent)?;
-                    match rustix::fs::mkdirat(pfd, base, Mode::from_raw_mode(0o700)) {
-                        Ok(()) => {}
-                        Err(Errno::EXIST) => {
-                            let st = rustix::fs::statat(pfd, base, AtFlags::SYMLINK_NOFOLLOW)
-                                .map_err(|e| errno(e, "cannot stat it"))?;
-                            if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
-                                bail!("something that is not a directory is in the way");
-                            }
-                        }
-                        Err(e) => return Err(errno(e, "cannot create the directory")),
-                    }
-                }
-                self.dirs.push((path, meta));
-            }
-            EntryType::Regular | EntryType::Continuous => {
-                let (parent, base) = split(&path);
-                if base.is_empty() {
-                    bail!("a file entry without a name");
-                }
-                let flags = OFlags::WRONLY
-                    | OFlags::CREATE
-                    | OFlags::EXCL
-                    | OFlags::NOFOLLOW
-                    | OFlags::CLOEXEC;
-                // The common case, a file of olboot's own user, is created with its final mode
-                // and needs neither chown nor chmod. Otherwise it is private until chown then
-                // chmod (chown clears setuid/setgid) have run.
-                let owned = !self.chown || self.ids == Some((meta.uid, meta.gid));
-                let mode = if owned { meta.mode } else { 0o600 };
-                let fd = self.create(parent, base, |pfd| {
-                    rustix::fs::openat(pfd, base, flags, Mode::from_raw_mode(mode))
-                })?;
-                let mut file = std::fs::File::from(fd);
-                loop {
-                    let n = match e.read(&mut self.buf) {
-                        Ok(0) => break,
-                        Ok(n) => n,
-                        Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                        Err(err) => return Err(err).context("cannot read its content"),
-                    };
-                    file.write_all(&self.buf[..n])
-                        .context("cannot write the file")?;
-                    self.stats.bytes += n as u64;
-                    self.flusher.wrote(n);
-                }
-                if owned {
-                    rustix::fs::futimens(&file, &times(meta.mtime))
-                        .map_err(|e| errno(e, "cannot set the mtime"))?;
-                } else {
-                    self.set_meta_fd(&file, meta)?;
-                }
-            }
-            EntryType::Symlink => {
-                let target = e
-                    .link_name_bytes()
-                    .context("a symlink without a target")?
-                    .into_owned();
-                let (parent, base) = split(&path);
-                if base.is_empty() {
-                    bail!("a symlink entry without a name");
-                }
-                self.create(parent, base, |pfd| {
-                    rustix::fs::symlinkat(OsStr::from_bytes(&target), pfd, base)
-                })?;
-                let chown = self.chown;
-                let pfd = self.parent_fd(parent)?;
-                if chown {
-                    rustix::fs::chownat(
-                        pfd,
-                        base,
-                        Some(Uid::from_raw(meta.uid)),
-                        Some(Gid::from_raw(meta.gid)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| errno(e, "cannot set the symlink's owner"))?;
-                }
-                rustix::fs::utimensat(pfd, base, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
-                    .map_err(|e| errno(e, "cannot set the symlink's mtime"))?;
-            }
-            EntryType::Link => {
-                let target = e
-                    .link_name_bytes()
-                    .context("a hard link without a target")?
-                    .into_owned();
-                let target = relative(&target).context("hard link target")?;
-                let (tparent, tbase) = split(&target);
-                if tbase.is_empty() {
-                    bail!("hard link to the top directory refused");
-                }
-                let tfd = self.open_beneath(tparent)?;
-                let (parent, base) = split(&path);
-                self.create(parent, base, |pfd| {
-                    rustix::fs::linkat(&tfd, tbase, pfd, base, AtFlags::empty())
-                })
-                .with_context(|| format!("hard link to {}", target.display()))?;
-            }
-            EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                bail!("device nodes and FIFOs are refused")
-            }
-            EntryType::XGlobalHeader => return Ok(()),
-            other => bail!("unsupported entry type {other:?}"),
+        match e.kind {
+            Kind::Dir => self.dir(path, meta)?,
+            Kind::File => self.file(&path, e, meta, ar)?,
+            Kind::Symlink => self.symlink(&path, &e.link, meta)?,
+            Kind::HardLink => self.hard_link(&path, &e.link)?,
+            Kind::Special => bail!("device nodes and FIFOs are refused"),
         }
         self.stats.entries += 1;
+        Ok(())
+    }
+
+    fn warn(&mut self, w: String) {
+        log::warn!("{w}");
+        if self.stats.warnings.len() < MAX_WARNINGS {
+            self.stats.warnings.push(w);
+        } else {
+            self.dropped_warnings += 1;
+        }
+    }
+
+    fn dir(&mut self, path: PathBuf, meta: Meta) -> Result<()> {
+        if !path.as_os_str().is_empty() {
+            let (parent, base) = split(&path);
+            let pfd = self.parent_fd(parent)?;
+            match rustix::fs::mkdirat(pfd, base, Mode::from_raw_mode(0o700)) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => {
+                    let st = rustix::fs::statat(pfd, base, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| errno(e, "cannot stat it"))?;
+                    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
+                        bail!("something that is not a directory is in the way");
+                    }
+                }
+                Err(e) => return Err(errno(e, "cannot create the directory")),
+            }
+        }
+        // A directory listed again takes the later entry's metadata, as with GNU tar.
+        match self.dir_index.get(&path) {
+            Some(&i) => self.dirs[i].1 = meta,
+            None => {
+                self.dir_index.insert(path.clone(), self.dirs.len());
+                self.dirs.push((path, meta));
+            }
+        }
+        Ok(())
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        path: &Path,
+        e: &Entry,
+        meta: Meta,
+        ar: &mut Stream<R>,
+    ) -> Result<()> {
+        let (parent, base) = split(path);
+        if base.is_empty() {
+            bail!("a file entry without a name");
+        }
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // The common case, a file of olboot's own user without xattrs, is created with its
+        // final mode and needs neither chown nor chmod. Otherwise it is private until chown
+        // then chmod (chown clears setuid/setgid) have run.
+        let owned =
+            (!self.chown || self.ids == Some((meta.uid, meta.gid))) && meta.attrs.is_empty();
+        let mode = if owned { meta.mode } else { 0o600 };
+        let fd = self.create(parent, base, |pfd| {
+            rustix::fs::openat(pfd, base, flags, Mode::from_raw_mode(mode))
+        })?;
+        let mut file = std::fs::File::from(fd);
+        match &e.sparse {
+            None => self.copy(ar, &mut file, e.size)?,
+            Some(sp) => self.sparse(ar, &mut file, e.size, sp)?,
+        }
+        if owned {
+            rustix::fs::futimens(&file, &times(meta.mtime))
+                .map_err(|e| errno(e, "cannot set the mtime"))
+        } else {
+            self.set_meta_fd(&file, &meta, path)
+        }
+    }
+
+    /// Copy `n` bytes of the entry's data to `file` at its current offset.
+    fn copy<R: Read>(
+        &mut self,
+        ar: &mut Stream<R>,
+        file: &mut std::fs::File,
+        n: u64,
+    ) -> Result<()> {
+        let mut left = n;
+        while left > 0 {
+            let want = self.buf.len().min(left.min(usize::MAX as u64) as usize);
+            let got = match ar.read_data(&mut self.buf[..want]) {
+                Ok(0) => bail!("the archive ends in the middle of the file"),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err).context("cannot read its content"),
+            };
+            file.write_all(&self.buf[..got])
+                .context("cannot write the file")?;
+            left -= got as u64;
+            self.stats.bytes += got as u64;
+            self.flusher.wrote(got);
+        }
+        Ok(())
+    }
+
+    /// Write a sparse file: each data region at its offset, the holes seeked over, the size
+    /// set at the end, so the holes stay unallocated as with GNU tar.
+    fn sparse<R: Read>(
+        &mut self,
+        ar: &mut Stream<R>,
+        file: &mut std::fs::File,
+        packed: u64,
+        sp: &stream::Sparse,
+    ) -> Result<()> {
+        let mut end = 0u64;
+        let mut total = 0u64;
+        for &(off, len) in &sp.map {
+            let stop = off.checked_add(len).filter(|&s| off >= end && s <= sp.size);
+            let Some(stop) = stop else {
+                bail!("a sparse map with overlapping or out-of-range regions");
+            };
+            total += len;
+            if total > packed {
+                bail!("a sparse map larger than the data stored");
+            }
+            file.seek(SeekFrom::Start(off))
+                .context("cannot seek in the file")?;
+            self.copy(ar, file, len)?;
+            end = stop;
+        }
+        if total != packed {
+            bail!("a sparse map smaller than the data stored");
+        }
+        file.set_len(sp.size)
+            .context("cannot set the size of the file")
+    }
+
+    fn symlink(&mut self, path: &Path, target: &[u8], meta: Meta) -> Result<()> {
+        if target.is_empty() {
+            bail!("a symlink without a target");
+        }
+        let (parent, base) = split(path);
+        if base.is_empty() {
+            bail!("a symlink entry without a name");
+        }
+        self.create(parent, base, |pfd| {
+            rustix::fs::symlinkat(OsStr::from_bytes(target), pfd, base)
+        })?;
+        let chown = self.chown;
+        let pfd = self.parent_fd(parent)?;
+        if chown {
+            rustix::fs::chownat(
+                pfd,
+                base,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| errno(e, "cannot set the symlink's owner"))?;
+        }
+        rustix::fs::utimensat(pfd, base, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| errno(e, "cannot set the symlink's mtime"))?;
+        if !meta.attrs.is_empty() {
+            self.warn(format!(
+                "archive entry {}: xattrs of a symlink are not restored",
+                shown(path.as_os_str().as_bytes())
+            ));
+        }
+        Ok(())
+    }
+
+    fn hard_link(&mut self, path: &Path, target: &[u8]) -> Result<()> {
+        let target = relative(target).context("hard link target")?;
+        let (tparent, tbase) = split(&target);
+        if tbase.is_empty() {
+            bail!("hard link to the top directory refused");
+        }
+        let tfd = self.open_beneath(tparent)?;
+        let (parent, base) = split(path);
+        self.create(parent, base, |pfd| {
+            rustix::fs::linkat(&tfd, tbase, pfd, base, AtFlags::empty())
+        })
+        .with_context(|| format!("hard link to {}", shown(target.as_os_str().as_bytes())))?;
         Ok(())
     }
 
@@ -403,13 +487,21 @@ impl Unpacker {
         Ok(fd)
     }
 
-    fn set_meta_fd(&self, fd: impl AsFd, m: Meta) -> Result<()> {
+    /// Owner, then mode (chown clears setuid/setgid), then xattrs and ACLs (chown clears
+    /// `security.capability`; an ACL sets the group bits), then the mtime.
+    fn set_meta_fd(&mut self, fd: impl AsFd, m: &Meta, rel: &Path) -> Result<()> {
         if self.chown {
             rustix::fs::fchown(&fd, Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)))
                 .map_err(|e| errno(e, "cannot set the owner"))?;
         }
         rustix::fs::fchmod(&fd, Mode::from_raw_mode(m.mode))
             .map_err(|e| errno(e, "cannot set the mode"))?;
+        for name in xattr::set(&fd, &m.attrs)? {
+            self.warn(format!(
+                "archive entry {}: the target filesystem does not support the xattr {name}",
+                shown(rel.as_os_str().as_bytes())
+            ));
+        }
         rustix::fs::futimens(&fd, &times(m.mtime)).map_err(|e| errno(e, "cannot set the mtime"))
     }
 
@@ -417,29 +509,33 @@ impl Unpacker {
     /// parent's mtime comes after everything inside it changed.
     fn finish_dirs(&mut self) -> Result<()> {
         self.parent = None;
-        let dirs = std::mem::take(&mut self.dirs);
-        for (rel, meta) in dirs.iter().rev() {
+        let mut dirs = std::mem::take(&mut self.dirs);
+        self.dir_index.clear();
+        // Deepest first (stable: later entries of one depth first too, as before).
+        dirs.reverse();
+        dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
+        for (rel, meta) in &dirs {
             let fd = if rel.as_os_str().is_empty() {
                 rustix::io::dup(&self.root).context("cannot dup the staging directory")?
             } else {
                 open_dir(&self.root, rel, OFlags::RDONLY, rel)?
             };
-            self.set_meta_fd(&fd, *meta)
-                .with_context(|| format!("directory {}", rel.display()))?;
+            self.set_meta_fd(&fd, meta, rel)
+                .with_context(|| format!("directory {}", shown(rel.as_os_str().as_bytes())))?;
         }
         Ok(())
     }
 }
 
-fn times(mtime: i64) -> Timestamps {
+fn times(mtime: Time) -> Timestamps {
     Timestamps {
         last_access: Timespec {
             tv_sec: 0,
             tv_nsec: UTIME_OMIT,
         },
         last_modification: Timespec {
-            tv_sec: mtime,
-            tv_nsec: 0,
+            tv_sec: mtime.sec,
+            tv_nsec: mtime.nsec.into(),
         },
     }
 }
