@@ -350,6 +350,13 @@ impl Unpacker {
     ) -> Result<()> {
         let mut end = 0u64;
         let mut total = 0u64;
+        // GNU tar starts each region's data at a block boundary of the archive: a map whose
+        // regions before the last are not whole blocks reads differently there (Go's
+        // archive/tar packs them); refused rather than unpacked into another tree.
+        let inner = sp.map.len().saturating_sub(1);
+        if sp.map[..inner].iter().any(|&(_, len)| len % 512 != 0) {
+            bail!("a sparse map whose regions are not whole 512-byte blocks (GNU tar reads it otherwise)");
+        }
         for &(off, len) in &sp.map {
             let stop = off.checked_add(len).filter(|&s| off >= end && s <= sp.size);
             let Some(stop) = stop else {

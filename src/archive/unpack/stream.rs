@@ -108,12 +108,8 @@ impl<R: Read> Stream<R> {
             match h[156] {
                 b'L' => long_name = Some(cstr(&self.special(size, "GNU long name")?).to_vec()),
                 b'K' => long_link = Some(cstr(&self.special(size, "GNU long link")?).to_vec()),
-                b'x' => {
-                    pax.extend(records(&self.special(size, "PAX header")?)?);
-                    if bytes(&pax) > MAX_SPECIAL {
-                        bail!("PAX headers over {MAX_SPECIAL} bytes for one entry refused");
-                    }
-                }
+                // Of several PAX headers in a row, GNU tar uses the last.
+                b'x' => pax = records(&self.special(size, "PAX header")?)?,
                 b'g' => {
                     for (k, v) in records(&self.special(size, "PAX global header")?)? {
                         self.global.retain(|(g, _)| *g != k);
