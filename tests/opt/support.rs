@@ -429,7 +429,20 @@ impl Scratch {
     }
 
     pub fn run(&self, verb: &str, config: &Path, env: &[(&str, &str)]) -> Output {
-        let mut c = olboot();
+        self.run_with(olboot(), verb, config, env)
+    }
+
+    /// [`Scratch::run`] with the command `c` (olboot under a wrapper, say).
+    pub fn run_with(
+        &self,
+        mut c: Command,
+        verb: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Output {
+        c.env("OLBOOT_BACKOFF_MS", "10")
+            .env("OLBOOT_BACKOFF_MAX_MS", "50")
+            .env("OLBOOT_RETRIES", "3");
         c.arg(verb)
             .arg("-c")
             .arg(config)

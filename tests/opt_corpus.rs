@@ -1,0 +1,195 @@
+//! Fidelity of the unpacker: on Go's archive/tar test archives and on archives GNU tar and
+//! bsdtar make here from a tree with every feature, the tree `olboot apply` unpacks equals
+//! the one GNU tar extracts (`tar -xpf --numeric-owner --xattrs --xattrs-include='*' --acls`,
+//! as root), entry by entry, or olboot refuses the archive cleanly, naming the entry, and
+//! leaves nothing. Must run as root (owners, trusted.* and security.* xattrs).
+
+mod common;
+#[path = "opt/support.rs"]
+mod support;
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Archives of the corpus olboot refuses by design, and why.
+const REFUSED: &[(&str, &str)] = &[
+    (
+        "hdr-only.tar",
+        "device nodes and a FIFO: olboot never creates them in /opt",
+    ),
+    (
+        "pax-bad-mtime-file.tar",
+        "a malformed PAX mtime: GNU tar warns and keeps the header's; olboot refuses to guess",
+    ),
+    (
+        "pax-nul-path.tar",
+        "a NUL inside a PAX path: GNU tar cuts the name there; olboot refuses to guess",
+    ),
+    (
+        "pax-path-hdr.tar",
+        "a PAX header and then the end: a cut archive; GNU tar extracts nothing and exits 0",
+    ),
+];
+
+/// Sectors (512 bytes) two trees' allocations of one file may differ by: GNU tar and olboot
+/// write the same regions at the same offsets, but ext4 may round a region's end to its
+/// 4 KiB block differently when the write is split differently.
+const BLOCK_SLACK: u64 = 16;
+
+fn corpus() -> PathBuf {
+    if let Some(d) = std::env::var_os("OLBOOT_CORPUS") {
+        return PathBuf::from(d).join("tar-go");
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    let base = if beside.exists() {
+        beside
+    } else {
+        PathBuf::from("/work/shared/corpus")
+    };
+    base.join("tar-go")
+}
+
+fn now_ns() -> i128 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    d.as_nanos() as i128
+}
+
+fn assert_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests compare with GNU tar as root: run them as root"
+    );
+}
+
+/// GNU tar's extraction of `archive` into `dest`: Ok, or its stderr.
+fn gnu_tar(archive: &Path, dest: &Path) -> Result<(), String> {
+    let o = Command::new("tar")
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "-xpf",
+        ])
+        .arg(archive)
+        .arg("-C")
+        .arg(dest)
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// Serve `archive` (zstd-compressed here, as the store holds it) to `olboot apply` through
+/// `cmd` and return the scratch root and the run's output.
+fn olboot_unpack(archive: &Path, cmd: Command) -> (support::Scratch, Output) {
+    let s = support::Scratch::new();
+    let zst = s.dir.path().join("a.tar.zst");
+    let st = Command::new("zstd")
+        .args(["-q", "-f", "-o"])
+        .arg(&zst)
+        .arg(archive)
+        .status()
+        .unwrap();
+    assert!(st.success(), "zstd failed on {}", archive.display());
+    let sha: String = Sha256::digest(std::fs::read(&zst).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let url = format!("file://{}", zst.display());
+    let config = s.config(&[url], Some(&sha), "", "symlink");
+    let out = s.run_with(cmd, "apply", &config, &[]);
+    (s, out)
+}
+
+/// What went wrong with one archive (empty: olboot did what GNU tar did, or refused cleanly
+/// an archive listed in [`REFUSED`]).
+fn compare(archive: &Path, cmd: Command, refused: &[(&str, &str)]) -> Vec<String> {
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    let started = now_ns() - 1_000_000_000;
+    let reference = tempfile::tempdir().unwrap();
+    let gnu = gnu_tar(archive, reference.path());
+    let (s, out) = olboot_unpack(archive, cmd);
+    let listed = refused.iter().any(|(n, _)| *n == name);
+    let mut problems = Vec::new();
+    if out.status.success() {
+        if let Err(e) = &gnu {
+            problems.push(format!(
+                "{name}: GNU tar refuses it ({}) but olboot unpacked it",
+                e.trim()
+            ));
+        }
+        if listed {
+            problems.push(format!("{name}: listed as refused, but olboot unpacked it"));
+        }
+        if gnu.is_ok() {
+            let want = common::tree_manifest(reference.path());
+            let got = common::tree_manifest(&s.opt());
+            for d in common::manifest_diff(&got, &want, BLOCK_SLACK, started) {
+                problems.push(format!("{name}: {d}"));
+            }
+        }
+        return problems;
+    }
+    let step = support::opt_step(&s.root());
+    let error = step["error"].as_str().unwrap_or_default().to_string();
+    if common::code(&out) != 1 || step["result"] != "failed" {
+        problems.push(format!(
+            "{name}: olboot failed without a failed step: {out:?}"
+        ));
+    }
+    if error.len() > 2000 {
+        problems.push(format!("{name}: an error of {} bytes", error.len()));
+    }
+    if !error.contains("archive entry") && !error.contains("tar stream") {
+        problems.push(format!("{name}: the error names no entry: {error}"));
+    }
+    if s.opt().exists() || std::fs::read_dir(s.root().join("1")).unwrap().count() > 0 {
+        problems.push(format!("{name}: olboot left something after refusing"));
+    }
+    if gnu.is_ok() && !listed {
+        problems.push(format!(
+            "{name}: olboot refused what GNU tar unpacks: {error}"
+        ));
+    }
+    problems
+}
+
+#[test]
+fn go_corpus_unpacks_as_gnu_tar_does_or_is_refused() {
+    assert_root();
+    let dir = corpus();
+    let mut archives: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    archives.sort();
+    assert!(
+        archives.len() > 30,
+        "the corpus at {} looks incomplete",
+        dir.display()
+    );
+    let mut problems = Vec::new();
+    for a in &archives {
+        problems.extend(compare(a, support::olboot(), REFUSED));
+    }
+    for (n, _) in REFUSED {
+        assert!(
+            dir.join(n).exists(),
+            "{n} is listed as refused but not in the corpus"
+        );
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
