@@ -5,14 +5,14 @@
 //! pack reads them, driven by a concurrent writer woken by inotify; `--exclude`; and the
 //! reference report on a generated olsystem tree whose references the test knows.
 
+mod common;
 #[path = "opt/support.rs"]
 mod support;
 
+use common::EntryFacts;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -210,9 +210,10 @@ fn feature_tree(dir: &Path) -> Vec<std::os::unix::net::UnixListener> {
     )
     .unwrap();
     // Directory mtimes last, deepest first, some before 1970 or with nanoseconds.
-    let mut dirs: Vec<PathBuf> = walk(dir)
+    let mut dirs: Vec<PathBuf> = common::tree_manifest(dir)
         .into_iter()
-        .filter(|p| p.is_dir() && !p.is_symlink())
+        .filter(|e| e.kind == "dir")
+        .map(|e| dir.join(e.path))
         .collect();
     dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for (i, d) in dirs.iter().enumerate() {
@@ -223,125 +224,46 @@ fn feature_tree(dir: &Path) -> Vec<std::os::unix::net::UnixListener> {
     vec![sock]
 }
 
-/// Every path below `dir`, sorted.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if fs::symlink_metadata(&p).unwrap().is_dir() {
-                todo.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out.sort();
-    out
+/// Every entry of `dir`, `dir` itself first (as ""): what [`common::tree_manifest`] says.
+fn manifest(dir: &Path) -> Vec<EntryFacts> {
+    let name = dir.file_name().unwrap();
+    let mut root = common::tree_manifest(dir.parent().unwrap())
+        .into_iter()
+        .find(|e| e.path == Path::new(name))
+        .unwrap();
+    root.path = PathBuf::new();
+    let mut all = vec![root];
+    all.extend(common::tree_manifest(dir));
+    all
 }
 
-/// Everything about each entry below `dir` (and `dir` itself, as ""): kind, mode, owner,
-/// mtime to the nanosecond, size, where the data is (SEEK_DATA/SEEK_HOLE) and its digest,
-/// allocated blocks of a sparse file, link target, every extended attribute (ACLs and
-/// capabilities included), and which earlier name a hard link shares its inode with.
-fn describe(dir: &Path) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
-    let mut all = vec![dir.to_path_buf()];
-    all.extend(walk(dir));
-    for p in all {
-        let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
-        let m = fs::symlink_metadata(&p).unwrap();
-        let ft = m.file_type();
-        let mut d = format!(
-            "mode={:o} owner={}:{} mtime={}.{:09}",
-            m.mode(),
-            m.uid(),
-            m.gid(),
-            m.mtime(),
-            m.mtime_nsec()
-        );
-        if ft.is_symlink() {
-            d += &format!(" -> {}", fs::read_link(&p).unwrap().display());
-        } else if ft.is_file() {
-            d += &format!(" size={} {}", m.len(), data(&p, &m));
-            if m.nlink() > 1 {
-                match inodes.get(&m.ino()) {
-                    Some(first) => d += &format!(" hardlink-of={first}"),
-                    None => {
-                        inodes.insert(m.ino(), rel.clone());
-                    }
-                }
-            }
-        }
-        d += &xattrs(&p);
-        out.insert(rel, d);
-    }
-    out
+/// The entry `rel` of a manifest.
+fn entry<'a>(m: &'a [EntryFacts], rel: &str) -> &'a EntryFacts {
+    m.iter()
+        .find(|e| e.path == Path::new(rel))
+        .unwrap_or_else(|| panic!("no {rel}"))
 }
 
-/// The data segments of a file with their digests, and its allocation when sparse.
-fn data(p: &Path, m: &fs::Metadata) -> String {
-    use rustix::fs::SeekFrom;
-    use std::os::unix::fs::FileExt;
-    let f = fs::File::open(p).unwrap();
-    let mut s = String::new();
-    let mut pos = 0;
-    while pos < m.len() {
-        let Ok(start) = rustix::fs::seek(&f, SeekFrom::Data(pos)) else {
-            break;
-        };
-        let end = rustix::fs::seek(&f, SeekFrom::Hole(start))
-            .unwrap()
-            .min(m.len());
-        let mut buf = vec![0; (end - start) as usize];
-        f.read_exact_at(&mut buf, start).unwrap();
-        s += &format!("[{start}+{} {:x}]", end - start, Sha256::digest(&buf));
-        pos = end;
-    }
-    if m.blocks() * 512 < m.len() {
-        s += &format!(" blocks={}", m.blocks());
-    }
-    s
-}
-
-fn xattrs(p: &Path) -> String {
-    let mut names = vec![0u8; 4096];
-    let n = rustix::fs::llistxattr(p, &mut names[..]).unwrap();
-    let mut list: Vec<&[u8]> = names[..n]
-        .split(|&b| b == 0)
-        .filter(|s| !s.is_empty())
-        .collect();
-    list.sort();
-    let mut s = String::new();
-    for name in list {
-        let name = std::ffi::OsStr::from_bytes(name);
-        let mut v = vec![0u8; 4096];
-        let n = rustix::fs::lgetxattr(p, name, &mut v[..]).unwrap();
-        let hex: String = v[..n].iter().map(|b| format!("{b:02x}")).collect();
-        s += &format!(" {}={hex}", name.to_string_lossy());
-    }
-    s
-}
-
-/// The source's description without the entries pack skips.
-fn expected(src: &Path) -> BTreeMap<String, String> {
-    let mut want = describe(src);
+/// The source's manifest without the entries pack skips.
+fn expected(src: &Path) -> Vec<EntryFacts> {
+    let mut want = manifest(src);
     for skipped in ["run.sock", "fifo"] {
-        assert!(
-            want.remove(skipped).is_some(),
-            "{skipped} missing from the source"
-        );
+        let before = want.len();
+        want.retain(|e| e.path != Path::new(skipped));
+        assert_eq!(want.len() + 1, before, "{skipped} missing from the source");
     }
     want
 }
 
-fn assert_same(want: &BTreeMap<String, String>, got: &BTreeMap<String, String>, who: &str) {
-    let keys = |m: &BTreeMap<String, String>| m.keys().cloned().collect::<Vec<_>>();
-    assert_eq!(keys(want), keys(got), "{who}: different entries");
-    for (k, v) in want {
-        assert_eq!(Some(v), got.get(k), "{who}: {k:?} differs");
-    }
+/// Trees the same entry by entry: kind, mode, owner, ns mtime, size, content, target, hard
+/// links, xattrs (ACLs and capabilities included), and allocation within 16 blocks.
+fn assert_same(want: &[EntryFacts], got: &[EntryFacts], who: &str) {
+    let diff = common::manifest_diff(want, got, 16, i128::MAX);
+    assert!(
+        diff.is_empty(),
+        "{who} made another tree:\n{}",
+        diff.join("\n")
+    );
 }
 
 #[test]
@@ -350,14 +272,13 @@ fn every_feature_survives_pack_and_gnu_tar() {
     let src = d.path().join("opt");
     let _sock = feature_tree(&src);
     let want = expected(&src);
-    assert!(
-        want["data/sparse.img"].contains(" blocks="),
-        "{}",
-        want["data/sparse.img"]
-    );
-    assert!(want["attrs/cap"].contains("security.capability="));
-    assert!(want["attrs/acl"].contains("system.posix_acl_access="));
-    assert!(want["attrs/acldir"].contains("system.posix_acl_default="));
+    let sparse = entry(&want, "data/sparse.img");
+    assert!(sparse.blocks < 64 && sparse.size == 1 << 30, "{sparse:?}");
+    let has = |rel: &str, x: &str| entry(&want, rel).xattrs.iter().any(|(n, _)| n == x);
+    assert!(has("attrs/cap", "security.capability"));
+    assert!(has("attrs/acl", "system.posix_acl_access"));
+    assert!(has("attrs/acldir", "system.posix_acl_default"));
+    assert!(has("attrs/xattrs", "trusted.ol"));
     let archive = d.path().join("opt.tar.zst");
     let out = pack(&src, &archive, &["--json"]);
     assert!(out.status.success());
@@ -385,7 +306,7 @@ fn every_feature_survives_pack_and_gnu_tar() {
     assert!(fs::metadata(&archive).unwrap().len() < 1 << 20);
     let gnu = d.path().join("gnu");
     gnu_extract(&archive, &gnu);
-    assert_same(&want, &describe(&gnu), "GNU tar");
+    assert_same(&want, &manifest(&gnu), "GNU tar");
     // And the same tree gives the same bytes.
     let again = d.path().join("again.tar.zst");
     assert!(pack(&src, &again, &[]).status.success());
@@ -409,7 +330,7 @@ fn every_feature_survives_pack_and_the_opt_step() {
     let s = Scratch::new();
     let cfg = s.config(&[file_url(&archive)], Some(&sha), "", "symlink");
     assert!(s.apply(&cfg).status.success());
-    assert_same(&want, &describe(&s.opt()), "olboot opt");
+    assert_same(&want, &manifest(&s.opt()), "olboot opt");
 }
 #[test]
 fn pack_is_deterministic_and_gnu_tar_agrees_with_olboot() {
@@ -591,13 +512,11 @@ fn files_that_shrink_grow_or_vanish_while_read_are_archived_consistently() {
     let len = |p: &Path| fs::metadata(p).unwrap().len();
     assert!(len(&src.join("b-shrinks")) < 32 << 20 && len(&src.join("c-grows")) > 32 << 20);
     // The root's mtime is that of before d-vanishes was removed.
-    let mut want = describe(&src);
-    want.remove("");
-    assert!(!want.contains_key("d-vanishes"));
+    let want = common::tree_manifest(&src);
+    assert!(want.iter().all(|e| e.path != Path::new("d-vanishes")));
     let gnu = d.path().join("gnu");
     gnu_extract(&archive, &gnu);
-    let mut got = describe(&gnu);
-    got.remove("");
+    let got = common::tree_manifest(&gnu);
     assert_same(&want, &got, "GNU tar");
     // The opt step takes the same archive.
     let sha = s["sha256"].as_str().unwrap();
