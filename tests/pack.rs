@@ -763,3 +763,59 @@ fn the_reference_report_says_who_mentions_each_top_level_directory() {
         "{err}"
     );
 }
+
+/// x86_64 system calls newer than Linux 3.13 (whose last was `finit_module`, 313): all of
+/// 3.14 to 4.18 (`sched_setattr` 314 to `rseq` 334), and the later ones a Rust program or
+/// its libc may try (`pidfd_*`, `io_uring_setup`, `clone3`, `close_range`, `openat2`,
+/// `faccessat2`, `epoll_pwait2`, `futex_waitv`, `cachestat`, `mseal`).
+const NEWER_THAN_3_13: [u32; 32] = [
+    314, 315, 316, 317, 318, 319, 320, 321, 322, 323, 324, 325, 326, 327, 328, 329, 330, 331, 332,
+    333, 334, 424, 425, 434, 435, 436, 437, 439, 441, 449, 451, 462,
+];
+
+#[test]
+fn pack_runs_on_a_kernel_without_the_system_calls_newer_than_3_13() {
+    // The filter bites: getrandom (318) fails with ENOSYS under it.
+    let probe = Command::new(common::seccomp_wrapper())
+        .args([
+            "38",
+            "318",
+            "--",
+            "python3",
+            "-c",
+            "import os; os.getrandom(1)",
+        ])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&probe.stderr);
+    assert!(
+        !probe.status.success() && said.contains("Function not implemented"),
+        "{said}"
+    );
+    let d = tempfile::tempdir().unwrap();
+    let src = d.path().join("opt");
+    let _sock = feature_tree(&src);
+    let modern = d.path().join("modern.tar.zst");
+    assert!(pack(&src, &modern, &[]).status.success());
+    let legacy = d.path().join("legacy.tar.zst");
+    let out = common::olboot_denying(&NEWER_THAN_3_13, 38)
+        .arg("pack")
+        .arg(&src)
+        .arg("-o")
+        .arg(&legacy)
+        .output()
+        .unwrap();
+    eprintln!(
+        "--- olboot pack under seccomp: {}\n{}",
+        out.status,
+        stderr(&out)
+    );
+    assert!(out.status.success());
+    // Every fallback gives the same archive.
+    assert_eq!(fs::read(&legacy).unwrap(), fs::read(&modern).unwrap());
+    let sha = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        sha.trim(),
+        format!("{:x}", Sha256::digest(fs::read(&legacy).unwrap()))
+    );
+}
