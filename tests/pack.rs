@@ -122,6 +122,12 @@ fn feature_tree(dir: &Path) -> Vec<std::os::unix::net::UnixListener> {
         (64 << 20) - 4096,
         &noise(4096, 3),
     );
+    // Past what the ustar size field holds (8 GiB), with its data at the end.
+    write_at(
+        &dir.join("data/huge.img"),
+        (9 << 30) - 4096,
+        &noise(4096, 5),
+    );
     fs::File::create(dir.join("data/hole.img"))
         .unwrap()
         .set_len(16 << 20)

@@ -86,6 +86,10 @@ pub struct Meta {
     pub mtime_nsec: u32,
 }
 
+/// The largest id and size the ustar header's octal fields hold.
+const MAX_ID: u32 = 0o7777777;
+const MAX_SIZE: u64 = 0o77777777777;
+
 /// The ustar header of an entry named `name`, adding to `rec` what it cannot hold.
 pub fn header(name: &[u8], kind: EntryType, m: &Meta, size: u64, rec: &mut Records) -> Header {
     let mut h = Header::new_ustar();
@@ -94,6 +98,17 @@ pub fn header(name: &[u8], kind: EntryType, m: &Meta, size: u64, rec: &mut Recor
         set_name_bytes(&mut h, name);
     }
     h.set_entry_type(kind);
+    // Beyond the octal fields the header holds base-256 numbers (GNU tar reads them); the
+    // PAX records are what POSIX readers look for.
+    if m.uid > MAX_ID {
+        rec.push(b"uid", m.uid.to_string().as_bytes());
+    }
+    if m.gid > MAX_ID {
+        rec.push(b"gid", m.gid.to_string().as_bytes());
+    }
+    if size > MAX_SIZE {
+        rec.push(b"size", size.to_string().as_bytes());
+    }
     h.set_uid(m.uid.into());
     h.set_gid(m.gid.into());
     h.set_mode(m.mode & 0o7777);
