@@ -36,7 +36,6 @@ pub mod summary;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -153,7 +152,6 @@ fn write_tmp(
     let (summary, needles) = Summary::new(&tops, &roots);
     let mut p = Packer {
         tar: tar::Builder::new(enc),
-        dir: &o.dir,
         patterns,
         allow_changing: o.allow_changing,
         own,
@@ -211,7 +209,6 @@ fn tops_and_roots(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
 
 struct Packer<'a, W: Write> {
     tar: tar::Builder<W>,
-    dir: &'a Path,
     patterns: &'a [exclude::Pattern],
     allow_changing: bool,
     /// (device, inode) of the archive being written, in case it lies inside the tree.
@@ -319,7 +316,7 @@ impl<W: Write> Packer<'_, W> {
             self.summary.warn(w);
         }
         let done = if ft.is_dir() {
-            self.append(rel, EntryType::Directory, meta, 0, rec, None, io::empty())?;
+            self.no_data(path, rel, EntryType::Directory, meta, rec, None)?;
             true
         } else if ft.is_symlink() {
             self.symlink(path, rel, meta, rec, top)?
@@ -351,15 +348,7 @@ impl<W: Write> Packer<'_, W> {
         self.scan.reset();
         self.scan.feed(target);
         self.summary.references(&show(rel), top, &mut self.scan);
-        self.append(
-            rel,
-            EntryType::Symlink,
-            meta,
-            0,
-            rec,
-            Some(target),
-            io::empty(),
-        )?;
+        self.no_data(path, rel, EntryType::Symlink, meta, rec, Some(target))?;
         Ok(true)
     }
 
@@ -376,15 +365,7 @@ impl<W: Write> Packer<'_, W> {
         let key = (meta.dev(), meta.ino());
         if meta.nlink() > 1 {
             if let Some(first) = self.links.get(&key).cloned() {
-                self.append(
-                    rel,
-                    EntryType::Link,
-                    meta,
-                    0,
-                    rec,
-                    Some(&first),
-                    io::empty(),
-                )?;
+                self.no_data(path, rel, EntryType::Link, meta, rec, Some(&first))?;
                 self.summary.entry(top, 0);
                 return Ok(true);
             }
@@ -418,24 +399,15 @@ impl<W: Write> Packer<'_, W> {
             (rel.to_vec(), got.size, Vec::new())
         };
         // The metadata of the consistent read, not the listing's: the file may have changed.
-        let mut h = pax::header(
+        let h = pax::header(
             &name,
             EntryType::Regular,
             &meta_of(&got.meta),
             size,
             &mut rec,
         );
-        h.set_cksum();
-        if !rec.is_empty() {
-            let xh = rec.header(&name);
-            self.tar
-                .append(&xh, rec.bytes())
-                .with_context(|| self.cannot(path))?;
-        }
         let data = io::Read::chain(&map[..], self.spool.reader()?);
-        self.tar
-            .append(&h, data)
-            .with_context(|| format!("cannot archive {}", path.display()))?;
+        put(&mut self.tar, path, &name, h, &rec, data)?;
         if got.meta.nlink() > 1 {
             self.links.insert(key, rel.to_vec());
         }
@@ -443,38 +415,41 @@ impl<W: Write> Packer<'_, W> {
         Ok(true)
     }
 
-    fn cannot(&self, path: &Path) -> String {
-        format!("cannot archive {}", path.display())
-    }
-
-    /// Write the PAX header (if any) and the header of an entry without spooled content.
-    #[allow(clippy::too_many_arguments)]
-    fn append(
+    /// An entry without data: a directory, symlink or hard link.
+    fn no_data(
         &mut self,
+        path: &Path,
         rel: &[u8],
         kind: EntryType,
         meta: &fs::Metadata,
-        size: u64,
         mut rec: pax::Records,
         link: Option<&[u8]>,
-        data: impl io::Read,
     ) -> Result<()> {
-        let mut h = pax::header(rel, kind, &meta_of(meta), size, &mut rec);
+        let mut h = pax::header(rel, kind, &meta_of(meta), 0, &mut rec);
         if let Some(l) = link {
             pax::set_link(&mut h, l, &mut rec);
         }
-        h.set_cksum();
-        let path = self.dir.join(OsStr::from_bytes(rel));
-        if !rec.is_empty() {
-            let xh = rec.header(rel);
-            self.tar
-                .append(&xh, rec.bytes())
-                .with_context(|| self.cannot(&path))?;
-        }
-        self.tar
-            .append(&h, data)
-            .with_context(|| self.cannot(&path))
+        put(&mut self.tar, path, rel, h, &rec, io::empty())
     }
+}
+
+/// Write the `x` entry of `rec` (when it has records), then `h` and its `data` (exactly the
+/// size `h` says: the spool holds a consistent read).
+fn put<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    name: &[u8],
+    mut h: tar::Header,
+    rec: &pax::Records,
+    data: impl io::Read,
+) -> Result<()> {
+    let what = || format!("cannot archive {}", path.display());
+    h.set_cksum();
+    if !rec.is_empty() {
+        tar.append(&rec.header(name), rec.bytes())
+            .with_context(what)?;
+    }
+    tar.append(&h, data).with_context(what)
 }
 
 fn is_not_found(e: &anyhow::Error) -> bool {

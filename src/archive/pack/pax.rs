@@ -79,10 +79,15 @@ pub fn time(secs: i64, nsec: u32) -> String {
 /// Owner, mode and mtime of an entry.
 #[derive(Clone, Copy, Debug)]
 pub struct Meta {
+    /// Numeric owner.
     pub uid: u32,
+    /// Numeric group.
     pub gid: u32,
+    /// `st_mode`; the permission bits with setuid, setgid and sticky are stored.
     pub mode: u32,
+    /// Seconds since the epoch, negative before it.
     pub mtime: i64,
+    /// Nanoseconds past `mtime`.
     pub mtime_nsec: u32,
 }
 

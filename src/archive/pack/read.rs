@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Content kept in memory before the spool moves to a temporary file.
-pub const MEM_LIMIT: usize = 4 << 20;
+const MEM_LIMIT: usize = 4 << 20;
 /// Reads of a file before it is declared changing.
 pub const TRIES: u32 = 4;
 
@@ -103,9 +103,13 @@ impl Spool {
 /// is consistent. The spool holds the data of the segments, one after the other.
 #[derive(Debug)]
 pub struct Got {
+    /// (offset, length) of each stretch of data read, in order.
     pub segments: Vec<(u64, u64)>,
+    /// The file's size as this read saw it (where it ended, if it ended early).
     pub size: u64,
+    /// Size, mtime and ctime were the same before and after, and the end was where expected.
     pub consistent: bool,
+    /// The metadata taken before the read (owner, mode, mtime of the entry).
     pub meta: std::fs::Metadata,
     /// Reads made.
     pub tries: u32,

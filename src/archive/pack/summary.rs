@@ -15,7 +15,9 @@ const BINARY_PROBE: u64 = 8192;
 /// What one top-level directory holds.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Top {
+    /// Entries archived.
     pub entries: u64,
+    /// Bytes of their content (apparent sizes).
     pub bytes: u64,
 }
 
@@ -35,7 +37,9 @@ pub struct References {
 /// A list that keeps its first [`LISTED`] items and counts all.
 #[derive(Debug, Clone, Serialize)]
 pub struct Capped<T> {
+    /// How many there were.
     pub count: u64,
+    /// The first of them.
     pub listed: Vec<T>,
 }
 
@@ -60,24 +64,32 @@ impl<T> Capped<T> {
 /// An entry not archived.
 #[derive(Debug, Clone, Serialize)]
 pub struct Skipped {
+    /// Its path below the tree.
     pub path: String,
+    /// Why it was left out.
     pub reason: String,
 }
 
 /// The whole summary; `--json` prints it.
 #[derive(Debug, Default, Serialize)]
 pub struct Summary {
+    /// The archive's path.
     pub archive: String,
+    /// The archive's sha256, as the config wants it.
     pub sha256: String,
     /// Bytes of the archive file.
     pub archive_bytes: u64,
+    /// Entries archived.
     pub entries: u64,
     /// Bytes of file content (apparent sizes).
     pub content_bytes: u64,
     /// Per top-level name; `.` is the root itself and the files directly in it.
     pub top: BTreeMap<String, Top>,
+    /// Entries left out, and why.
     pub skipped: Capped<Skipped>,
+    /// What was archived differently from the tree, or could not be.
     pub warnings: Capped<String>,
+    /// Who mentions each top-level directory.
     pub references: Vec<References>,
 }
 
@@ -112,11 +124,13 @@ impl Summary {
         self.content_bytes += bytes;
     }
 
+    /// Record (and log) an entry left out.
     pub fn skip(&mut self, path: String, reason: String) {
         log::warn!("skipping {path}: {reason}");
         self.skipped.push(Skipped { path, reason });
     }
 
+    /// Record (and log) a warning.
     pub fn warn(&mut self, w: String) {
         log::warn!("{w}");
         self.warnings.push(w);
@@ -207,6 +221,7 @@ pub struct Scanner<'a> {
 }
 
 impl<'a> Scanner<'a> {
+    /// A scanner for `needles`, which name `dirs` directories.
     pub fn new(needles: &'a Needles, dirs: usize) -> Scanner<'a> {
         Scanner {
             needles,
