@@ -825,3 +825,27 @@ fn pack_runs_on_a_kernel_without_the_system_calls_newer_than_3_13() {
         format!("{:x}", Sha256::digest(fs::read(&legacy).unwrap()))
     );
 }
+
+#[test]
+fn an_archive_written_inside_the_tree_is_not_archived_into_itself() {
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("f"), "f").unwrap();
+    let archive = d.path().join("self.tar.zst");
+    let out = pack(d.path(), &archive, &["--json"]);
+    assert!(out.status.success());
+    let s = summary(&out);
+    assert_eq!(
+        s["skipped"]["listed"][0]["path"],
+        ".self.tar.zst.olboot-tmp"
+    );
+    assert_eq!(
+        s["skipped"]["listed"][0]["reason"],
+        "the archive being written"
+    );
+    let list = Command::new("tar")
+        .args(["--zstd", "-tf"])
+        .arg(&archive)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "./\nf\n");
+}
