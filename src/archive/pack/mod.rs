@@ -36,6 +36,7 @@ pub mod summary;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -162,7 +163,7 @@ fn write_tmp(
         summary,
     };
     p.add(&o.dir, b"./", root, ".")?;
-    p.walk(&o.dir, b"", None)?;
+    p.walk(&o.dir, b"", None, (root.dev(), root.ino()))?;
     let mut summary = std::mem::take(&mut p.summary);
     let what = || format!("cannot write {}", tmp.display());
     let enc = p.tar.into_inner().with_context(what)?;
@@ -229,21 +230,16 @@ fn show(b: &[u8]) -> String {
 impl<W: Write> Packer<'_, W> {
     /// Archive the children of `dir` (archive name `rel`, `top` its top-level name), sorted
     /// by name, depth first.
-    fn walk(&mut self, dir: &Path, rel: &[u8], top: Option<&str>) -> Result<()> {
-        let mut names: Vec<_> = match fs::read_dir(dir) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.summary
-                    .warn(format!("{}: vanished while being packed", dir.display()));
-                return Ok(());
-            }
-            r => r
-                .and_then(|r| {
-                    r.map(|e| e.map(|e| e.file_name()))
-                        .collect::<io::Result<_>>()
-                })
-                .with_context(|| format!("cannot list {}", dir.display()))?,
+    fn walk(&mut self, dir: &Path, rel: &[u8], top: Option<&str>, id: (u64, u64)) -> Result<()> {
+        let names = list(dir, id, top.is_none())
+            .with_context(|| format!("cannot list {}", dir.display()))?;
+        let Some(names) = names else {
+            self.summary.warn(format!(
+                "{}: vanished or replaced while being packed; its contents are not archived",
+                dir.display()
+            ));
+            return Ok(());
         };
-        names.sort();
         for name in names {
             let path = dir.join(&name);
             let mut child = rel.to_vec();
@@ -270,7 +266,7 @@ impl<W: Write> Packer<'_, W> {
                 continue;
             }
             if self.add(&path, &child, &meta, top_key)? && meta.is_dir() {
-                self.walk(&path, &child, Some(&child_top))?;
+                self.walk(&path, &child, Some(&child_top), (meta.dev(), meta.ino()))?;
             }
         }
         Ok(())
@@ -452,6 +448,36 @@ fn put<W: Write>(
     tar.append(&h, data).with_context(what)
 }
 
+/// The names in directory `dir`, sorted; `None` when it is gone or no longer the directory
+/// whose entry was archived (`id`: device and inode), e.g. swapped for a symlink, whose target
+/// must not be archived in its place. Only the root (`follow`) may be reached through one.
+fn list(dir: &Path, id: (u64, u64), follow: bool) -> io::Result<Option<Vec<OsString>>> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::io::Errno;
+    let mut flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let fd = match rustix::fs::open(dir, flags, Mode::empty()) {
+        Err(Errno::NOENT | Errno::LOOP | Errno::NOTDIR) => return Ok(None),
+        r => r?,
+    };
+    let st = rustix::fs::fstat(&fd)?;
+    if (st.st_dev, st.st_ino) != id {
+        return Ok(None);
+    }
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::new(fd)? {
+        let e = e?;
+        let name = e.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsStr::from_bytes(name).to_os_string());
+        }
+    }
+    names.sort();
+    Ok(Some(names))
+}
+
 fn is_not_found(e: &anyhow::Error) -> bool {
     e.chain().any(|c| {
         c.downcast_ref::<rustix::io::Errno>() == Some(&rustix::io::Errno::NOENT)
@@ -497,4 +523,33 @@ fn sparse(rel: &[u8], got: &read::Got, rec: &mut pax::Records) -> (Vec<u8>, u64,
     name.extend(base.iter().take(80));
     let data: u64 = got.segments.iter().map(|s| s.1).sum();
     (name, map.len() as u64 + data, map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_is_not_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let (dir, elsewhere) = (d.path().join("dir"), d.path().join("elsewhere"));
+        fs::create_dir(&dir).unwrap();
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(dir.join("b"), "").unwrap();
+        fs::write(dir.join("a"), "").unwrap();
+        fs::write(elsewhere.join("secret"), "").unwrap();
+        let id = |p: &Path| fs::metadata(p).map(|m| (m.dev(), m.ino())).unwrap();
+        let names = list(&dir, id(&dir), false).unwrap().unwrap();
+        assert_eq!(names, ["a", "b"]);
+        let was = id(&dir);
+        fs::rename(&dir, d.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+        assert_eq!(list(&dir, was, false).unwrap(), None);
+        // Another directory at the same name is not the one archived either.
+        fs::remove_file(&dir).unwrap();
+        fs::create_dir(&dir).unwrap();
+        assert_eq!(list(&dir, was, false).unwrap(), None);
+        fs::remove_dir(&dir).unwrap();
+        assert_eq!(list(&dir, was, false).unwrap(), None);
+    }
 }
