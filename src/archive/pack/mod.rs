@@ -390,7 +390,7 @@ impl<W: Write> Packer<'_, W> {
         }
         self.summary.references(&show(rel), top, &mut self.scan);
         let (name, size, map) = if got.is_sparse() {
-            sparse(rel, &got, &mut rec)
+            pax::sparse(rel, &got.segments, got.size, &mut rec)
         } else {
             (rel.to_vec(), got.size, Vec::new())
         };
@@ -494,35 +494,6 @@ fn meta_of(m: &fs::Metadata) -> pax::Meta {
         mtime: m.mtime(),
         mtime_nsec: m.mtime_nsec() as u32,
     }
-}
-
-/// A PAX 1.0 sparse member as GNU tar writes it: the name `GNUSparseFile.0/BASE`, the
-/// real name and size in `GNU.sparse.*` records, and at the start of the data a map (the
-/// number of segments, then each one's offset and length, one decimal a line, padded to a
-/// 512-byte block) before the segments' data. A file that ends in a hole gets a last, empty
-/// segment at its end so its size is restored. Returns the member's name, size and the map.
-fn sparse(rel: &[u8], got: &read::Got, rec: &mut pax::Records) -> (Vec<u8>, u64, Vec<u8>) {
-    let mut segs = got.segments.clone();
-    if segs.last().is_none_or(|&(o, l)| o + l < got.size) {
-        segs.push((got.size, 0));
-    }
-    let mut map = format!("{}\n", segs.len());
-    for (o, l) in &segs {
-        map += &format!("{o}\n{l}\n");
-    }
-    let mut map = map.into_bytes();
-    map.resize(map.len().div_ceil(512) * 512, 0);
-    rec.push(b"GNU.sparse.major", b"1");
-    rec.push(b"GNU.sparse.minor", b"0");
-    rec.push(b"GNU.sparse.name", rel);
-    rec.push(b"GNU.sparse.realsize", got.size.to_string().as_bytes());
-    // The member's own name only matters to readers without sparse support: keep it short
-    // enough for the header, so that no `path` record competes with `GNU.sparse.name`.
-    let base = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
-    let mut name = b"GNUSparseFile.0/".to_vec();
-    name.extend(base.iter().take(80));
-    let data: u64 = got.segments.iter().map(|s| s.1).sum();
-    (name, map.len() as u64 + data, map)
 }
 
 #[cfg(test)]

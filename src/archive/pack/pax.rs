@@ -260,6 +260,40 @@ pub fn acl_text(v: &[u8]) -> Option<String> {
     Some(s)
 }
 
+/// A PAX 1.0 sparse member as GNU tar writes it: the name `GNUSparseFile.0/BASE`, the
+/// real name and size in `GNU.sparse.*` records, and at the start of the data a map (the
+/// number of segments, then each one's offset and length, one decimal a line, padded to a
+/// 512-byte block) before the segments' data. A file that ends in a hole gets a last, empty
+/// segment at its end so its size is restored. Returns the member's name, size and the map.
+pub fn sparse(
+    rel: &[u8],
+    segments: &[(u64, u64)],
+    size: u64,
+    rec: &mut Records,
+) -> (Vec<u8>, u64, Vec<u8>) {
+    let mut segs = segments.to_vec();
+    if segs.last().is_none_or(|&(o, l)| o + l < size) {
+        segs.push((size, 0));
+    }
+    let mut map = format!("{}\n", segs.len());
+    for (o, l) in &segs {
+        map += &format!("{o}\n{l}\n");
+    }
+    let mut map = map.into_bytes();
+    map.resize(map.len().div_ceil(512) * 512, 0);
+    rec.push(b"GNU.sparse.major", b"1");
+    rec.push(b"GNU.sparse.minor", b"0");
+    rec.push(b"GNU.sparse.name", rel);
+    rec.push(b"GNU.sparse.realsize", size.to_string().as_bytes());
+    // The member's own name only matters to readers without sparse support: keep it short
+    // enough for the header, so that no `path` record competes with `GNU.sparse.name`.
+    let base = rel.rsplit(|&b| b == b'/').next().unwrap_or(rel);
+    let mut name = b"GNUSparseFile.0/".to_vec();
+    name.extend(base.iter().take(80));
+    let data: u64 = segments.iter().map(|s| s.1).sum();
+    (name, map.len() as u64 + data, map)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,5 +344,18 @@ mod tests {
             "user::rw-\nuser:1234:rwx\ngroup::r--\ngroup:55:r--\nmask::rwx\nother::r--\n"
         );
         assert_eq!(acl_text(&v[..7]), None);
+    }
+
+    #[test]
+    fn a_sparse_member_ending_in_a_hole_gets_an_empty_last_segment() {
+        let mut r = Records::default();
+        let (name, size, map) = sparse(b"a/b/disk.img", &[(0, 4096), (8192, 10)], 1 << 30, &mut r);
+        assert_eq!(name, b"GNUSparseFile.0/disk.img");
+        assert_eq!(map.len(), 512);
+        assert!(map.starts_with(b"3\n0\n4096\n8192\n10\n1073741824\n0\n\0"));
+        assert_eq!(size, 512 + 4096 + 10);
+        let text = String::from_utf8_lossy(r.bytes()).into_owned();
+        assert!(text.contains("GNU.sparse.name=a/b/disk.img\n"), "{text}");
+        assert!(text.contains("GNU.sparse.realsize=1073741824\n"), "{text}");
     }
 }
