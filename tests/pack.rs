@@ -849,3 +849,25 @@ fn an_archive_written_inside_the_tree_is_not_archived_into_itself() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&list.stdout), "./\nf\n");
 }
+
+#[test]
+fn a_tree_reached_through_a_symlink_is_packed_at_its_real_path() {
+    // `/opt -> /1/opt`, as the opt step's `expose: symlink` leaves it.
+    let d = tempfile::tempdir().unwrap();
+    let real = d.path().join("1/opt");
+    fs::create_dir_all(real.join("petabox")).unwrap();
+    fs::write(real.join("cron"), "/1/opt/petabox/sbin/x\n").unwrap();
+    let flags = rustix::fs::XattrFlags::empty();
+    rustix::fs::setxattr(&real, "user.root", b"1", flags).unwrap();
+    let link = d.path().join("opt");
+    symlink(&real, &link).unwrap();
+    let archive = d.path().join("opt.tar.zst");
+    let out = pack(&link, &archive, &["--json"]);
+    assert!(out.status.success());
+    let s = summary(&out);
+    assert_eq!(s["references"][0]["dir"], "petabox");
+    assert_eq!(s["references"][0]["files"], 1, "{s}");
+    let gnu = d.path().join("gnu");
+    gnu_extract(&archive, &gnu);
+    assert_same(&manifest(&real), &manifest(&gnu), "GNU tar");
+}

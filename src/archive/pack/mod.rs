@@ -90,6 +90,10 @@ pub fn pack(o: &Options) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     let meta = fs::metadata(&o.dir).with_context(|| format!("cannot read {}", o.dir.display()))?;
     anyhow::ensure!(meta.is_dir(), "{}: not a directory", o.dir.display());
+    // `/opt` may be a symlink to `/1/opt`: the tree is read at its real path, whose root entry
+    // carries the directory's own attributes, not the symlink's.
+    let real =
+        fs::canonicalize(&o.dir).with_context(|| format!("cannot resolve {}", o.dir.display()))?;
     let out = std::path::absolute(&o.output)
         .with_context(|| format!("{}: no absolute path", o.output.display()))?;
     let (parent, name) = match (out.parent(), out.file_name()) {
@@ -97,7 +101,7 @@ pub fn pack(o: &Options) -> Result<()> {
         _ => bail!("{}: not a file name", o.output.display()),
     };
     let tmp = parent.join(format!(".{name}.olboot-tmp"));
-    let mut summary = match write_tmp(o, &patterns, &meta, &tmp, &parent, &name) {
+    let mut summary = match write_tmp(o, &real, &patterns, &meta, &tmp) {
         Ok(s) => s,
         Err(e) => {
             let _ = fs::remove_file(&tmp);
@@ -126,11 +130,10 @@ pub fn pack(o: &Options) -> Result<()> {
 /// Write the whole archive to `tmp` and sync it; the summary carries its sha256 and size.
 fn write_tmp(
     o: &Options,
+    real: &Path,
     patterns: &[exclude::Pattern],
     root: &fs::Metadata,
     tmp: &Path,
-    parent: &Path,
-    name: &str,
 ) -> Result<Summary> {
     let _ = fs::remove_file(tmp);
     let file = fs::OpenOptions::new()
@@ -149,7 +152,7 @@ fn write_tmp(
     enc.multithread(workers.max(1))
         .context("zstd multi-threading")?;
     enc.include_checksum(true)?;
-    let (tops, roots) = tops_and_roots(&o.dir)?;
+    let (tops, roots) = tops_and_roots(&o.dir, real)?;
     let (summary, needles) = Summary::new(&tops, &roots);
     let mut p = Packer {
         tar: tar::Builder::new(enc),
@@ -157,13 +160,13 @@ fn write_tmp(
         allow_changing: o.allow_changing,
         own,
         links: HashMap::new(),
-        spool: read::Spool::new(parent, name),
+        spool: read::Spool::new(tmp),
         scan: Scanner::new(&needles, tops.len()),
         buf: vec![0; 256 * 1024],
         summary,
     };
-    p.add(&o.dir, b"./", root, ".")?;
-    p.walk(&o.dir, b"", None, (root.dev(), root.ino()))?;
+    p.add(real, b"./", root, ".")?;
+    p.walk(real, b"", None, (root.dev(), root.ino()))?;
     let mut summary = std::mem::take(&mut p.summary);
     let what = || format!("cannot write {}", tmp.display());
     let enc = p.tar.into_inner().with_context(what)?;
@@ -187,8 +190,8 @@ fn write_tmp(
 }
 
 /// The top-level directories of `dir`, and the prefixes a reference to them may start with:
-/// `/opt`, and `dir`'s absolute path when it is not `/opt`.
-fn tops_and_roots(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
+/// `/opt`, `dir` made absolute and its real path `real`.
+fn tops_and_roots(dir: &Path, real: &Path) -> Result<(Vec<String>, Vec<String>)> {
     let mut tops = Vec::new();
     for e in fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))? {
         let e = e.with_context(|| format!("cannot list {}", dir.display()))?;
@@ -198,11 +201,12 @@ fn tops_and_roots(dir: &Path) -> Result<(Vec<String>, Vec<String>)> {
     }
     tops.sort();
     let mut roots = vec!["/opt".to_string()];
-    if let Ok(abs) = std::path::absolute(dir) {
-        let abs = abs.display().to_string();
-        let abs = abs.trim_end_matches('/');
-        if abs != "/opt" && !abs.is_empty() {
-            roots.push(abs.to_string());
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for r in [abs.as_path(), real] {
+        let r = r.display().to_string();
+        let r = r.trim_end_matches('/');
+        if !r.is_empty() && !roots.iter().any(|x| x == r) {
+            roots.push(r.to_string());
         }
     }
     Ok((tops, roots))

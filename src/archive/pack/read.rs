@@ -25,19 +25,20 @@ pub struct Spool {
     mem: Vec<u8>,
     file: Option<File>,
     in_file: u64,
-    dir: PathBuf,
-    name: String,
+    /// Where the temporary file is made: `ARCHIVE.olboot-spool`, unlinked once open.
+    path: PathBuf,
 }
 
 impl Spool {
-    /// A spool whose temporary file, when needed, is made in `dir` under a name from `name`.
-    pub fn new(dir: &Path, name: &str) -> Spool {
+    /// A spool whose temporary file, when needed, is made beside `archive`.
+    pub fn new(archive: &Path) -> Spool {
+        let mut path = archive.as_os_str().to_os_string();
+        path.push(".olboot-spool");
         Spool {
             mem: Vec::new(),
             file: None,
             in_file: 0,
-            dir: dir.to_path_buf(),
-            name: name.to_string(),
+            path: PathBuf::from(path),
         }
     }
 
@@ -61,7 +62,7 @@ impl Spool {
             Some(f) => f,
             None => self.file.insert(self.create()?),
         };
-        let what = || format!("cannot write the spool file in {}", self.dir.display());
+        let what = || format!("cannot write {}", self.path.display());
         if !self.mem.is_empty() {
             f.write_all(&self.mem).with_context(what)?;
             self.in_file += self.mem.len() as u64;
@@ -74,16 +75,16 @@ impl Spool {
 
     /// Created afresh and unlinked at once: nothing is left behind, whatever happens.
     fn create(&self) -> Result<File> {
-        let path = self.dir.join(format!(".{}.olboot-spool", self.name));
-        let _ = std::fs::remove_file(&path);
+        let path = &self.path;
+        let _ = std::fs::remove_file(path);
         let f = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&path)
+            .open(path)
             .with_context(|| format!("cannot create {}", path.display()))?;
-        std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        std::fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
         Ok(f)
     }
 
