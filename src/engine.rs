@@ -193,6 +193,7 @@ pub fn run_step<S: Step>(step: &S, ctx: &Ctx, mode: Mode) -> StepReport {
                 let mut done = Done::new(S::NAME);
                 let r = step.apply(ctx, &plan.changes, &mut done);
                 report.changes = done.lines;
+                report.warnings.extend(done.warnings);
                 report.result = Outcome::Changed;
                 if let Err(e) = r {
                     report.result = Outcome::Failed;

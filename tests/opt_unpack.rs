@@ -431,3 +431,30 @@ test -f /opt/openlibrary/deploys/olsystem/def456/README
     // The mount lived in the namespace only.
     assert_eq!(fs::read_dir(&opt).unwrap().count(), 0);
 }
+
+#[test]
+fn plan_changes_in_the_done_tense_are_the_apply_changes() {
+    let p = packed(64 * 1024);
+    let s = Scratch::new();
+    fs::create_dir_all(s.root().join("opt")).unwrap(); // replaced: one more kind of change
+    let cfg = s.config(&[file_url(&p.archive)], Some(&p.sha256), "", "symlink");
+    let plan = s.run("plan", &cfg, &[]);
+    assert_eq!(plan.status.code(), Some(3), "plan: {}", stderr(&plan));
+    let planned: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
+    let want: Vec<String> = planned["steps"][0]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| olboot::steps::in_done_tense(l.as_str().unwrap()))
+        .collect();
+    assert_eq!(want.len(), 2, "{want:?}");
+    let apply = s.run("apply", &cfg, &[]);
+    assert!(apply.status.success(), "apply: {}", stderr(&apply));
+    let got: Vec<String> = opt_step(&s.root())["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(got, want);
+}
