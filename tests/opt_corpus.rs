@@ -193,3 +193,122 @@ fn go_corpus_unpacks_as_gnu_tar_does_or_is_refused() {
         problems.join("\n")
     );
 }
+
+fn sh(cmd: &str) {
+    let o = Command::new("sh").arg("-ec").arg(cmd).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A tree with every feature the unpacker must restore: owners, setuid, nanosecond, negative
+/// and far-future mtimes, a sparse file with a hole at the end, xattrs in the user, trusted
+/// and security namespaces, access and default ACLs, a file capability, hard links, symlinks,
+/// long names, a read-only directory.
+fn feature_tree(src: &Path) {
+    let long = "n".repeat(150);
+    sh(&format!(
+        "cd '{src}'
+        mkdir -p d/sub ro '{long}/{long}'
+        printf 'hello\\n' > d/f
+        ln d/f d/f-hard
+        ln -s f d/link
+        ln -s ../d dlink
+        printf x > '{long}/{long}/{long}'
+        printf 'set' > setuid && chown 1234:5678 setuid && chmod 4755 setuid
+        chown -R 1234:5678 d && chmod 750 d
+        printf data > ro/file && chmod 555 ro
+        dd if=/dev/urandom of=sparse bs=4096 count=2 status=none
+        dd if=/dev/urandom of=sparse bs=4096 count=1 seek=256 conv=notrunc status=none
+        truncate -s 5M sparse
+        printf a > old && touch -h -d '1960-05-01 10:00:00.25 UTC' old
+        printf b > future && touch -d '2200-01-01 00:00:00.5 UTC' future
+        touch -d '2021-03-04 05:06:07.123456789 UTC' d/f
+        setfattr -n user.comment -v 'hi there' d/f
+        setfattr -n trusted.t -v 0x00ff01 d/f
+        setfattr -n security.olboot -v yes d/f
+        setfacl -m u:4321:r-x,g:8765:rw- d/f
+        setfacl -d -m u:4321:rwx d/sub
+        printf '#!/bin/sh\\n' > cap && chmod 755 cap && setcap cap_net_bind_service+ep cap
+        touch -h -d '2020-01-01 00:00:00.75 UTC' d/link
+        touch -d '2019-06-07 08:09:10.111111111 UTC' d/sub d '{long}'",
+        src = src.display()
+    ));
+}
+
+#[test]
+fn gnu_tar_and_bsdtar_archives_unpack_as_gnu_tar_does() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    feature_tree(&src);
+    let makers = [
+        ("gnu", "tar --format=gnu -cf"),
+        ("gnu-sparse", "tar --format=gnu --sparse -cf"),
+        (
+            "pax-xattrs-acls",
+            "tar --format=pax --xattrs --xattrs-include=* --acls -cf",
+        ),
+        (
+            "pax-sparse-0.0",
+            "tar --format=pax --xattrs --xattrs-include=* --acls --sparse --sparse-version=0.0 -cf",
+        ),
+        (
+            "pax-sparse-0.1",
+            "tar --format=pax --sparse --sparse-version=0.1 -cf",
+        ),
+        (
+            "pax-sparse-1.0",
+            "tar --format=pax --sparse --sparse-version=1.0 -cf",
+        ),
+        ("bsdtar-pax", "bsdtar --format=pax -cf"),
+        ("bsdtar-gnutar", "bsdtar --format=gnutar -cf"),
+    ];
+    let mut problems = Vec::new();
+    for (name, make) in makers {
+        let archive = work.path().join(format!("{name}.tar"));
+        sh(&format!(
+            "cd '{}' && {make} '{}' .",
+            src.display(),
+            archive.display()
+        ));
+        problems.extend(compare(&archive, support::olboot(), &[]));
+        if name == "pax-xattrs-acls" {
+            assert_features_kept(&archive);
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// The reference extraction of `archive` has the xattrs, ACLs and capability of the feature
+/// tree, so that comparing with it cannot pass by both sides losing them.
+fn assert_features_kept(archive: &Path) {
+    let d = tempfile::tempdir().unwrap();
+    gnu_tar(archive, d.path()).unwrap();
+    let names = |p: &str| -> Vec<String> {
+        common::xattrs(&d.path().join(p))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    let f = names("d/f");
+    for want in [
+        "user.comment",
+        "trusted.t",
+        "security.olboot",
+        "system.posix_acl_access",
+    ] {
+        assert!(f.contains(&want.to_string()), "d/f lacks {want}: {f:?}");
+    }
+    assert!(names("cap").contains(&"security.capability".to_string()));
+    assert!(names("d/sub").contains(&"system.posix_acl_default".to_string()));
+}
