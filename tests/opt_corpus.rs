@@ -312,3 +312,132 @@ fn assert_features_kept(archive: &Path) {
     assert!(names("cap").contains(&"security.capability".to_string()));
     assert!(names("d/sub").contains(&"system.posix_acl_default".to_string()));
 }
+
+/// A GNU-format header: `name`, type `kind`, `size` bytes of content following.
+fn header(name: &str, kind: u8, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = kind;
+    h[257..265].copy_from_slice(b"ustar  \0");
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    h
+}
+
+/// A zstd archive of one special header of type `kind` holding `size` bytes of 'a', then a
+/// small file: what bsdtar and Go refuse over 1 MiB.
+fn bomb(path: &Path, kind: u8, size: u64) {
+    use std::io::Write;
+    let mut z = Command::new("zstd")
+        .args(["-q", "-1", "-f", "-o"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut w = std::io::BufWriter::new(z.stdin.take().unwrap());
+    w.write_all(&header("././@LongLink", kind, size)).unwrap();
+    let chunk = if kind == b'x' {
+        // One PAX record as long as the whole header.
+        let mut c = format!("{size} path=").into_bytes();
+        c.resize(1 << 20, b'a');
+        c
+    } else {
+        vec![b'a'; 1 << 20]
+    };
+    let mut left = size;
+    let mut first = true;
+    while left > 0 {
+        let part = if first {
+            &chunk[..]
+        } else {
+            &[b'a'; 1 << 20][..]
+        };
+        first = false;
+        let n = left.min(part.len() as u64) as usize;
+        w.write_all(&part[..n]).unwrap();
+        left -= n as u64;
+    }
+    w.write_all(&vec![0u8; (512 - size % 512) as usize % 512])
+        .unwrap();
+    w.write_all(&header("file", b'0', 0)).unwrap();
+    w.write_all(&[0u8; 1024]).unwrap();
+    drop(w);
+    assert!(z.wait().unwrap().success());
+}
+
+/// Peak RSS in KiB of a run, from GNU time's `-v` output on stderr.
+fn peak_rss_kib(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RSS in: {stderr}"))
+}
+
+#[test]
+fn memory_bombs_are_refused_in_bounded_memory_with_short_errors() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    for (name, kind, size, refusal) in [
+        (
+            "long-name-1g",
+            b'L',
+            1u64 << 30,
+            "GNU long name of 1073741824 bytes refused",
+        ),
+        (
+            "pax-1g",
+            b'x',
+            1 << 30,
+            "PAX header of 1073741824 bytes refused",
+        ),
+        ("long-name-900k", b'L', 900 << 10, "archive entry \"aaaa"),
+    ] {
+        let archive = work.path().join(format!("{name}.tar.zst"));
+        bomb(&archive, kind, size);
+        let s = support::Scratch::new();
+        let url = format!("file://{}", archive.display());
+        let config = s.config(&[url], None, "", "symlink");
+        let mut c = Command::new("/usr/bin/time");
+        c.arg("-v").arg(env!("CARGO_BIN_EXE_olboot"));
+        let out = s.run_with(c, "apply", &config, &[]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let rss = peak_rss_kib(&String::from_utf8_lossy(&out.stderr));
+        eprintln!("{name}: peak RSS {rss} KiB");
+        assert!(rss <= 32 * 1024, "{name}: peak RSS {rss} KiB over 32 MiB");
+        let report = std::fs::read(s.root().join("var/lib/olboot/report.json")).unwrap();
+        assert!(
+            report.len() < 4096,
+            "{name}: a report of {} bytes",
+            report.len()
+        );
+        let error = support::opt_step(&s.root())["error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(error.contains(refusal), "{name}: {error}");
+        assert!(
+            error.len() < 1000,
+            "{name}: an error of {} bytes",
+            error.len()
+        );
+        assert!(
+            out.stderr.len() < 16 * 1024,
+            "{name}: {} bytes of log",
+            out.stderr.len()
+        );
+        assert!(
+            !s.opt().exists() && !s.staging().exists(),
+            "{name}: left a tree"
+        );
+    }
+}
