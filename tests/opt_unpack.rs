@@ -4,7 +4,6 @@
 //! is kept; the ways of exposing the tree at /opt (bind on the live system inside a private
 //! mount namespace).
 
-#[allow(dead_code)]
 mod common;
 #[path = "opt/support.rs"]
 mod support;
