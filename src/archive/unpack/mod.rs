@@ -225,6 +225,7 @@ fn split(path: &Path) -> (&Path, &OsStr) {
 
 impl Unpacker {
     fn entry<R: Read>(&mut self, e: &Entry, ar: &mut Stream<R>) -> Result<()> {
+        crate::sys::signal::check()?;
         let path = relative(&e.name)?;
         self.leave_dirs(&path)?;
         let meta = Meta {
@@ -334,6 +335,7 @@ impl Unpacker {
     ) -> Result<()> {
         let mut left = n;
         while left > 0 {
+            crate::sys::signal::check()?;
             let want = self.buf.len().min(left.min(usize::MAX as u64) as usize);
             let got = match ar.read_data(&mut self.buf[..want]) {
                 Ok(0) => bail!("the archive ends in the middle of the file"),
