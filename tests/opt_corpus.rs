@@ -550,3 +550,66 @@ fn sigterm_mid_fetch_removes_staging_and_reports() {
     let config = s.config(&[server.url("opt.tar.zst")], Some(&sha), "", "symlink");
     sigterm_when(&s, &config, || !server.requests().is_empty());
 }
+
+/// Unmounts on drop, even when the test fails.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn xattrs_a_filesystem_refuses_are_warnings_naming_the_entry() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    sh(&format!(
+        "cd '{}' && printf x > f && setfattr -n user.comment -v hi f && \
+         setfacl -m u:4321:r-x f && printf y > plain",
+        src.display()
+    ));
+    let archive = work.path().join("a.tar");
+    sh(&format!(
+        "cd '{}' && tar --format=pax --xattrs --xattrs-include=* --acls -cf '{}' .",
+        src.display(),
+        archive.display()
+    ));
+    let s = support::Scratch::new();
+    // ramfs has no xattrs at all: every setxattr answers EOPNOTSUPP.
+    sh(&format!(
+        "mount -t ramfs ramfs '{}'",
+        s.root().join("1").display()
+    ));
+    let _m = Mounted(s.root().join("1"));
+    let zst = s.dir.path().join("a.tar.zst");
+    sh(&format!(
+        "zstd -q -f -o '{}' '{}'",
+        zst.display(),
+        archive.display()
+    ));
+    let config = s.config(&[format!("file://{}", zst.display())], None, "", "symlink");
+    let out = s.apply(&config);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let warnings: Vec<String> = support::opt_step(&s.root())["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    for want in ["user.comment", "system.posix_acl_access"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("archive entry \"f\"") && w.contains(want)),
+            "no warning for {want} of f: {warnings:?}"
+        );
+    }
+    assert!(
+        !warnings.iter().any(|w| w.contains("plain")),
+        "{warnings:?}"
+    );
+    assert_eq!(std::fs::read(s.opt().join("f")).unwrap(), b"x");
+}
