@@ -479,21 +479,9 @@ fn plan_changes_in_the_done_tense_are_the_apply_changes() {
     let cfg = s.config(&[file_url(&p.archive)], Some(&p.sha256), "", "symlink");
     let plan = s.run("plan", &cfg, &[]);
     assert_eq!(plan.status.code(), Some(3), "plan: {}", stderr(&plan));
-    let planned: serde_json::Value = serde_json::from_slice(&plan.stdout).unwrap();
-    let want: Vec<String> = planned["steps"][0]["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| olboot::steps::in_done_tense(l.as_str().unwrap()))
-        .collect();
-    assert_eq!(want.len(), 2, "{want:?}");
-    let apply = s.run("apply", &cfg, &[]);
+    let apply = s.run("apply --json", &cfg, &[]);
     assert!(apply.status.success(), "apply: {}", stderr(&apply));
-    let got: Vec<String> = opt_step(&s.root())["changes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l.as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(got, want);
+    let (plan, apply) = (common::report(&plan), common::report(&apply));
+    assert_eq!(common::change_lines(&plan, "opt").len(), 2, "{plan}");
+    common::assert_apply_did_what_plan_said(&plan, &apply, "opt");
 }

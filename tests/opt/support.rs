@@ -453,7 +453,8 @@ impl Scratch {
         c.env("OLBOOT_BACKOFF_MS", "10")
             .env("OLBOOT_BACKOFF_MAX_MS", "50")
             .env("OLBOOT_RETRIES", "3");
-        c.arg(verb)
+        // `verb` may carry options: "apply --json".
+        c.args(verb.split(' '))
             .arg("-c")
             .arg(config)
             .arg("--root")
