@@ -194,7 +194,10 @@ fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     let host = host_of(t.host, &root, &cfg)?;
     let host_cfg = cfg.for_host(&host)?;
     let _lock = match mode {
-        Mode::Apply => Some(crate::sys::fs::lock(&root)?),
+        Mode::Apply => {
+            crate::sys::signal::install();
+            Some(crate::sys::fs::lock(&root)?)
+        }
         Mode::Plan => None,
     };
     let tuning = Tuning::from_env();

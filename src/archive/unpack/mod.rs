@@ -3,11 +3,14 @@
 //! Every entry is created relative to a directory file descriptor that was opened with
 //! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so the kernel itself refuses a path that
 //! leaves the staging directory or passes through a symlink (one an earlier entry made, say).
+//! Where openat2 is missing, [`beneath`] walks the path one component at a time instead.
 //! On top of that, names with `..` or a leading `/`, device nodes and FIFOs are refused with
-//! an error naming the entry, instead of being skipped quietly as `tar::Entry::unpack_in`
-//! does. Symlinks are created as they are and never followed. Owners are numeric; the mode
-//! is set after the owner (chown clears setuid/setgid); directories get their mode, owner and
-//! mtime at the end, deepest first, so a read-only directory can still be filled.
+//! an error naming the entry. Symlinks are created as they are and never followed. Owners are numeric; the mode
+//! is set after the owner (chown clears setuid/setgid), then xattrs and ACLs, the mtime last
+//! (see `Unpacker::set_meta_fd`). Directories get their metadata when the archive leaves them,
+//! deepest first, as GNU tar does, so a read-only directory can still be filled and the times
+//! come out as GNU tar's whatever the order of the entries. The tar stream is read by
+//! [`stream`], which bounds every special header.
 //!
 //! Speed: a file owned by olboot's own user (most of a tree unpacked as root) is created with
 //! its final mode under a zero umask, so it costs open, write, futimens and close only; and
@@ -22,7 +25,6 @@ use beneath::{errno, open_dir};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid, UTIME_OMIT};
 use rustix::io::Errno;
-use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -86,7 +88,6 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
         root,
         parent: None,
         dirs: Vec::new(),
-        dir_index: HashMap::new(),
         chown: rustix::process::geteuid().is_root(),
         // New files get the process's ids unless the directory is setgid; the directories
         // made here are setgid only if the staging root is (their modes come at the end).
@@ -131,9 +132,9 @@ struct Unpacker {
     ids: Option<(u32, u32)>,
     /// The last parent directory opened, reused while entries stay in it (the usual case).
     parent: Option<(PathBuf, OwnedFd)>,
-    /// Directories whose metadata is set at the end (the last entry of a name wins).
+    /// Directories whose metadata waits until the archive leaves them: the chain of the
+    /// current entry's ancestors, deepest last (GNU tar's delayed set-stat list).
     dirs: Vec<(PathBuf, Meta)>,
-    dir_index: HashMap<PathBuf, usize>,
     /// Whether to set owners (only root can).
     chown: bool,
     buf: Vec<u8>,
@@ -224,7 +225,9 @@ fn split(path: &Path) -> (&Path, &OsStr) {
 
 impl Unpacker {
     fn entry<R: Read>(&mut self, e: &Entry, ar: &mut Stream<R>) -> Result<()> {
+        crate::sys::signal::check()?;
         let path = relative(&e.name)?;
+        self.leave_dirs(&path)?;
         let meta = Meta {
             uid: e.uid,
             gid: e.gid,
@@ -268,13 +271,22 @@ impl Unpacker {
                 Err(e) => return Err(errno(e, "cannot create the directory")),
             }
         }
-        // A directory listed again takes the later entry's metadata, as with GNU tar.
-        match self.dir_index.get(&path) {
-            Some(&i) => self.dirs[i].1 = meta,
-            None => {
-                self.dir_index.insert(path.clone(), self.dirs.len());
-                self.dirs.push((path, meta));
+        // A directory listed again was left just before (see `leave_dirs`): its later
+        // metadata is set after the earlier one, and so wins, as with GNU tar.
+        self.dirs.push((path, meta));
+        Ok(())
+    }
+
+    /// Set the metadata of the waiting directories `path` is not inside of, deepest first,
+    /// as GNU tar does when an entry outside them comes: an entry put in such a directory
+    /// later changes its mtime again, in both.
+    fn leave_dirs(&mut self, path: &Path) -> Result<()> {
+        while let Some((dir, _)) = self.dirs.last() {
+            if path != dir && path.starts_with(dir) {
+                break;
             }
+            let (dir, meta) = self.dirs.pop().expect("just looked");
+            self.set_dir_meta(&dir, &meta)?;
         }
         Ok(())
     }
@@ -323,6 +335,7 @@ impl Unpacker {
     ) -> Result<()> {
         let mut left = n;
         while left > 0 {
+            crate::sys::signal::check()?;
             let want = self.buf.len().min(left.min(usize::MAX as u64) as usize);
             let got = match ar.read_data(&mut self.buf[..want]) {
                 Ok(0) => bail!("the archive ends in the middle of the file"),
@@ -512,25 +525,22 @@ impl Unpacker {
         rustix::fs::futimens(&fd, &times(m.mtime)).map_err(|e| errno(e, "cannot set the mtime"))
     }
 
-    /// Give the directories their metadata, deepest and latest first, so that setting a
-    /// parent's mtime comes after everything inside it changed.
+    /// Give the directories still waiting their metadata, deepest first.
     fn finish_dirs(&mut self) -> Result<()> {
-        self.parent = None;
-        let mut dirs = std::mem::take(&mut self.dirs);
-        self.dir_index.clear();
-        // Deepest first (stable: later entries of one depth first too, as before).
-        dirs.reverse();
-        dirs.sort_by_key(|(rel, _)| std::cmp::Reverse(rel.components().count()));
-        for (rel, meta) in &dirs {
-            let fd = if rel.as_os_str().is_empty() {
-                rustix::io::dup(&self.root).context("cannot dup the staging directory")?
-            } else {
-                open_dir(&self.root, rel, OFlags::RDONLY, rel)?
-            };
-            self.set_meta_fd(&fd, meta, rel)
-                .with_context(|| format!("directory {}", shown(rel.as_os_str().as_bytes())))?;
+        while let Some((dir, meta)) = self.dirs.pop() {
+            self.set_dir_meta(&dir, &meta)?;
         }
         Ok(())
+    }
+
+    fn set_dir_meta(&mut self, rel: &Path, meta: &Meta) -> Result<()> {
+        let fd = if rel.as_os_str().is_empty() {
+            rustix::io::dup(&self.root).context("cannot dup the staging directory")?
+        } else {
+            open_dir(&self.root, rel, OFlags::RDONLY, rel)?
+        };
+        self.set_meta_fd(&fd, meta, rel)
+            .with_context(|| format!("directory {}", shown(rel.as_os_str().as_bytes())))
     }
 }
 
