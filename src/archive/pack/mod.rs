@@ -278,7 +278,7 @@ impl<W: Write> Packer<'_, W> {
 
     fn vanished(&mut self, path: &Path) {
         self.summary.warn(format!(
-            "{}: vanished while being packed; not archived",
+            "{}: vanished (or was replaced) while being packed; not archived",
             path.display()
         ));
     }

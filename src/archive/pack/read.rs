@@ -124,7 +124,9 @@ impl Got {
 }
 
 /// Read `path` into `spool` until a read is consistent, at most [`TRIES`] times, feeding the
-/// bytes to `scan`. `None`: the file is gone.
+/// bytes to `scan`. `None`: the file is gone, or something else (a symlink, a FIFO, a
+/// directory) took its name since it was listed. Opened with `O_NONBLOCK`, so that a FIFO
+/// there cannot hang the pack.
 pub fn read(
     path: &Path,
     spool: &mut Spool,
@@ -136,12 +138,19 @@ pub fn read(
         tries += 1;
         let f = match OpenOptions::new()
             .read(true)
-            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .custom_flags(
+                (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK).bits() as i32,
+            )
             .open(path)
         {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            // ELOOP: a symlink took its name.
+            Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => return Ok(None),
             r => r.with_context(|| format!("cannot open {}", path.display()))?,
         };
+        if !f.metadata().is_ok_and(|m| m.is_file()) {
+            return Ok(None);
+        }
         spool.clear()?;
         scan.reset();
         let got = read_once(&f, spool, scan, buf, tries)
@@ -166,7 +175,6 @@ fn read_once(
     tries: u32,
 ) -> Result<Got> {
     let before = f.metadata()?;
-    anyhow::ensure!(before.is_file(), "no longer a regular file");
     let size = before.len();
     let map = data_map(f, size, before.blocks())?;
     if map.len() != 1 || map.first().is_some_and(|s| s.0 != 0) {
@@ -258,4 +266,59 @@ fn data_map(f: &File, size: u64, blocks: u64) -> Result<Vec<(u64, u64)>> {
         pos = hole;
     }
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::archive::pack::summary::Needles;
+
+    #[test]
+    fn a_fifo_or_symlink_at_a_files_name_is_not_read() {
+        let d = tempfile::tempdir().unwrap();
+        let (needles, mut buf) = (Needles::default(), vec![0; 4096]);
+        let mut scan = Scanner::new(&needles, 0);
+        let mut spool = Spool::new(&d.path().join("a.tar.zst"));
+        let fifo = d.path().join("fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+        // Would block forever without O_NONBLOCK: no writer.
+        assert!(read(&fifo, &mut spool, &mut scan, &mut buf)
+            .unwrap()
+            .is_none());
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink("/etc/hostname", &link).unwrap();
+        assert!(read(&link, &mut spool, &mut scan, &mut buf)
+            .unwrap()
+            .is_none());
+        assert!(
+            read(&d.path().join("gone"), &mut spool, &mut scan, &mut buf)
+                .unwrap()
+                .is_none()
+        );
+        // A file big enough to go to the spool file, read back whole.
+        let big = d.path().join("big");
+        let data: Vec<u8> = (0..(MEM_LIMIT + 5000)).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&big, &data).unwrap();
+        let got = read(&big, &mut spool, &mut scan, &mut buf)
+            .unwrap()
+            .unwrap();
+        assert!(got.consistent && !got.is_sparse() && got.size == data.len() as u64);
+        let mut back = Vec::new();
+        spool.reader().unwrap().read_to_end(&mut back).unwrap();
+        assert!(back == data);
+        // Nothing left beside the archive: the spool file was unlinked at once.
+        let mut names: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["big", "fifo", "link"]);
+    }
 }
