@@ -7,8 +7,8 @@
 use serde::Serialize;
 use std::collections::BTreeMap;
 
-/// Files listed per referenced directory, and skipped entries and warnings listed in all
-/// (the counts are always complete).
+/// Files listed per referenced directory; skipped entries and warnings keep five times as
+/// many (each is also logged as it happens). The counts are always complete.
 pub const LISTED: usize = 20;
 const BINARY_PROBE: u64 = 8192;
 
@@ -34,7 +34,7 @@ pub struct References {
     pub listed: Vec<String>,
 }
 
-/// A list that keeps its first [`LISTED`] items and counts all.
+/// A list that keeps its first `5 × LISTED` items and counts all.
 #[derive(Debug, Clone, Serialize)]
 pub struct Capped<T> {
     /// How many there were.
