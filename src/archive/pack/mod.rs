@@ -148,7 +148,9 @@ fn write_tmp(
         hasher: Sha256::new(),
     };
     let mut enc = zstd::stream::write::Encoder::new(hashing, LEVEL)?;
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    // Each worker holds a few MiB of input and output: at most 4 keep memory small on a big
+    // host, and already compress faster than a disk reads (the output is the same).
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32;
     enc.multithread(workers.max(1))
         .context("zstd multi-threading")?;
     enc.include_checksum(true)?;
