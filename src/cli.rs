@@ -1,12 +1,16 @@
-//! The command line: what each subcommand does, and its exit code.
+//! The command line: what each subcommand does, and its exit code. The options themselves
+//! are defined in [`flags`]; reading the config from its source in [`load`].
 
-use crate::config::{self, Config, Invalid};
+mod flags;
+mod load;
+
+use crate::config::{Config, Invalid};
 use crate::engine::{self, Mode, StepName};
 use crate::report::{self, Outcome, Report};
 use crate::root::Root;
 use crate::steps::Ctx;
 use crate::tuning::Tuning;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// Exit code: success, converged (`plan`: nothing to change).
@@ -17,50 +21,6 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
 /// Exit code: `plan` found pending changes.
 pub const EXIT_PENDING: u8 = 3;
-
-const HELP: &str = "\
-olboot: turn a fresh VM into a working member of the Open Library fleet.
-
-Steps, always in this order: firewall, volumes, opt, packages, links.
-
-Usage: olboot <COMMAND> [OPTIONS]
-
-Commands:
-  apply     Converge this machine to the config
-  plan      Say what apply would change, as a JSON report; change nothing
-  validate  Check a config (the whole fleet unless --host is given); change nothing
-  status    Print the last apply's report
-  pack      Archive a legacy /opt for the archive store and print its sha256
-
-Exit codes: 0 converged, 1 a step failed, 2 invalid config or command line,
-3 (plan) changes pending.
-
-Run `olboot <COMMAND> --help` for its options. Logs go to stderr (RUST_LOG=debug for more).
-";
-
-const TARGET_OPTIONS: &str = "\
-  -c, --config CONFIG   A path, `-` for stdin, or an http(s):// URL [default: /etc/olboot.yaml]
-      --root DIR        Work on the system mounted at DIR (rescue boot): files below DIR,
-                        packages installed in a chroot, firewall written but not loaded
-      --host NAME       Use the fleet entry of NAME instead of this machine's host name
-      --only STEP,...   Run only these steps: firewall, volumes, opt, packages, links
-      --auth-file FILE  A root-only file with one header line, sent with a config URL
-";
-
-fn help(cmd: &str) -> String {
-    match cmd {
-        "apply" => format!(
-            "Converge this machine to the config.\n\nUsage: olboot apply [OPTIONS]\n\nOptions:\n{TARGET_OPTIONS}      --json            Print the report as JSON on stdout\n  -h, --help            Print help\n"
-        ),
-        "plan" => format!(
-            "Say what apply would change, as a JSON report on stdout; change nothing.\nExit code 3: changes are pending.\n\nUsage: olboot plan [OPTIONS]\n\nOptions:\n{TARGET_OPTIONS}  -h, --help            Print help\n"
-        ),
-        "validate" => "Check a config (the whole fleet unless --host is given); change nothing.\n\nUsage: olboot validate [OPTIONS]\n\nOptions:\n  -c, --config CONFIG   A path, `-` for stdin, or an http(s):// URL [default: /etc/olboot.yaml]\n      --host NAME       Check only the fleet entry of this host\n      --auth-file FILE  A root-only file with one header line, sent with a config URL\n  -h, --help            Print help\n".into(),
-        "status" => "Print the last apply's report.\n\nUsage: olboot status [OPTIONS]\n\nOptions:\n      --root DIR        Read the report of the system mounted at DIR\n      --json            Print it as JSON\n  -h, --help            Print help\n".into(),
-        "pack" => "Archive a legacy /opt for the archive store (zstd tar: numeric owners, modes, mtimes,\nsymlinks and hard links, stable order); print its sha256 and write FILE.sha256 beside it.\n\nUsage: olboot pack DIR -o FILE [--recipient age1...]...\n\nOptions:\n  -o FILE               The archive to write (FILE.tar.zst, or FILE.tar.zst.age when encrypted)\n      --recipient KEY   Encrypt with age to this public key (age1...); repeatable\n      --recipients-file FILE  Encrypt to every age1... key in FILE; repeatable\n  -h, --help            Print help\n".into(),
-        _ => HELP.into(),
-    }
-}
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -103,16 +63,7 @@ pub enum Command {
         json: bool,
     },
     /// `olboot pack`.
-    Pack {
-        /// The tree to archive.
-        dir: PathBuf,
-        /// The archive to write.
-        output: PathBuf,
-        /// age public keys to encrypt to.
-        recipients: Vec<String>,
-        /// Files of age public keys to encrypt to.
-        recipients_files: Vec<PathBuf>,
-    },
+    Pack(crate::archive::pack::Options),
 }
 
 /// The options shared by `apply` and `plan`.
@@ -125,110 +76,45 @@ pub struct Target {
     auth_file: Option<PathBuf>,
 }
 
-const DEFAULT_CONFIG: &str = "/etc/olboot.yaml";
-
 /// Parse the arguments (without the program name). The error is the one-line usage error.
 pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, String> {
-    use lexopt::prelude::*;
-    let mut p = lexopt::Parser::from_args(args);
-    let err = |e: lexopt::Error| e.to_string();
-    let cmd = match p.next().map_err(err)? {
-        Some(Value(v)) => v.string().map_err(err)?,
-        Some(Long("help") | Short('h')) | None => return Ok(Cli::Print(HELP.into())),
-        Some(Long("version") | Short('V')) => {
-            return Ok(Cli::Print(format!(
-                "olboot {}\n",
-                env!("CARGO_PKG_VERSION")
-            )))
-        }
-        Some(other) => return Err(other.unexpected().to_string()),
+    let (command, a) = match flags::parse(args)? {
+        flags::Parsed::Print(text) => return Ok(Cli::Print(text)),
+        flags::Parsed::Run { command, args } => (command.name, *args),
     };
-    if !["apply", "plan", "validate", "status", "pack"].contains(&cmd.as_str()) {
-        return Err(format!(
-            "unknown command {cmd:?} (olboot --help lists them)"
-        ));
-    }
-    let mut config = DEFAULT_CONFIG.to_string();
-    let (mut root, mut host, mut only, mut json) = (None, None, Vec::new(), false);
-    let (mut dir, mut output) = (None, None);
-    let (mut auth_file, mut recipients, mut recipients_files) = (None, Vec::new(), Vec::new());
-    let takes = |opt: &str| -> bool {
-        match opt {
-            "config" | "host" | "auth-file" => {
-                matches!(cmd.as_str(), "apply" | "plan" | "validate")
-            }
-            "root" => matches!(cmd.as_str(), "apply" | "plan" | "status"),
-            "only" => matches!(cmd.as_str(), "apply" | "plan"),
-            "json" => matches!(cmd.as_str(), "apply" | "status"),
-            "o" | "dir" | "recipient" | "recipients-file" => cmd == "pack",
-            _ => false,
-        }
-    };
-    while let Some(arg) = p.next().map_err(err)? {
-        let name = match &arg {
-            Short('h') | Long("help") => return Ok(Cli::Print(help(&cmd))),
-            Short('c') | Long("config") => "config",
-            Long("root") => "root",
-            Long("host") => "host",
-            Long("only") => "only",
-            Long("json") => "json",
-            Short('o') => "o",
-            Long("auth-file") => "auth-file",
-            Long("recipient") => "recipient",
-            Long("recipients-file") => "recipients-file",
-            Value(_) => "dir",
-            _ => "",
-        };
-        if !takes(name) {
-            return Err(format!("{} (olboot {cmd} --help)", arg.unexpected()));
-        }
-        match arg {
-            Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
-            Value(v) => return Err(format!("unexpected argument {v:?} (olboot {cmd} --help)")),
-            Short('c') | Long("config") => {
-                config = p.value().map_err(err)?.string().map_err(err)?
-            }
-            Long("root") => root = Some(PathBuf::from(p.value().map_err(err)?)),
-            Long("host") => host = Some(p.value().map_err(err)?.string().map_err(err)?),
-            Long("only") => {
-                for s in p.value().map_err(err)?.string().map_err(err)?.split(',') {
-                    only.push(s.parse::<StepName>()?);
-                }
-            }
-            Long("json") => json = true,
-            Long("auth-file") => auth_file = Some(PathBuf::from(p.value().map_err(err)?)),
-            Long("recipient") => recipients.push(p.value().map_err(err)?.string().map_err(err)?),
-            Long("recipients-file") => {
-                recipients_files.push(PathBuf::from(p.value().map_err(err)?))
-            }
-            _ => output = Some(PathBuf::from(p.value().map_err(err)?)),
-        }
-    }
+    let config = a.config.unwrap_or_else(|| flags::DEFAULT_CONFIG.into());
     let target = || Target {
         config: config.clone(),
-        root: root.clone(),
-        host: host.clone(),
-        only: only.clone(),
-        auth_file: auth_file.clone(),
+        root: a.root.clone(),
+        host: a.host.clone(),
+        only: a.only.clone(),
+        auth_file: a.auth_file.clone(),
     };
-    Ok(Cli::Run(match cmd.as_str() {
+    Ok(Cli::Run(match command {
         "apply" => Command::Apply {
             target: target(),
-            json,
+            json: a.json,
         },
         "plan" => Command::Plan { target: target() },
         "validate" => Command::Validate {
             config,
-            host,
-            auth_file,
+            host: a.host,
+            auth_file: a.auth_file,
         },
-        "status" => Command::Status { root, json },
-        _ => Command::Pack {
-            dir: dir.ok_or("pack needs the directory to archive (olboot pack DIR -o FILE)")?,
-            output: output.ok_or("pack needs -o FILE")?,
-            recipients,
-            recipients_files,
+        "status" => Command::Status {
+            root: a.root,
+            json: a.json,
         },
+        _ => Command::Pack(crate::archive::pack::Options {
+            dir: a
+                .dir
+                .ok_or("pack needs the directory to archive (olboot pack DIR -o FILE)")?,
+            output: a.output.ok_or("pack needs -o FILE")?,
+            excludes: a.excludes,
+            allow_changing: a.allow_changing,
+            json: a.json,
+            recipients: a.recipients,
+        }),
     }))
 }
 
@@ -258,22 +144,8 @@ fn dispatch(cmd: Command) -> Result<u8> {
             auth_file,
         } => validate(&config, host.as_deref(), auth_file.as_deref()),
         Command::Status { root, json } => status(root, json),
-        Command::Pack {
-            dir,
-            output,
-            recipients,
-            recipients_files,
-        } => {
-            let mut to = crate::archive::crypt::Recipients::default();
-            for r in &recipients {
-                to.add(r, "--recipient")
-                    .map_err(|e| Invalid(format!("{e:#}")))?;
-            }
-            for f in &recipients_files {
-                to.add_file(f)
-                    .map_err(|e| Invalid(format!("--recipients-file: {e:#}")))?;
-            }
-            crate::archive::pack::pack(&dir, &output, &to)?;
+        Command::Pack(o) => {
+            crate::archive::pack::pack(&o)?;
             Ok(EXIT_OK)
         }
     }
@@ -294,28 +166,50 @@ fn root_of(dir: Option<PathBuf>) -> Result<Root> {
 }
 
 /// The host name: `--host`, else the target's `/etc/hostname` under `--root`, else this
-/// machine's.
-fn host_of(host: Option<String>, root: &Root) -> Result<String> {
+/// machine's. Only a fleet file needs one (to pick its entry): a single-host config under a
+/// root without `/etc/hostname` is reported as `(single host)`.
+fn host_of(host: Option<String>, root: &Root, cfg: &Config) -> Result<String> {
     if let Some(h) = host {
         return Ok(h);
     }
-    if !root.is_live() {
-        let p = root.path(std::path::Path::new("/etc/hostname"));
-        return std::fs::read_to_string(&p)
-            .map(|s| s.trim().split('.').next().unwrap_or("").to_string())
-            .map_err(|e| Invalid(format!("{}: {e} (give --host)", p.display())).into());
+    if root.is_live() {
+        return machine_hostname();
     }
-    config::machine_hostname()
+    let p = root.path(std::path::Path::new("/etc/hostname"));
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(short_name(s.trim()).to_string()),
+        Err(_) if !cfg.is_fleet() => Ok(SINGLE_HOST.into()),
+        Err(e) => Err(Invalid(format!("{}: {e} (give --host)", p.display())).into()),
+    }
+}
+
+/// The host name a single-host config is reported under when none can be read.
+const SINGLE_HOST: &str = "(single host)";
+
+/// The fleet names hosts by their short name; cloud-init may set an FQDN.
+fn short_name(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+/// The host name of the running machine.
+fn machine_hostname() -> Result<String> {
+    let uts = rustix::system::uname();
+    let name = uts.nodename().to_str().context("host name is not UTF-8")?;
+    Ok(short_name(name).to_string())
 }
 
 fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     let root = root_of(t.root)?;
-    let cfg = load(&t.config, t.auth_file.as_deref())?;
-    let host = host_of(t.host, &root)?;
+    let cfg = load::config(&t.config, t.auth_file.as_deref())?;
+    let host = host_of(t.host, &root, &cfg)?;
     let host_cfg = cfg.for_host(&host)?;
+    // The root-only key and credential files: refused before anything is touched.
     crate::store::check(&host_cfg, &root)?;
     let _lock = match mode {
-        Mode::Apply => Some(crate::sys::fs::lock(&root)?),
+        Mode::Apply => {
+            crate::sys::signal::install();
+            Some(crate::sys::fs::lock(&root)?)
+        }
         Mode::Plan => None,
     };
     let tuning = Tuning::from_env();
@@ -356,14 +250,8 @@ fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     })
 }
 
-/// Load the config at `source`, with the credential of `auth_file` for a URL.
-fn load(source: &str, auth_file: Option<&std::path::Path>) -> Result<Config> {
-    let auth = auth_file.map(crate::store::auth_file).transpose()?;
-    Config::load_with(source, auth.as_ref())
-}
-
 fn validate(source: &str, host: Option<&str>, auth_file: Option<&std::path::Path>) -> Result<u8> {
-    let cfg = load(source, auth_file)?;
+    let cfg = load::config(source, auth_file)?;
     // As the config names itself in messages: a URL without its query and user-info.
     let source = &cfg.source;
     match host {
@@ -416,7 +304,7 @@ mod tests {
         let Ok(Cli::Run(Command::Plan { target })) = args("plan") else {
             panic!()
         };
-        assert_eq!(target.config, DEFAULT_CONFIG);
+        assert_eq!(target.config, flags::DEFAULT_CONFIG);
         assert!(matches!(
             args("validate --host x"),
             Ok(Cli::Run(Command::Validate { host: Some(_), .. }))
@@ -425,29 +313,42 @@ mod tests {
             args("status --json"),
             Ok(Cli::Run(Command::Status { json: true, .. }))
         ));
-        let Ok(Cli::Run(Command::Pack {
-            dir,
-            output,
-            recipients,
-            recipients_files,
-        })) =
-            args("pack /opt -o o.tar.zst --recipient age1a --recipient age1b --recipients-file f")
-        else {
+        let Ok(Cli::Run(Command::Pack(o))) = args("pack /opt -o o.tar.zst") else {
             panic!()
         };
         assert_eq!(
-            (dir, output),
-            (PathBuf::from("/opt"), PathBuf::from("o.tar.zst"))
+            (o.dir, o.output, o.excludes.len(), o.allow_changing, o.json),
+            (
+                PathBuf::from("/opt"),
+                PathBuf::from("o.tar.zst"),
+                0,
+                false,
+                false
+            )
         );
-        assert_eq!(recipients, ["age1a", "age1b"]);
-        assert_eq!(recipients_files, [PathBuf::from("f")]);
-        assert!(args("status --recipient age1a").is_err());
-        assert!(matches!(
-            args("apply --auth-file /a -c https://x/c.yaml"),
-            Ok(Cli::Run(Command::Apply { .. }))
-        ));
+        let a = "pack /opt -o o --exclude *.pyc --exclude /petabox/ --allow-changing --json";
+        let Ok(Cli::Run(Command::Pack(o))) = args(a) else {
+            panic!()
+        };
+        assert_eq!(o.excludes, ["*.pyc", "/petabox/"]);
+        assert!(o.allow_changing && o.json);
+        assert!(o.recipients.is_empty());
+        let e = args("pack /opt -o o --recipient age1nope").unwrap_err();
+        assert!(
+            e.starts_with("--recipient: \"age1nope\" is not an age recipient"),
+            "{e}"
+        );
+        assert!(args("status --recipient age1x").is_err());
+        let Ok(Cli::Run(Command::Validate { auth_file, .. })) =
+            args("validate -c https://x/c.yaml --auth-file /etc/a")
+        else {
+            panic!()
+        };
+        assert_eq!(auth_file, Some(PathBuf::from("/etc/a")));
         assert!(matches!(args("--version"), Ok(Cli::Print(v)) if v.starts_with("olboot ")));
-        assert!(matches!(args("pack --help"), Ok(Cli::Print(h)) if h.contains("-o FILE")));
+        assert!(
+            matches!(args("pack --help"), Ok(Cli::Print(h)) if h.contains("-o, --output FILE"))
+        );
     }
 
     #[test]
@@ -462,6 +363,8 @@ mod tests {
             "pack /opt",
             "pack -o x",
             "pack a b -o x",
+            "pack a -o x --exclude /",
+            "apply --allow-changing",
             "apply --only nope",
             "apply -c",
         ] {

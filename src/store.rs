@@ -9,10 +9,11 @@ use crate::config::{Archive, HostConfig, Invalid};
 use crate::root::Root;
 use crate::secret::{Auth, SecretFile};
 use anyhow::Result;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-/// The archive `a` of the config, as the fetch takes it.
-pub fn source(a: &Archive, root: &Root) -> Result<Source> {
+/// The archive `a` of the config, as the fetch takes it; `ca_file` is the host path of
+/// `a.ca_file`.
+pub fn source(a: &Archive, ca_file: Option<PathBuf>, root: &Root) -> Result<Source> {
     let read = |key: &str, p: &Path| {
         SecretFile::read(&root.path(p)).map_err(|e| Invalid(format!("opt.archive.{key}: {e:#}")))
     };
@@ -33,7 +34,7 @@ pub fn source(a: &Archive, root: &Root) -> Result<Source> {
     Ok(Source {
         urls: a.urls.iter().map(|u| u.0.clone()).collect(),
         sha256: a.sha256.as_ref().map(|s| s.0.clone()),
-        ca_file: a.ca_file.as_ref().map(|c| root.path(c)),
+        ca_file,
         identities,
         auth,
         trusted_hosts: a.trusted_hosts.clone(),
@@ -44,7 +45,7 @@ pub fn source(a: &Archive, root: &Root) -> Result<Source> {
 /// Check the secret files of `cfg`'s archive: present, root-only, and parseable.
 pub fn check(cfg: &HostConfig, root: &Root) -> Result<()> {
     if let Some(a) = cfg.opt.as_ref().and_then(|o| o.archive.as_ref()) {
-        source(a, root)?;
+        source(a, a.ca_file.as_ref().map(|c| root.path(c)), root)?;
     }
     Ok(())
 }

@@ -114,6 +114,48 @@ impl Recipients {
     }
 }
 
+/// Where `olboot pack`'s zstd stream goes: the file, or an age encryption in front of it.
+pub enum Output<W: Write> {
+    /// Written as it is.
+    Plain(W),
+    /// Encrypted to the recipients.
+    Age(Encrypting<W>),
+}
+
+impl<W: Write> Output<W> {
+    /// Encrypt to `to` in front of `inner`, or not at all when `to` is empty.
+    pub fn new(inner: W, to: &Recipients) -> Result<Output<W>> {
+        Ok(if to.is_empty() {
+            Output::Plain(inner)
+        } else {
+            Output::Age(to.encrypt(inner)?)
+        })
+    }
+
+    /// End the stream (age's last chunk) and give back the writer inside.
+    pub fn finish(self) -> std::io::Result<W> {
+        match self {
+            Output::Plain(w) => Ok(w),
+            Output::Age(w) => w.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for Output<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Output::Plain(w) => w.write(buf),
+            Output::Age(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Output::Plain(w) => w.flush(),
+            Output::Age(w) => w.flush(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -136,6 +136,9 @@ pub fn install(archive: &Source, dest: &Path, tuning: &Tuning) -> Result<Install
             Ok(got) => return Ok(got),
             Err(e) => {
                 remove_staging(&staging)?;
+                if let Some(sig) = crate::sys::signal::received() {
+                    return Err(crate::sys::signal::Interrupted(sig).into());
+                }
                 let shown = ShownUrl::new(url);
                 log::warn!("{shown}: {e:#}");
                 errors.push(format!("{shown}: {e:#}"));
