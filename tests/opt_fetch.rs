@@ -143,8 +143,14 @@ fn a_404_moves_on_to_the_next_mirror() {
     ok_and_same(&s, &p, &out);
     assert_eq!(bad.requests().len(), 1, "a 404 is not retried");
     assert_eq!(good.requests().len(), 1);
+    // The report line is the plan's (it names the first mirror); the log says which served.
     let changes = opt_step(&s.root())["changes"].to_string();
-    assert!(changes.contains(&good.url("opt.tar.zst")), "{changes}");
+    assert!(changes.contains(&bad.url("opt.tar.zst")), "{changes}");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("opt: fetched {}", good.url("opt.tar.zst"))),
+        "{err}"
+    );
 }
 
 #[test]
