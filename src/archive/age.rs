@@ -1,15 +1,14 @@
 //! The age v1 file format (<https://age-encryption.org/v1>) for X25519 keys: the header with
 //! its stanzas and MAC, and the STREAM payload of ChaCha20-Poly1305 chunks of 64 KiB.
 //!
-//! Written here over the RustCrypto primitives rather than taken from the `age` crate, whose
-//! localisation machinery (fluent, embedded translations) and passphrase/plugin support cost
-//! 380 KB of the static binary, more than the 3 MiB budget had left. The tests of `crypt` and
+//! Written here over ring's ChaCha20-Poly1305, HKDF and HMAC (which rustls already carries)
+//! and x25519-dalek, rather than taken from the `age` crate, whose localisation machinery
+//! (fluent, embedded translations) and passphrase/plugin support cost 380 KB of the static
+//! binary, more than the 3 MiB budget had left. The tests of `crypt` and
 //! `tests/store.rs` check it against the `age` command-line tool both ways.
 
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
+use ring::{hkdf::HKDF_SHA256, hmac};
 use std::io::{self, BufRead, Read, Write};
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -29,15 +28,50 @@ fn bad(msg: impl Into<String>) -> io::Error {
 /// HKDF-SHA-256 of `ikm` with `salt` and `info`, 32 bytes.
 fn hkdf(salt: &[u8], ikm: &[u8], info: &[u8]) -> [u8; 32] {
     let mut out = [0; 32];
-    hkdf::Hkdf::<Sha256>::new(Some(salt), ikm)
-        .expand(info, &mut out)
+    ring::hkdf::Salt::new(HKDF_SHA256, salt)
+        .extract(ikm)
+        .expand(&[info], HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut out))
         .expect("32 bytes is a valid HKDF-SHA-256 length");
     out
 }
 
+/// ChaCha20-Poly1305 under one key, with age's empty associated data.
+struct Aead(LessSafeKey);
+
+impl Aead {
+    fn new(key: &[u8; 32]) -> Aead {
+        let key = UnboundKey::new(&CHACHA20_POLY1305, key).expect("a 32-byte key");
+        Aead(LessSafeKey::new(key))
+    }
+
+    /// Encrypt `buf` in place and append the tag.
+    fn seal(&self, nonce: [u8; 12], buf: &mut Vec<u8>) -> io::Result<()> {
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        self.0
+            .seal_in_place_append_tag(nonce, Aad::empty(), buf)
+            .map_err(|_| io::Error::other("cannot encrypt"))
+    }
+
+    /// Check and decrypt `buf` (ciphertext and tag) in place, leaving the plaintext; `false`
+    /// when it does not authenticate.
+    fn open(&self, nonce: [u8; 12], buf: &mut Vec<u8>) -> bool {
+        let nonce = Nonce::assume_unique_for_key(nonce);
+        match self.0.open_in_place(nonce, Aad::empty(), buf) {
+            Ok(plain) => {
+                let n = plain.len();
+                buf.truncate(n);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
 fn random<const N: usize>() -> io::Result<[u8; N]> {
     let mut b = [0; N];
-    getrandom::getrandom(&mut b).map_err(|e| io::Error::other(format!("no randomness: {e}")))?;
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+        .map_err(|_| io::Error::other("no randomness from the kernel"))?;
     Ok(b)
 }
 
@@ -162,9 +196,7 @@ impl Identity {
         let salt = [share.as_slice(), ours.as_bytes()].concat();
         let key = hkdf(&salt, shared.as_bytes(), X25519_INFO);
         let mut buf = body.to_vec();
-        ChaCha20Poly1305::new(Key::from_slice(&key))
-            .decrypt_in_place(Nonce::from_slice(&[0; 12]), b"", &mut buf)
-            .ok()?;
+        Aead::new(&key).open([0; 12], &mut buf).then_some(())?;
         buf.try_into().ok()
     }
 }
@@ -187,9 +219,7 @@ impl Recipient {
         let salt = [share.as_bytes().as_slice(), self.0.as_bytes()].concat();
         let key = hkdf(&salt, shared.as_bytes(), X25519_INFO);
         let mut body = file_key.to_vec();
-        ChaCha20Poly1305::new(Key::from_slice(&key))
-            .encrypt_in_place(Nonce::from_slice(&[0; 12]), b"", &mut body)
-            .map_err(|_| io::Error::other("cannot wrap the file key"))?;
+        Aead::new(&key).seal([0; 12], &mut body)?;
         Ok(format!(
             "-> X25519 {}\n{}\n",
             b64_encode(share.as_bytes()),
@@ -257,11 +287,8 @@ fn read_header(r: &mut impl BufRead) -> io::Result<(Vec<Stanza>, Vec<u8>, Vec<u8
 }
 
 /// HMAC-SHA-256 of the header under the key derived from `file_key`.
-fn header_mac(file_key: &[u8; 16], header: &[u8]) -> Hmac<Sha256> {
-    let key = hkdf(&[], file_key, b"header");
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key).expect("HMAC takes any key length");
-    mac.update(header);
-    mac
+fn header_mac_key(file_key: &[u8; 16]) -> hmac::Key {
+    hmac::Key::new(hmac::HMAC_SHA256, &hkdf(&[], file_key, b"header"))
 }
 
 /// Why no identity opened the header.
@@ -284,8 +311,7 @@ fn open(r: &mut impl BufRead, ids: &[Identity]) -> Result<[u8; 32], OpenError> {
             ids.iter().find_map(|id| id.unwrap(&share, &s.body))
         })
         .ok_or(OpenError::NoMatchingKey)?;
-    header_mac(&file_key, &header)
-        .verify_slice(&mac)
+    hmac::verify(&header_mac_key(&file_key), &header, &mac)
         .map_err(|_| OpenError::Bad("the age header's MAC does not match".into()))?;
     let mut nonce = [0; 16];
     r.read_exact(&mut nonce)
@@ -306,7 +332,7 @@ fn chunk_nonce(counter: u64, last: bool) -> [u8; 12] {
 /// The plaintext of an age file, chunk by chunk; each is authenticated before it is given out.
 pub struct Decrypting<R> {
     inner: R,
-    aead: ChaCha20Poly1305,
+    aead: Aead,
     counter: u64,
     /// The current chunk (ciphertext while it is read, then plaintext) and the read position.
     chunk: Vec<u8>,
@@ -320,7 +346,7 @@ impl<R: BufRead> Decrypting<R> {
         let key = open(&mut r, ids)?;
         Ok(Decrypting {
             inner: r,
-            aead: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            aead: Aead::new(&key),
             counter: 0,
             chunk: Vec::with_capacity(CHUNK + TAG),
             pos: 0,
@@ -349,11 +375,7 @@ impl<R: BufRead> Decrypting<R> {
             return Err(broken());
         }
         let nonce = chunk_nonce(self.counter, last);
-        if self
-            .aead
-            .decrypt_in_place(Nonce::from_slice(&nonce), b"", &mut self.chunk)
-            .is_err()
-        {
+        if !self.aead.open(nonce, &mut self.chunk) {
             return Err(broken());
         }
         self.counter += 1;
@@ -389,7 +411,7 @@ impl<R: BufRead> Read for Decrypting<R> {
 /// chunk.
 pub struct Encrypting<W: Write> {
     inner: W,
-    aead: ChaCha20Poly1305,
+    aead: Aead,
     counter: u64,
     chunk: Vec<u8>,
 }
@@ -403,17 +425,15 @@ impl<W: Write> Encrypting<W> {
             header.push_str(&r.wrap(&file_key)?);
         }
         header.push_str("---");
-        let mac = header_mac(&file_key, header.as_bytes())
-            .finalize()
-            .into_bytes();
-        header.push_str(&format!(" {}\n", b64_encode(&mac)));
+        let mac = hmac::sign(&header_mac_key(&file_key), header.as_bytes());
+        header.push_str(&format!(" {}\n", b64_encode(mac.as_ref())));
         let nonce = random::<16>()?;
         out.write_all(header.as_bytes())?;
         out.write_all(&nonce)?;
         let key = hkdf(&nonce, &file_key, b"payload");
         Ok(Encrypting {
             inner: out,
-            aead: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            aead: Aead::new(&key),
             counter: 0,
             chunk: Vec::with_capacity(CHUNK + TAG),
         })
@@ -421,9 +441,7 @@ impl<W: Write> Encrypting<W> {
 
     fn seal(&mut self, last: bool) -> io::Result<()> {
         let nonce = chunk_nonce(self.counter, last);
-        self.aead
-            .encrypt_in_place(Nonce::from_slice(&nonce), b"", &mut self.chunk)
-            .map_err(|_| io::Error::other("cannot encrypt a chunk"))?;
+        self.aead.seal(nonce, &mut self.chunk)?;
         self.inner.write_all(&self.chunk)?;
         self.chunk.clear();
         self.counter += 1;

@@ -118,8 +118,8 @@ impl Recipients {
 pub enum Output<W: Write> {
     /// Written as it is.
     Plain(W),
-    /// Encrypted to the recipients.
-    Age(Encrypting<W>),
+    /// Encrypted to the recipients (boxed: ring's key schedule is large).
+    Age(Box<Encrypting<W>>),
 }
 
 impl<W: Write> Output<W> {
@@ -128,7 +128,7 @@ impl<W: Write> Output<W> {
         Ok(if to.is_empty() {
             Output::Plain(inner)
         } else {
-            Output::Age(to.encrypt(inner)?)
+            Output::Age(Box::new(to.encrypt(inner)?))
         })
     }
 
