@@ -35,6 +35,7 @@ use crate::sys::blockdev::{self, Device, Probe};
 use crate::sys::{blank, cmd, fs, fstab, inuse, mkfs, mount};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// The volumes step.
 pub struct Volumes<'a> {
@@ -287,17 +288,29 @@ fn check_target_free(dev: &Device, target: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Fail when anything in the kernel uses `dev`, naming every user; `doing` is what olboot
-/// refuses ("format", "mount").
-fn check_unused(dev: &Device, doing: &str) -> Result<()> {
-    let users = inuse::users(dev)?;
-    if !users.is_empty() {
-        bail!(
-            "{dev} is in use: {}; refusing to {doing} it",
-            users.join("; ")
-        );
+/// How long a device must stay in use before olboot calls it busy: udev, `blkid` or
+/// `losetup` run by someone else open a new disk for a moment.
+const BUSY_FOR: Duration = Duration::from_secs(1);
+
+/// Fail when anything in the kernel uses `dev` for longer than [`BUSY_FOR`], naming every
+/// user; `doing` is what olboot refuses ("format", "mount"). `then` runs after each look that
+/// found nothing, and is itself retried: it re-reads what a user that just left may have
+/// written.
+fn check_unused(dev: &Device, doing: &str, mut then: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + BUSY_FOR;
+    loop {
+        let users = inuse::users(dev)?;
+        if users.is_empty() {
+            return then();
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{dev} is in use: {}; refusing to {doing} it",
+                users.join("; ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    Ok(())
 }
 
 /// Fail unless every byte of `regions` of `dev` is zero; the error says where data was found
@@ -317,16 +330,16 @@ fn check_zeros(dev: &Device, regions: &[blank::Region]) -> Result<()> {
     Ok(())
 }
 
-/// The whole blank proof of a device `blkid` found no signature on: content, then the kernel.
+/// The rest of the blank proof of a device `blkid` found no signature on: the kernel (cheap),
+/// then the content.
 fn prove_blank(dev: &Device) -> Result<()> {
     let size = dev.size()?;
-    let t = std::time::Instant::now();
-    check_zeros(dev, &blank::regions(size))?;
-    log::debug!(
-        "{dev}: {size} bytes proven zero where read in {:?}",
-        t.elapsed()
-    );
-    check_unused(dev, "format")
+    check_unused(dev, "format", || {
+        let t = Instant::now();
+        check_zeros(dev, &blank::regions(size))?;
+        log::debug!("{dev}: {size} bytes, zero where read, in {:?}", t.elapsed());
+        Ok(())
+    })
 }
 
 /// The changes one volume needs; an error when it cannot be converged.
@@ -423,7 +436,7 @@ fn existing_volume(
     }
     if !mounted_here {
         // Mounted in another mount namespace, under a loop device, open: not ours to mount.
-        check_unused(dev, "mount")?;
+        check_unused(dev, "mount", || Ok(()))?;
     }
     Ok(probe
         .uuid()
@@ -472,10 +485,10 @@ fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &s
         bail!("{dev} is no longer blank (it holds {probe}); refusing to format it");
     }
     prove_blank(dev)?;
-    // A writer usually starts at one end: read both again, then ask the kernel last, right
+    // A writer usually starts at one end: ask the kernel, then read both ends again, right
     // before mkfs opens the device.
-    check_zeros(dev, &blank::ends(dev.size()?))?;
-    check_unused(dev, "format")?;
+    let ends = blank::ends(dev.size()?);
+    check_unused(dev, "format", || check_zeros(dev, &ends))?;
     mkfs::make(ctx.root, fs.name(), dev, label, uuid)?;
     let after = blockdev::probe(dev, ctx.root)?;
     let ok = after.filesystem() == Some(fs.name())

@@ -9,7 +9,7 @@
 //! process holds it open (`/proc/PID/fd`), and when an `O_EXCL` open of it fails.
 
 use super::blockdev::Device;
-use super::mount;
+use super::{cmd, mount};
 use anyhow::{Context, Result};
 use rustix::fs::{Mode, OFlags};
 use std::collections::BTreeSet;
@@ -76,6 +76,7 @@ pub fn users(dev: &Device) -> Result<Vec<String>> {
     let mut near = ids.clone();
     if let Some((pdir, pid)) = parent_disk(dev)? {
         found.extend(overlaps(&dir, &pdir)?);
+        found.extend(table_overlaps(&dir, &pdir));
         near.insert(pid);
     }
     found.extend(holders(&dir, &parts)?);
@@ -138,6 +139,46 @@ fn overlaps(dir: &Path, parent: &Path) -> Result<Vec<String>> {
         }
     }
     Ok(out)
+}
+
+/// The entries of the on-disk partition table of the disk at `parent` (sysfs) that share
+/// sectors with the partition at `dir`, as `partx` reads the table: the kernel may know fewer
+/// partitions than the table lists (it refuses to add overlapping ones, or has no parser for
+/// the table's type). No table, or no `partx`, means nothing found.
+fn table_overlaps(dir: &Path, parent: &Path) -> Vec<String> {
+    let (Some((a, b)), Some(name)) = (extent(dir), parent.file_name()) else {
+        return Vec::new();
+    };
+    let disk = Path::new("/dev").join(name);
+    let mut c = std::process::Command::new("partx");
+    c.args(["-g", "-r", "-o", "NR,START,SECTORS"]).arg(&disk);
+    let text = match cmd::output(&mut c) {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(_) => return Vec::new(),
+        Err(e) => {
+            log::warn!(
+                "{e:#}: the partition table of {} is not checked for overlaps",
+                disk.display()
+            );
+            return Vec::new();
+        }
+    };
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let f: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let [nr, start, len] = f[..] else { continue };
+        let (c, d) = (start, start + len);
+        if (c, d) != (a, b) && a < d && c < b {
+            out.push(format!(
+                "it overlaps partition {nr} of the table on {} (sectors {c}..{d}, this one {a}..{b})",
+                disk.display()
+            ));
+        }
+    }
+    out
 }
 
 /// Loop devices whose backing file is one of `ids`, with their offset.
