@@ -843,7 +843,11 @@ fn no_corpus_image_is_formatted_as_is_or_padded_to_256_mib() {
         flush(dev);
         // The image file, not the device: a loop device ends at a multiple of 512 bytes.
         assert_eq!(&digest_prefix(img, *len), sha, "{name} on {dev} changed");
-        assert!(holes_after(img, *len), "{name}: written after its end");
+        // From the file system block after the image's last byte on.
+        assert!(
+            holes_after(img, (len + 4095) & !4095),
+            "{name}: written after its end"
+        );
     }
     assert_eq!(lab.fstab(), FSTAB);
     assert!(lab.mounts().is_empty());
@@ -1190,4 +1194,172 @@ fn plan_and_apply_say_the_same_changes_in_two_tenses() {
         .collect();
     assert_eq!(done.len(), 3, "{planned:?}");
     assert_eq!(changes(&out), done);
+}
+
+/// Nanoseconds since the epoch, as `date +%s%N` prints them.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// One race trial: olboot applies `cfg` while, `delay` after it starts, `writer` puts an ext4
+/// on `dev`. Returns (olboot formatted over a signature that existed before its mkfs began,
+/// olboot's mkfs ran, olboot exited 0).
+fn race_trial(
+    lab: &Lab,
+    cfg: &Path,
+    bin: &Path,
+    writer: Option<Command>,
+    delay: Duration,
+) -> (bool, bool, bool) {
+    let stamp = lab.path().join("mkfs-started");
+    let _ = std::fs::remove_file(&stamp);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let root = lab.root();
+    let child = common::olboot()
+        .args(["apply", "--json", "-c", cfg.to_str().unwrap()])
+        .args(["--root", root.to_str().unwrap(), "--host", "x"])
+        .env("PATH", path)
+        .env("OLBOOT_TEST_MKFS_STAMP", &stamp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wrote = writer.map(|mut w| {
+        std::thread::sleep(delay);
+        let ok = w
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        (ok, now_ns())
+    });
+    let out = child.wait_with_output().unwrap();
+    let started: Option<u128> = std::fs::read_to_string(&stamp)
+        .ok()
+        .and_then(|s| s.lines().next()?.trim().parse().ok());
+    let over = match (wrote, started) {
+        (Some((true, end)), Some(start)) => end < start,
+        _ => false,
+    };
+    (over, started.is_some(), code(&out) == 0)
+}
+
+/// Back to a blank 32 MiB disk, nothing mounted, the original fstab.
+fn race_reset(lab: &Lab, dev: &str) {
+    for t in lab.mounts() {
+        olboot::sys::mount::unmount(&t).unwrap();
+    }
+    let _ = std::fs::remove_dir(lab.root().join("1"));
+    write(&lab.root().join("etc/fstab"), FSTAB);
+    zero_through(dev, 0, 32 << 20);
+}
+
+#[test]
+fn a_writer_racing_olboot_is_never_formatted_over() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut lab = Lab::new();
+    // On tmpfs: 100 trials must not write gigabytes to this machine's disk.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let img = shm.path().join("race.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let dev = lab.attach(&img);
+    let theirs = shm.path().join("theirs.img");
+    std::fs::File::create(&theirs)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    sh("mkfs.ext4", &["-q", theirs.to_str().unwrap()]);
+    // olboot's mkfs.ext4 notes when it starts, then is the real one.
+    let bin = lab.path().join("bin");
+    write(
+        &bin.join("mkfs.ext4"),
+        "#!/bin/sh\ndate +%s%N >> \"$OLBOOT_TEST_MKFS_STAMP\"\nexec /usr/sbin/mkfs.ext4 \"$@\"\n",
+    );
+    std::fs::set_permissions(
+        bin.join("mkfs.ext4"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let cfg = lab.config(&volume(&dev, "/1", ""));
+    let t = Instant::now();
+    let (_, ran, ok) = race_trial(&lab, &cfg, &bin, None, Duration::ZERO);
+    let whole = t.elapsed();
+    assert!(ran && ok, "olboot does not format the blank disk alone");
+    let (mut over, mut formatted, mut refused) = (0, 0, 0);
+    for i in 0..100u32 {
+        race_reset(&lab, &dev);
+        let mut w = if i % 2 == 0 {
+            let mut c = Command::new("dd");
+            c.arg(format!("if={}", theirs.display()))
+                .arg(format!("of={dev}"))
+                .args(["bs=1M", "conv=fsync,notrunc", "status=none"]);
+            c
+        } else {
+            let mut c = Command::new("/usr/sbin/mkfs.ext4");
+            c.args(["-q", &dev]);
+            c
+        };
+        w.env_remove("OLBOOT_TEST_MKFS_STAMP");
+        let delay = whole * i / 100;
+        let (o, ran, ok) = race_trial(&lab, &cfg, &bin, Some(w), delay);
+        over += o as u32;
+        formatted += (ran && ok) as u32;
+        refused += (!ran) as u32;
+    }
+    race_reset(&lab, &dev);
+    eprintln!(
+        "100 trials over {whole:?}: {over} formats over a signature, {formatted} formatted, {refused} refused before mkfs"
+    );
+    assert_eq!(over, 0, "olboot formatted over another writer's signature");
+    assert!(
+        formatted > 0 && refused > 0,
+        "the trials never raced: {formatted} formatted, {refused} refused"
+    );
+}
+
+/// The blank proof (kernel users, then the content read) of `dev`, timed.
+fn time_proof(dev: &str) -> Duration {
+    let d = olboot::sys::blockdev::present(Path::new(dev))
+        .unwrap()
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(olboot::sys::inuse::users(&d).unwrap(), Vec::<String>::new());
+    let f = std::fs::File::open(dev).unwrap();
+    let found = olboot::sys::blank::first_nonzero(&f, d.size().unwrap(), dev).unwrap();
+    assert_eq!(found, None, "{dev}");
+    t.elapsed()
+}
+
+#[test]
+fn blank_proof_of_a_100_gib_disk_takes_under_2_s() {
+    use std::io::Write;
+    let mut lab = Lab::new();
+    let sparse = lab.disk("sparse-100g", 100 << 10);
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let img = shm.path().join("zeroed-2g.img");
+    let mut f = std::fs::File::create(&img).unwrap();
+    let buf = vec![0u8; 1 << 20];
+    for _ in 0..2048 {
+        f.write_all(&buf).unwrap();
+    }
+    f.sync_all().unwrap();
+    let zeroed = lab.attach(&img);
+    let big = time_proof(&sparse.dev);
+    let small = time_proof(&zeroed);
+    eprintln!("blank proof: 100 GiB sparse {big:?}, 2 GiB zeroed {small:?}");
+    assert!(big < Duration::from_secs(2), "100 GiB took {big:?}");
+    assert!(small < Duration::from_secs(2), "2 GiB took {small:?}");
 }
