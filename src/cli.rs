@@ -1,12 +1,16 @@
-//! The command line: what each subcommand does, and its exit code.
+//! The command line: what each subcommand does, and its exit code. The options themselves
+//! are defined in [`flags`]; reading the config from its source in [`load`].
 
-use crate::config::{self, Config, Invalid};
+mod flags;
+mod load;
+
+use crate::config::{Config, Invalid};
 use crate::engine::{self, Mode, StepName};
 use crate::report::{self, Outcome, Report};
 use crate::root::Root;
 use crate::steps::Ctx;
 use crate::tuning::Tuning;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 /// Exit code: success, converged (`plan`: nothing to change).
@@ -17,49 +21,6 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_INVALID: u8 = 2;
 /// Exit code: `plan` found pending changes.
 pub const EXIT_PENDING: u8 = 3;
-
-const HELP: &str = "\
-olboot: turn a fresh VM into a working member of the Open Library fleet.
-
-Steps, always in this order: firewall, volumes, opt, packages, links.
-
-Usage: olboot <COMMAND> [OPTIONS]
-
-Commands:
-  apply     Converge this machine to the config
-  plan      Say what apply would change, as a JSON report; change nothing
-  validate  Check a config (the whole fleet unless --host is given); change nothing
-  status    Print the last apply's report
-  pack      Archive a legacy /opt for the archive store and print its sha256
-
-Exit codes: 0 converged, 1 a step failed, 2 invalid config or command line,
-3 (plan) changes pending.
-
-Run `olboot <COMMAND> --help` for its options. Logs go to stderr (RUST_LOG=debug for more).
-";
-
-const TARGET_OPTIONS: &str = "\
-  -c, --config CONFIG   A path, `-` for stdin, or an http(s):// URL [default: /etc/olboot.yaml]
-      --root DIR        Work on the system mounted at DIR (rescue boot): files below DIR,
-                        packages installed in a chroot, firewall written but not loaded
-      --host NAME       Use the fleet entry of NAME instead of this machine's host name
-      --only STEP,...   Run only these steps: firewall, volumes, opt, packages, links
-";
-
-fn help(cmd: &str) -> String {
-    match cmd {
-        "apply" => format!(
-            "Converge this machine to the config.\n\nUsage: olboot apply [OPTIONS]\n\nOptions:\n{TARGET_OPTIONS}      --json            Print the report as JSON on stdout\n  -h, --help            Print help\n"
-        ),
-        "plan" => format!(
-            "Say what apply would change, as a JSON report on stdout; change nothing.\nExit code 3: changes are pending.\n\nUsage: olboot plan [OPTIONS]\n\nOptions:\n{TARGET_OPTIONS}  -h, --help            Print help\n"
-        ),
-        "validate" => "Check a config (the whole fleet unless --host is given); change nothing.\n\nUsage: olboot validate [OPTIONS]\n\nOptions:\n  -c, --config CONFIG   A path, `-` for stdin, or an http(s):// URL [default: /etc/olboot.yaml]\n      --host NAME       Check only the fleet entry of this host\n  -h, --help            Print help\n".into(),
-        "status" => "Print the last apply's report.\n\nUsage: olboot status [OPTIONS]\n\nOptions:\n      --root DIR        Read the report of the system mounted at DIR\n      --json            Print it as JSON\n  -h, --help            Print help\n".into(),
-        "pack" => "Archive a legacy /opt for the archive store (zstd tar: numeric owners, modes, mtimes,\nsymlinks and hard links, stable order); print its sha256 and write FILE.sha256 beside it.\n\nUsage: olboot pack DIR -o FILE\n\nOptions:\n  -o FILE               The archive to write (FILE.tar.zst)\n  -h, --help            Print help\n".into(),
-        _ => HELP.into(),
-    }
-}
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -117,91 +78,38 @@ pub struct Target {
     only: Vec<StepName>,
 }
 
-const DEFAULT_CONFIG: &str = "/etc/olboot.yaml";
-
 /// Parse the arguments (without the program name). The error is the one-line usage error.
 pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, String> {
-    use lexopt::prelude::*;
-    let mut p = lexopt::Parser::from_args(args);
-    let err = |e: lexopt::Error| e.to_string();
-    let cmd = match p.next().map_err(err)? {
-        Some(Value(v)) => v.string().map_err(err)?,
-        Some(Long("help") | Short('h')) | None => return Ok(Cli::Print(HELP.into())),
-        Some(Long("version") | Short('V')) => {
-            return Ok(Cli::Print(format!(
-                "olboot {}\n",
-                env!("CARGO_PKG_VERSION")
-            )))
-        }
-        Some(other) => return Err(other.unexpected().to_string()),
+    let (command, a) = match flags::parse(args)? {
+        flags::Parsed::Print(text) => return Ok(Cli::Print(text)),
+        flags::Parsed::Run { command, args } => (command.name, args),
     };
-    if !["apply", "plan", "validate", "status", "pack"].contains(&cmd.as_str()) {
-        return Err(format!(
-            "unknown command {cmd:?} (olboot --help lists them)"
-        ));
-    }
-    let mut config = DEFAULT_CONFIG.to_string();
-    let (mut root, mut host, mut only, mut json) = (None, None, Vec::new(), false);
-    let (mut dir, mut output) = (None, None);
-    let takes = |opt: &str| -> bool {
-        match opt {
-            "config" | "host" => matches!(cmd.as_str(), "apply" | "plan" | "validate"),
-            "root" => matches!(cmd.as_str(), "apply" | "plan" | "status"),
-            "only" => matches!(cmd.as_str(), "apply" | "plan"),
-            "json" => matches!(cmd.as_str(), "apply" | "status"),
-            "o" | "dir" => cmd == "pack",
-            _ => false,
-        }
-    };
-    while let Some(arg) = p.next().map_err(err)? {
-        let name = match &arg {
-            Short('h') | Long("help") => return Ok(Cli::Print(help(&cmd))),
-            Short('c') | Long("config") => "config",
-            Long("root") => "root",
-            Long("host") => "host",
-            Long("only") => "only",
-            Long("json") => "json",
-            Short('o') => "o",
-            Value(_) => "dir",
-            _ => "",
-        };
-        if !takes(name) {
-            return Err(format!("{} (olboot {cmd} --help)", arg.unexpected()));
-        }
-        match arg {
-            Value(v) if dir.is_none() => dir = Some(PathBuf::from(v)),
-            Value(v) => return Err(format!("unexpected argument {v:?} (olboot {cmd} --help)")),
-            Short('c') | Long("config") => {
-                config = p.value().map_err(err)?.string().map_err(err)?
-            }
-            Long("root") => root = Some(PathBuf::from(p.value().map_err(err)?)),
-            Long("host") => host = Some(p.value().map_err(err)?.string().map_err(err)?),
-            Long("only") => {
-                for s in p.value().map_err(err)?.string().map_err(err)?.split(',') {
-                    only.push(s.parse::<StepName>()?);
-                }
-            }
-            Long("json") => json = true,
-            _ => output = Some(PathBuf::from(p.value().map_err(err)?)),
-        }
-    }
+    let config = a.config.unwrap_or_else(|| flags::DEFAULT_CONFIG.into());
     let target = || Target {
         config: config.clone(),
-        root: root.clone(),
-        host: host.clone(),
-        only: only.clone(),
+        root: a.root.clone(),
+        host: a.host.clone(),
+        only: a.only.clone(),
     };
-    Ok(Cli::Run(match cmd.as_str() {
+    Ok(Cli::Run(match command {
         "apply" => Command::Apply {
             target: target(),
-            json,
+            json: a.json,
         },
         "plan" => Command::Plan { target: target() },
-        "validate" => Command::Validate { config, host },
-        "status" => Command::Status { root, json },
+        "validate" => Command::Validate {
+            config,
+            host: a.host,
+        },
+        "status" => Command::Status {
+            root: a.root,
+            json: a.json,
+        },
         _ => Command::Pack {
-            dir: dir.ok_or("pack needs the directory to archive (olboot pack DIR -o FILE)")?,
-            output: output.ok_or("pack needs -o FILE")?,
+            dir: a
+                .dir
+                .ok_or("pack needs the directory to archive (olboot pack DIR -o FILE)")?,
+            output: a.output.ok_or("pack needs -o FILE")?,
         },
     }))
 }
@@ -250,24 +158,42 @@ fn root_of(dir: Option<PathBuf>) -> Result<Root> {
 }
 
 /// The host name: `--host`, else the target's `/etc/hostname` under `--root`, else this
-/// machine's.
-fn host_of(host: Option<String>, root: &Root) -> Result<String> {
+/// machine's. Only a fleet file needs one (to pick its entry): a single-host config under a
+/// root without `/etc/hostname` is reported as `(single host)`.
+fn host_of(host: Option<String>, root: &Root, cfg: &Config) -> Result<String> {
     if let Some(h) = host {
         return Ok(h);
     }
-    if !root.is_live() {
-        let p = root.path(std::path::Path::new("/etc/hostname"));
-        return std::fs::read_to_string(&p)
-            .map(|s| s.trim().split('.').next().unwrap_or("").to_string())
-            .map_err(|e| Invalid(format!("{}: {e} (give --host)", p.display())).into());
+    if root.is_live() {
+        return machine_hostname();
     }
-    config::machine_hostname()
+    let p = root.path(std::path::Path::new("/etc/hostname"));
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(short_name(s.trim()).to_string()),
+        Err(_) if !cfg.is_fleet() => Ok(SINGLE_HOST.into()),
+        Err(e) => Err(Invalid(format!("{}: {e} (give --host)", p.display())).into()),
+    }
+}
+
+/// The host name a single-host config is reported under when none can be read.
+const SINGLE_HOST: &str = "(single host)";
+
+/// The fleet names hosts by their short name; cloud-init may set an FQDN.
+fn short_name(name: &str) -> &str {
+    name.split('.').next().unwrap_or(name)
+}
+
+/// The host name of the running machine.
+fn machine_hostname() -> Result<String> {
+    let uts = rustix::system::uname();
+    let name = uts.nodename().to_str().context("host name is not UTF-8")?;
+    Ok(short_name(name).to_string())
 }
 
 fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     let root = root_of(t.root)?;
-    let cfg = Config::load(&t.config)?;
-    let host = host_of(t.host, &root)?;
+    let cfg = load::config(&t.config)?;
+    let host = host_of(t.host, &root, &cfg)?;
     let host_cfg = cfg.for_host(&host)?;
     let _lock = match mode {
         Mode::Apply => Some(crate::sys::fs::lock(&root)?),
@@ -312,7 +238,7 @@ fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
 }
 
 fn validate(source: &str, host: Option<&str>) -> Result<u8> {
-    let cfg = Config::load(source)?;
+    let cfg = load::config(source)?;
     match host {
         Some(h) => {
             cfg.for_host(h)?;
@@ -363,7 +289,7 @@ mod tests {
         let Ok(Cli::Run(Command::Plan { target })) = args("plan") else {
             panic!()
         };
-        assert_eq!(target.config, DEFAULT_CONFIG);
+        assert_eq!(target.config, flags::DEFAULT_CONFIG);
         assert!(matches!(
             args("validate --host x"),
             Ok(Cli::Run(Command::Validate { host: Some(_), .. }))
@@ -380,7 +306,9 @@ mod tests {
             (PathBuf::from("/opt"), PathBuf::from("o.tar.zst"))
         );
         assert!(matches!(args("--version"), Ok(Cli::Print(v)) if v.starts_with("olboot ")));
-        assert!(matches!(args("pack --help"), Ok(Cli::Print(h)) if h.contains("-o FILE")));
+        assert!(
+            matches!(args("pack --help"), Ok(Cli::Print(h)) if h.contains("-o, --output FILE"))
+        );
     }
 
     #[test]

@@ -109,7 +109,7 @@ fn validate_checks_the_whole_fleet_or_one_host() {
     assert_eq!(code(&o), 2, "the mem role references an unknown set");
     let e = stderr(&o);
     assert!(
-        e.contains("-: roles.mem.firewall.allow: unknown set \"web\" in `from` (in hosts.ol-mem[3-5] (roles base, mem)) at line 12 column 14"),
+        e.contains("-: roles.mem.firewall.allow[0].from: unknown set \"web\" (in hosts.ol-mem[3-5] (roles base, mem))"),
         "{e}"
     );
     // The web hosts alone are fine.
@@ -204,6 +204,25 @@ fn host_name_comes_from_the_target_under_root() {
     assert_eq!(r["result"], "unchanged");
     assert_eq!(r["steps"].as_array().unwrap().len(), 5);
     assert!(dir.path().join("var/lib/olboot/report.json").is_file());
+}
+
+#[test]
+fn a_single_host_config_needs_no_host_name_under_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let single = "version: 1\nlinks: []\n";
+    let o = run(
+        &["apply", "-c", "-", "--root", root, "--json"],
+        Some(single),
+    );
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(report(&o)["host"], "(single host)");
+    // A fleet file still needs one, to pick its entry.
+    let fleet = "version: 1\nhosts:\n  ol-mem[3-5]: [m]\nroles:\n  m: {}\n";
+    let o = run(&["apply", "-c", "-", "--root", root], Some(fleet));
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("etc/hostname"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("give --host"), "{}", stderr(&o));
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! Values are checked while they are parsed (absolute paths, ports, CIDRs, durations: see
 //! [`values`]), so a [`HostConfig`] that exists is one the steps can trust.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use indexmap::IndexMap;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -42,8 +42,6 @@ pub struct Config {
     pub source: String,
     /// sha256 of the file's bytes, for the report.
     pub sha256: String,
-    /// The text, parsed again to locate errors found after merging.
-    text: String,
     file: File,
 }
 
@@ -89,33 +87,15 @@ struct Role {
 impl Config {
     /// Parse config text read from `source` (a path, `-` or a URL, used in messages).
     pub fn parse(source: &str, text: &str) -> Result<Config> {
-        steps::reset_allows();
         let file: File =
             serde_yaml::from_str(text).map_err(|e| invalid(format!("{source}: {e}")))?;
         let cfg = Config {
             source: source.to_string(),
             sha256: hex(&Sha256::digest(text.as_bytes())),
-            text: text.to_string(),
             file,
         };
         cfg.check_shape()?;
         Ok(cfg)
-    }
-
-    /// Read and parse the config at `source`: a path, `-` for standard input, or an
-    /// `http(s)://` URL.
-    pub fn load(source: &str) -> Result<Config> {
-        let text = if source == "-" {
-            let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
-                .map_err(|e| invalid(format!("-: cannot read standard input: {e}")))?;
-            s
-        } else if source.starts_with("http://") || source.starts_with("https://") {
-            crate::sys::http::get_text(source).map_err(|e| invalid(format!("{e:#}")))?
-        } else {
-            std::fs::read_to_string(source).map_err(|e| invalid(format!("{source}: {e}")))?
-        };
-        Config::parse(source, &text)
     }
 
     fn err(&self, key: &str, msg: impl fmt::Display) -> anyhow::Error {
@@ -133,7 +113,8 @@ impl Config {
         }
     }
 
-    fn is_fleet(&self) -> bool {
+    /// Whether this is a fleet file (hosts and roles) rather than a single-host one.
+    pub fn is_fleet(&self) -> bool {
         self.file.hosts.is_some() || self.file.roles.is_some()
     }
 
@@ -218,21 +199,30 @@ impl Config {
     /// The merged, validated steps for `host`.
     pub fn for_host(&self, host: &str) -> Result<HostConfig> {
         match self.entry_for(host)? {
-            None => self.validate_merged(self.single(), ""),
+            None => self.validate_single(),
             Some(entry) => self.for_entry(&entry),
         }
     }
 
     fn for_entry(&self, entry: &str) -> Result<HostConfig> {
         let (Some(hosts), Some(roles)) = (&self.file.hosts, &self.file.roles) else {
-            return self.validate_merged(self.single(), "");
+            return self.validate_single();
         };
         let mut merged = Role::default();
+        let mut allow_keys = Vec::new();
         for r in &hosts[entry] {
+            allow_keys.extend(roles[r].allow_keys(&format!("roles.{r}.")));
             merged.merge(roles[r].clone());
         }
         let names = hosts[entry].join(", ");
-        self.validate_merged(merged, &format!("hosts.{entry} (roles {names})"))
+        let what = format!("hosts.{entry} (roles {names})");
+        self.validate_merged(merged, &what, &allow_keys)
+    }
+
+    fn validate_single(&self) -> Result<HostConfig> {
+        let single = self.single();
+        let allow_keys = single.allow_keys("");
+        self.validate_merged(single, "", &allow_keys)
     }
 
     /// Check every fleet entry (or the single-host file). Returns the entries checked.
@@ -258,7 +248,9 @@ impl Config {
         }
     }
 
-    fn validate_merged(&self, r: Role, what: &str) -> Result<HostConfig> {
+    /// Check what is only known once a host's roles are merged. `allow_keys` names where each
+    /// merged allow rule was written (`roles.web.firewall.allow[1]`), for messages.
+    fn validate_merged(&self, r: Role, what: &str, allow_keys: &[String]) -> Result<HostConfig> {
         let cfg = HostConfig {
             firewall: r.firewall,
             volumes: r.volumes.unwrap_or_default(),
@@ -289,17 +281,9 @@ impl Config {
                     ));
                 }
             }
-            for a in &fw.allow {
+            for (a, key) in fw.allow.iter().zip(allow_keys) {
                 if let Some(s) = a.from.iter().find(|s| !fw.sets.contains_key(*s)) {
-                    let msg = format!("unknown set {s:?} in `from`{within}");
-                    // Parse again to have the parser say where the rule stands.
-                    let located = steps::trap_allow(a.ordinal, msg.clone(), || {
-                        serde_yaml::from_str::<File>(&self.text)
-                    });
-                    return Err(match located {
-                        Err(e) => invalid(format!("{}: {e}", self.source)),
-                        Ok(_) => self.err("firewall.allow", msg),
-                    });
+                    return Err(err(&format!("{key}.from"), format!("unknown set {s:?}")));
                 }
             }
             // A rule counts only if it lets somebody in: from anywhere, or from a set that
@@ -379,6 +363,14 @@ impl Config {
 }
 
 impl Role {
+    /// Where each of this role's allow rules is written, below `prefix`.
+    fn allow_keys(&self, prefix: &str) -> Vec<String> {
+        let n = self.firewall.as_ref().map_or(0, |f| f.allow.len());
+        (0..n)
+            .map(|i| format!("{prefix}firewall.allow[{i}]"))
+            .collect()
+    }
+
     /// Apply a later role on top of this one, by the spec's merge rule.
     fn merge(&mut self, later: Role) {
         if let Some(fw) = later.firewall {
@@ -429,12 +421,4 @@ pub fn hex(bytes: &[u8]) -> String {
             let _ = write!(s, "{b:02x}");
             s
         })
-}
-
-/// The host name of the running machine.
-pub fn machine_hostname() -> Result<String> {
-    let uts = rustix::system::uname();
-    let name = uts.nodename().to_str().context("host name is not UTF-8")?;
-    // cloud-init may set an FQDN: the fleet names hosts by their short name.
-    Ok(name.split('.').next().unwrap_or(name).to_string())
 }

@@ -3,7 +3,6 @@
 use super::values::{one_or_many, AbsPath, ArchiveUrl, Cidr, Dur, PackageName, Ports, Sha256Hex};
 use indexmap::IndexMap;
 use serde::Deserialize;
-use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::time::Duration;
 
@@ -41,8 +40,6 @@ pub struct Allow {
     pub proto: Proto,
     /// Set names the traffic may come from; empty means anywhere.
     pub from: Vec<String>,
-    /// Which allow rule of the file this is, in document order (see [`trap_allow`]).
-    pub(crate) ordinal: usize,
 }
 
 /// An allow rule as written.
@@ -56,51 +53,14 @@ struct AllowKeys {
     from: Vec<String>,
 }
 
-thread_local! {
-    /// Allow rules parsed so far by this thread's current parse.
-    static ALLOWS_SEEN: Cell<usize> = const { Cell::new(0) };
-    /// The allow rule to refuse, and why: see [`trap_allow`].
-    static ALLOW_TRAP: RefCell<Option<(usize, String)>> = const { RefCell::new(None) };
-}
-
-/// Start counting allow rules for a new parse.
-pub(crate) fn reset_allows() {
-    ALLOWS_SEEN.with(|c| c.set(0));
-}
-
-/// Whether a set exists is only known once a host's roles are merged, after parsing, when the
-/// parser's positions are gone. To still name the line and column, the file is parsed again
-/// with this trap set: the allow rule number `ordinal` then fails with `msg`, and the parser
-/// reports it where it stands.
-pub(crate) fn trap_allow<T>(ordinal: usize, msg: String, parse: impl FnOnce() -> T) -> T {
-    reset_allows();
-    ALLOW_TRAP.with(|t| *t.borrow_mut() = Some((ordinal, msg)));
-    let r = parse();
-    ALLOW_TRAP.with(|t| *t.borrow_mut() = None);
-    r
-}
-
 impl TryFrom<AllowKeys> for Allow {
     type Error = String;
     fn try_from(k: AllowKeys) -> Result<Allow, String> {
-        let ordinal = ALLOWS_SEEN.with(|c| {
-            let n = c.get();
-            c.set(n + 1);
-            n
-        });
-        let trapped = ALLOW_TRAP.with(|t| match t.borrow().as_ref() {
-            Some((o, msg)) if *o == ordinal => Some(msg.clone()),
-            _ => None,
-        });
-        match trapped {
-            Some(msg) => Err(msg),
-            None => Ok(Allow {
-                port: k.port,
-                proto: k.proto,
-                from: k.from,
-                ordinal,
-            }),
-        }
+        Ok(Allow {
+            port: k.port,
+            proto: k.proto,
+            from: k.from,
+        })
     }
 }
 

@@ -90,3 +90,35 @@ pub fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(path, text).unwrap();
 }
+
+/// The change lines of step `name` in a report.
+pub fn change_lines(r: &serde_json::Value, name: &str) -> Vec<String> {
+    step(r, name)["changes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("step {name} has no changes array: {r}"))
+        .iter()
+        .map(|c| c.as_str().expect("a change line is a string").to_string())
+        .collect()
+}
+
+/// `apply` reported exactly what `plan` printed for step `name`: the same changes, in the
+/// same order, word for word but for the tense of their verbs.
+pub fn assert_apply_did_what_plan_said(
+    plan: &serde_json::Value,
+    apply: &serde_json::Value,
+    name: &str,
+) {
+    let planned: Vec<String> = change_lines(plan, name)
+        .iter()
+        .map(|l| olboot::steps::in_done_tense(l))
+        .collect();
+    assert!(
+        !planned.is_empty(),
+        "plan had no changes for {name}: {plan}"
+    );
+    assert_eq!(
+        planned,
+        change_lines(apply, name),
+        "plan and apply of {name} differ"
+    );
+}
