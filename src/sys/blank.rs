@@ -13,7 +13,7 @@
 //! - a sparse sample: [`SAMPLES`] reads of 64 KiB spread evenly over the whole device.
 //!
 //! Reads are large and aligned (block devices have no `SEEK_DATA`); the zero test is a
-//! `memcmp` against a static zero page, fast even in a debug build. On a 100 GiB disk this is
+//! `memcmp` against a zeroed buffer, fast even in a debug build. On a 100 GiB disk this is
 //! ~32 MiB at the ends, ~0.2 MiB of secondary headers and 128 MiB of sample.
 //!
 //! What it proves: no filesystem, table or volume manager that writes any of the headers
@@ -36,8 +36,6 @@ const HEAD: &str = "the first 16 MiB";
 const TAIL: &str = "the last 16 MiB";
 /// Size of one read.
 const CHUNK: usize = 1 << 20;
-/// What every chunk is compared with (in `.bss`: no cost in the binary).
-static ZERO: [u8; CHUNK] = [0; CHUNK];
 
 /// A range of the device to read, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +163,9 @@ pub fn first_nonzero(dev: &File, size: u64, name: &str) -> Result<Option<Found>>
 /// [`first_nonzero`] over `regions` (sorted by offset).
 pub fn first_nonzero_in(dev: &File, regions: &[Region], name: &str) -> Result<Option<Found>> {
     let mut buf = vec![0u8; CHUNK];
+    // What every chunk is compared with; allocated, not a static, which would put 1 MiB of
+    // zeros into the binary.
+    let zero = vec![0u8; CHUNK];
     // Bytes below `done` were already read (regions overlap).
     let mut done = 0u64;
     for reg in regions {
@@ -174,7 +175,7 @@ pub fn first_nonzero_in(dev: &File, regions: &[Region], name: &str) -> Result<Op
             let n = ((end - at) as usize).min(CHUNK);
             dev.read_exact_at(&mut buf[..n], at)
                 .with_context(|| format!("cannot read {name} at byte {at}"))?;
-            if buf[..n] != ZERO[..n] {
+            if buf[..n] != zero[..n] {
                 let i = buf[..n].iter().position(|b| *b != 0).unwrap_or(0);
                 return Ok(Some(Found {
                     offset: at + i as u64,
