@@ -15,3 +15,4 @@ pub mod inuse;
 pub mod mkfs;
 pub mod mount;
 pub mod nft;
+pub mod signal;
