@@ -485,10 +485,12 @@ fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &s
         bail!("{dev} is no longer blank (it holds {probe}); refusing to format it");
     }
     prove_blank(dev)?;
-    // A writer usually starts at one end: ask the kernel, then read both ends again, right
-    // before mkfs opens the device.
-    let ends = blank::ends(dev.size()?);
-    check_unused(dev, "format", || check_zeros(dev, &ends))?;
+    // A writer usually starts at one end: read both ends again, ask the kernel for users,
+    // and read the first and last MiB a last time, right before mkfs opens the device.
+    let size = dev.size()?;
+    check_zeros(dev, &blank::ends(size, blank::END))?;
+    let edges = blank::ends(size, 1 << 20);
+    check_unused(dev, "format", || check_zeros(dev, &edges))?;
     mkfs::make(ctx.root, fs.name(), dev, label, uuid)?;
     let after = blockdev::probe(dev, ctx.root)?;
     let ok = after.filesystem() == Some(fs.name())

@@ -32,8 +32,8 @@ pub const SAMPLES: u64 = 2048;
 /// Size of one sample read.
 const SAMPLE: u64 = 64 << 10;
 /// Why the first and the last bytes are read.
-const HEAD: &str = "the first 16 MiB";
-const TAIL: &str = "the last 16 MiB";
+const HEAD: &str = "the start of the device";
+const TAIL: &str = "the end of the device";
 /// Size of one read.
 const CHUNK: usize = 1 << 20;
 
@@ -145,11 +145,23 @@ pub fn regions(size: u64) -> Vec<Region> {
     r
 }
 
-/// Only the first and the last 16 MiB: read again right before `mkfs`, after the whole
-/// proof, since a writer usually starts at one end.
-pub fn ends(size: u64) -> Vec<Region> {
-    let mut r = regions(size);
-    r.retain(|x| x.why == HEAD || x.why == TAIL);
+/// Only the first and the last `len` bytes (16 MiB, or the one MiB a signature sits in): read
+/// again right before `mkfs`, after the whole proof, since a writer usually starts at one end.
+pub fn ends(size: u64, len: u64) -> Vec<Region> {
+    let len = len.min(size);
+    let mut r = vec![
+        Region {
+            offset: 0,
+            len,
+            why: HEAD,
+        },
+        Region {
+            offset: size - len,
+            len,
+            why: TAIL,
+        },
+    ];
+    r.dedup();
     r
 }
 
@@ -224,7 +236,7 @@ mod tests {
             Region {
                 offset: 0,
                 len: 4096,
-                why: "the first 16 MiB"
+                why: HEAD
             }
         );
     }
