@@ -87,11 +87,14 @@ impl Describe for Change {
             Change::Fetch(f) => format!(
                 "{} {} and {} it into {}",
                 t.of(Verb::Fetch),
+                // Which mirror answers is known only then: the line names them all, in the
+                // plan as in the report, and the log says which one served.
                 f.archive
                     .urls
-                    .first()
+                    .iter()
                     .map(|u| u.0.as_str())
-                    .unwrap_or_default(),
+                    .collect::<Vec<_>>()
+                    .join(" or "),
                 t.of(Verb::Unpack),
                 f.shown
             ),
