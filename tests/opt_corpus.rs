@@ -613,3 +613,29 @@ fn xattrs_a_filesystem_refuses_are_warnings_naming_the_entry() {
     );
     assert_eq!(std::fs::read(s.opt().join("f")).unwrap(), b"x");
 }
+
+#[test]
+fn a_directory_listed_twice_keeps_its_last_metadata_as_with_gnu_tar() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("twice.tar");
+    sh(&format!(
+        "cd '{w}' && mkdir -p src/d/e && printf x > src/d/e/f && cd src
+        touch -d '2001-01-01 00:00:00.5 UTC' d d/e && chmod 755 d
+        tar --format=pax -cf '{a}' d
+        chmod 700 d && chown 42:43 d && touch -d '1999-09-09 09:09:09.123456789 UTC' d
+        tar --format=pax -rf '{a}' --no-recursion d",
+        w = work.path().display(),
+        a = archive.display()
+    ));
+    let problems = compare(&archive, support::olboot(), &[]);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    let s_ref = tempfile::tempdir().unwrap();
+    gnu_tar(&archive, s_ref.path()).unwrap();
+    let d = common::tree_manifest(s_ref.path());
+    assert!(
+        d.iter()
+            .any(|e| e.path == Path::new("d") && e.mode == 0o700 && e.uid == 42),
+        "GNU tar did not keep the last entry's metadata: {d:?}"
+    );
+}
