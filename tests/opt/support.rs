@@ -380,15 +380,14 @@ fn link_groups(root: &Path, rels: &[PathBuf]) -> Vec<Vec<PathBuf>> {
     g
 }
 
-/// The olboot binary.
+/// The olboot binary ([`crate::common::olboot`]) with the fetch tuned for tests.
 pub fn olboot() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_olboot"));
+    let mut c = crate::common::olboot();
     c.env("OLBOOT_BACKOFF_MS", "10")
         .env("OLBOOT_BACKOFF_MAX_MS", "50")
         .env("OLBOOT_RETRIES", "3")
         .env("OLBOOT_CONNECT_TIMEOUT_MS", "2000")
-        .env("OLBOOT_STALL_TIMEOUT_MS", "5000")
-        .env("RUST_LOG", "info");
+        .env("OLBOOT_STALL_TIMEOUT_MS", "5000");
     c
 }
 
@@ -540,6 +539,4 @@ pub fn opt_step(root: &Path) -> serde_json::Value {
         .clone()
 }
 
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+pub use crate::common::stderr;
