@@ -196,12 +196,33 @@ fn go_corpus(cmd: fn() -> Command) {
             "{n} is listed as refused but not in the corpus"
         );
     }
+    assert_no_problems(&problems);
+}
+
+fn assert_no_problems(problems: &[String]) {
     assert!(
         problems.is_empty(),
         "{} problems:\n{}",
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// `zstd` compressing what is written to the returned writer into `path`.
+fn zstd_to(
+    path: &Path,
+) -> (
+    std::process::Child,
+    std::io::BufWriter<std::process::ChildStdin>,
+) {
+    let mut z = Command::new("zstd")
+        .args(["-q", "-1", "-f", "-o"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w = std::io::BufWriter::new(z.stdin.take().unwrap());
+    (z, w)
 }
 
 fn sh(cmd: &str) {
@@ -291,12 +312,7 @@ fn gnu_tar_and_bsdtar_archives_unpack_as_gnu_tar_does() {
             assert_features_kept(&archive);
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    assert_no_problems(&problems);
 }
 
 /// The reference extraction of `archive` has the xattrs, ACLs and capability of the feature
@@ -344,13 +360,7 @@ fn header(name: &str, kind: u8, size: u64) -> [u8; 512] {
 /// small file: what bsdtar and Go refuse over 1 MiB.
 fn bomb(path: &Path, kind: u8, size: u64) {
     use std::io::Write;
-    let mut z = Command::new("zstd")
-        .args(["-q", "-1", "-f", "-o"])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut w = std::io::BufWriter::new(z.stdin.take().unwrap());
+    let (mut z, mut w) = zstd_to(path);
     w.write_all(&header("././@LongLink", kind, size)).unwrap();
     let chunk = if kind == b'x' {
         // One PAX record as long as the whole header.
@@ -503,13 +513,7 @@ fn sigterm_when(s: &support::Scratch, config: &Path, ready: impl Fn() -> bool) {
 /// A tar.zst of one file of `size` zero bytes: quick to make, slow enough to unpack.
 fn big_zero_file(path: &Path, size: u64) {
     use std::io::Write;
-    let mut z = Command::new("zstd")
-        .args(["-q", "-1", "-f", "-o"])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut w = std::io::BufWriter::new(z.stdin.take().unwrap());
+    let (mut z, mut w) = zstd_to(path);
     w.write_all(&header("big", b'0', size)).unwrap();
     let zeros = vec![0u8; 1 << 20];
     for _ in 0..size >> 20 {
@@ -629,7 +633,7 @@ fn a_directory_listed_twice_keeps_its_last_metadata_as_with_gnu_tar() {
         a = archive.display()
     ));
     let problems = compare(&archive, support::olboot(), &[]);
-    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    assert_no_problems(&problems);
     let s_ref = tempfile::tempdir().unwrap();
     gnu_tar(&archive, s_ref.path()).unwrap();
     let d = common::tree_manifest(s_ref.path());
