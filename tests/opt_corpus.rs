@@ -643,3 +643,26 @@ fn a_directory_listed_twice_keeps_its_last_metadata_as_with_gnu_tar() {
         "GNU tar did not keep the last entry's metadata: {d:?}"
     );
 }
+
+#[test]
+fn a_v7_directory_is_a_directory_as_with_gnu_tar() {
+    assert_root();
+    use std::io::Write;
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("v7dir.tar");
+    let mut f = std::fs::File::create(&archive).unwrap();
+    let mut dir = header("v7dir/", b'0', 0);
+    // V7: no magic; the checksum again without it.
+    dir[257..265].fill(0);
+    dir[148..156].fill(b' ');
+    let sum: u32 = dir.iter().map(|&b| u32::from(b)).sum();
+    dir[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    f.write_all(&dir).unwrap();
+    f.write_all(&header("v7dir/file", b'0', 0)).unwrap();
+    f.write_all(&[0u8; 1024]).unwrap();
+    drop(f);
+    assert_no_problems(&compare(&archive, support::olboot(), &[]));
+    let reference = tempfile::tempdir().unwrap();
+    gnu_tar(&archive, reference.path()).unwrap();
+    assert!(reference.path().join("v7dir").is_dir());
+}
