@@ -666,3 +666,29 @@ fn a_v7_directory_is_a_directory_as_with_gnu_tar() {
     gnu_tar(&archive, reference.path()).unwrap();
     assert!(reference.path().join("v7dir").is_dir());
 }
+
+#[test]
+fn a_file_put_in_a_setgid_directory_after_it_was_left_keeps_its_group() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("setgid.tar");
+    // The directory comes, is left (GNU tar sets its mode then), and a file is put in it
+    // later: the file would take the directory's group if olboot did not chown it.
+    sh(&format!(
+        "cd '{w}' && mkdir -p src/shared src/other && cd src
+        chown 0:1000 shared && chmod 2775 shared && printf x > f && chown 0:0 f
+        tar --format=pax -cf '{a}' --no-recursion shared other
+        mv f shared/f && tar --format=pax -rf '{a}' shared/f",
+        w = work.path().display(),
+        a = archive.display()
+    ));
+    assert_no_problems(&compare(&archive, support::olboot(), &[]));
+    let reference = tempfile::tempdir().unwrap();
+    gnu_tar(&archive, reference.path()).unwrap();
+    let m = std::fs::metadata(reference.path().join("shared/f")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::gid(&m),
+        0,
+        "GNU tar keeps the file's group"
+    );
+}

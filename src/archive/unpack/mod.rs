@@ -90,7 +90,7 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
         dirs: Vec::new(),
         chown: rustix::process::geteuid().is_root(),
         // New files get the process's ids unless the directory is setgid; the directories
-        // made here are setgid only if the staging root is (their modes come at the end).
+        // made here are not setgid until their metadata is set (see `set_dir_meta`).
         ids: (!setgid_root).then(|| {
             (
                 rustix::process::geteuid().as_raw(),
@@ -534,6 +534,11 @@ impl Unpacker {
     }
 
     fn set_dir_meta(&mut self, rel: &Path, meta: &Meta) -> Result<()> {
+        if meta.mode & 0o2000 != 0 {
+            // Files made in a setgid directory take its group: from now on the owner of a
+            // new file is no longer known without a chown.
+            self.ids = None;
+        }
         let fd = if rel.as_os_str().is_empty() {
             rustix::io::dup(&self.root).context("cannot dup the staging directory")?
         } else {
