@@ -1,5 +1,5 @@
-//! The opt step and `olboot pack` on local archives: pack is deterministic and GNU tar
-//! unpacks it to the same tree as olboot does; gzip and xz are recognized by magic; hostile
+//! The opt step on local archives (made by `olboot pack`, whose own tests are in
+//! tests/pack.rs): gzip and xz are recognized by magic; hostile
 //! archives of every kind fail naming the entry and write nothing outside; an existing tree
 //! is kept; the ways of exposing the tree at /opt (bind on the live system inside a private
 //! mount namespace).
@@ -16,86 +16,6 @@ use support::*;
 
 fn file_url(p: &Path) -> String {
     format!("file://{}", p.display())
-}
-
-#[test]
-fn pack_is_deterministic_and_gnu_tar_agrees_with_olboot() {
-    let p = packed(200 * 1024);
-    // The same tree gives the same bytes.
-    let again = p.dir.path().join("again.tar.zst");
-    let out = olboot()
-        .arg("pack")
-        .arg(&p.src)
-        .arg("-o")
-        .arg(&again)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(
-        fs::read(&again).unwrap(),
-        p.bytes,
-        "pack is not deterministic"
-    );
-    // FILE.sha256 is in sha256sum format and checks.
-    let sums = fs::read_to_string(format!("{}.sha256", p.archive.display())).unwrap();
-    assert_eq!(sums, format!("{}  opt.tar.zst\n", p.sha256));
-    let st = Command::new("sha256sum")
-        .args(["-c", "opt.tar.zst.sha256"])
-        .current_dir(p.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stdout)
-    );
-    // GNU tar unpacks it to an identical tree.
-    let gnu = p.dir.path().join("gnu");
-    fs::create_dir(&gnu).unwrap();
-    let st = Command::new("tar")
-        .args(["--zstd", "-xpf"])
-        .arg(&p.archive)
-        .arg("-C")
-        .arg(&gnu)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    assert_same_tree(&p.src, &gnu, false);
-    // And so does olboot, symlink mtimes included.
-    let s = Scratch::new();
-    let cfg = s.config(&[file_url(&p.archive)], Some(&p.sha256), "", "symlink");
-    let out = s.apply(&cfg);
-    assert!(out.status.success());
-    assert_same_tree(&p.src, &s.opt(), true);
-    s.assert_nothing_beside();
-}
-
-#[test]
-fn pack_skips_sockets_with_a_warning() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("f"), "x").unwrap();
-    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
-    let out = olboot()
-        .arg("pack")
-        .arg(&src)
-        .arg("-o")
-        .arg(d.path().join("a.tar.zst"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("skipping") && err.contains("sock") && err.contains("socket"),
-        "{err}"
-    );
-    let list = Command::new("tar")
-        .args(["--zstd", "-tf"])
-        .arg(d.path().join("a.tar.zst"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "./\nf\n");
 }
 
 fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
