@@ -692,3 +692,62 @@ fn a_file_put_in_a_setgid_directory_after_it_was_left_keeps_its_group() {
         "GNU tar keeps the file's group"
     );
 }
+
+/// One PAX record `KEY=VALUE` with its length prefix.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+#[test]
+fn nested_directories_with_big_xattrs_are_refused_in_bounded_memory() {
+    use std::io::Write;
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("deep-xattrs.tar.zst");
+    let (mut z, mut w) = zstd_to(&archive);
+    let mut name = String::new();
+    for _ in 0..24 {
+        name.push_str("d/");
+        let rec = pax_record("SCHILY.xattr.user.big", &vec![b'v'; 900 << 10]);
+        w.write_all(&header("PaxHeader", b'x', rec.len() as u64))
+            .unwrap();
+        w.write_all(&rec).unwrap();
+        w.write_all(&vec![0u8; (512 - rec.len() % 512) % 512])
+            .unwrap();
+        w.write_all(&header(&name, b'5', 0)).unwrap();
+    }
+    w.write_all(&[0u8; 1024]).unwrap();
+    drop(w);
+    assert!(z.wait().unwrap().success());
+    let s = support::Scratch::new();
+    let config = s.config(
+        &[format!("file://{}", archive.display())],
+        None,
+        "",
+        "symlink",
+    );
+    let mut c = Command::new("/usr/bin/time");
+    c.arg("-v").arg(env!("CARGO_BIN_EXE_olboot"));
+    let out = s.run_with(c, "apply", &config, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let rss = peak_rss_kib(&String::from_utf8_lossy(&out.stderr));
+    eprintln!("deep xattrs: peak RSS {rss} KiB");
+    assert!(rss <= 32 * 1024, "peak RSS {rss} KiB over 32 MiB");
+    let error = support::opt_step(&s.root())["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("directories waiting for their metadata"),
+        "{error}"
+    );
+    assert!(!s.opt().exists() && !s.staging().exists());
+}

@@ -46,6 +46,15 @@ pub struct Stats {
 /// Warnings kept in [`Stats::warnings`]; more are counted in a last line.
 pub const MAX_WARNINGS: usize = 20;
 
+/// What the directories waiting for their metadata may hold (names, xattrs, ACLs): each
+/// xattr record may be up to 1 MiB, and a chain of nested directories must not add them up
+/// past the memory bound.
+const MAX_WAITING: usize = 4 << 20;
+
+fn attrs_len(m: &Meta) -> usize {
+    m.attrs.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
 /// Names in error texts are cut to this many bytes.
 const SHOWN: usize = 200;
 
@@ -274,6 +283,17 @@ impl Unpacker {
         // A directory listed again was left just before (see `leave_dirs`): its later
         // metadata is set after the earlier one, and so wins, as with GNU tar.
         self.dirs.push((path, meta));
+        let waiting: usize = self
+            .dirs
+            .iter()
+            .map(|(p, m)| p.as_os_str().len() + attrs_len(m))
+            .sum();
+        if waiting > MAX_WAITING {
+            bail!(
+                "directories waiting for their metadata hold over {MAX_WAITING} bytes of names \
+                 and xattrs: refused"
+            );
+        }
         Ok(())
     }
 
