@@ -7,19 +7,26 @@
 //! perl (for the lock holder) and Debian's mirror; without them the tests fail, never skip.
 
 mod common;
-use common::{code, olboot, report, stderr, step};
+use common::{assert_apply_did_what_plan_said, code, olboot, report, stderr, step};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The cached root tarball and repository.
+/// The cached root tarball and the two copies of the repository, each signed by its own key.
 struct Cache {
     root_tar: PathBuf,
+    /// Signed with key A.
     repo: PathBuf,
+    /// The same packages, signed with key B.
+    repo_b: PathBuf,
+    /// Key A, ASCII-armored.
+    key_a: String,
+    /// Key B, ASCII-armored.
+    key_b: String,
 }
 
 fn must(cmd: &mut Command, what: &str) -> Vec<u8> {
@@ -36,7 +43,8 @@ fn must(cmd: &mut Command, what: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// Build (once per cache directory) the Debian root tarball and the flat repository.
+/// Build (once per cache directory) the Debian root tarball, the throwaway keys and the
+/// signed flat repositories.
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(|| {
@@ -59,36 +67,109 @@ fn cache() -> &'static Cache {
             );
             std::fs::rename(&tmp, &root_tar).unwrap();
         }
-        let repo = dir.join("repo");
-        if !repo.join("Release").exists() {
-            let tmp = dir.join("repo.tmp");
+        let repos = dir.join("signed");
+        if !repos.join("b/InRelease").exists() {
+            let tmp = dir.join("signed.tmp");
             let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).unwrap();
-            must(
-                Command::new("apt-get")
-                    .args(["download", "hello", "tree"])
-                    .current_dir(&tmp),
-                "downloading hello and tree with the host's apt (apt-get update on the host?)",
-            );
-            let packages = must(
-                Command::new("apt-ftparchive")
-                    .args(["packages", "."])
-                    .current_dir(&tmp),
-                "indexing the repository (needs apt-utils)",
-            );
-            std::fs::write(tmp.join("Packages"), packages).unwrap();
-            let release = must(
-                Command::new("apt-ftparchive")
-                    .args(["release", "."])
-                    .current_dir(&tmp),
-                "writing the repository's Release file",
-            );
-            std::fs::write(tmp.join("Release"), release).unwrap();
-            let _ = std::fs::remove_dir_all(&repo);
-            std::fs::rename(&tmp, &repo).unwrap();
+            build_repos(&tmp);
+            let _ = std::fs::remove_dir_all(&repos);
+            std::fs::rename(&tmp, &repos).unwrap();
         }
-        Cache { root_tar, repo }
+        let read = |f: &str| std::fs::read_to_string(repos.join(f)).unwrap();
+        Cache {
+            root_tar,
+            repo: repos.join("a"),
+            repo_b: repos.join("b"),
+            key_a: read("key-a.asc"),
+            key_b: read("key-b.asc"),
+        }
     })
+}
+
+/// In `dir`: `a/` and `b/`, flat repositories of hello, tree and olboot-test-conf (a package
+/// with a config file, made here), signed with the keys `key-a.asc` and `key-b.asc` made
+/// here with gpg.
+fn build_repos(dir: &Path) {
+    let pool = dir.join("pool");
+    std::fs::create_dir_all(&pool).unwrap();
+    must(
+        Command::new("apt-get")
+            .args(["download", "hello", "tree"])
+            .current_dir(&pool),
+        "downloading hello and tree with the host's apt (apt-get update on the host?)",
+    );
+    build_conf_package(dir, &pool);
+    let gnupg = dir.join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = || {
+        let mut c = Command::new("gpg");
+        c.arg("--homedir").arg(&gnupg).args(["--batch", "--quiet"]);
+        c
+    };
+    for which in ["a", "b"] {
+        let uid = format!("olboot test key {which} <{which}@olboot.test>");
+        must(
+            gpg().args(["--passphrase", "", "--quick-gen-key", &uid, "ed25519", "sign", "never"]),
+            "making a throwaway signing key (needs gnupg)",
+        );
+        let key = must(gpg().args(["--armor", "--export", &uid]), "exporting the key");
+        std::fs::write(dir.join(format!("key-{which}.asc")), key).unwrap();
+        let repo = dir.join(which);
+        std::fs::create_dir(&repo).unwrap();
+        for e in std::fs::read_dir(&pool).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), repo.join(e.file_name())).unwrap();
+        }
+        let ftp = |what: &str| {
+            must(
+                Command::new("apt-ftparchive").args([what, "."]).current_dir(&repo),
+                "indexing the repository (needs apt-utils)",
+            )
+        };
+        let packages = ftp("packages");
+        std::fs::write(repo.join("Packages"), packages).unwrap();
+        let release = ftp("release");
+        std::fs::write(repo.join("Release"), release).unwrap();
+        let sign = |args: &[&str]| {
+            must(
+                gpg().args(["--yes", "--local-user", &uid]).args(args).current_dir(&repo),
+                "signing the repository",
+            )
+        };
+        sign(&["--clearsign", "-o", "InRelease", "Release"]);
+        sign(&["--armor", "--detach-sign", "-o", "Release.gpg", "Release"]);
+    }
+    // gpg started an agent for this home: stop it, the tests leave nothing running.
+    must(
+        Command::new("gpgconf").arg("--homedir").arg(&gnupg).args(["--kill", "all"]),
+        "stopping the test gpg-agent",
+    );
+}
+
+/// `olboot-test-conf_1.0_all.deb` in `pool`: one config file, `/etc/olboot-test.conf`, so
+/// that remove (keeps it) and purge (deletes it) can be told apart.
+fn build_conf_package(dir: &Path, pool: &Path) {
+    let tree = dir.join("conf-package");
+    std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::write(tree.join("etc/olboot-test.conf"), "setting = 1\n").unwrap();
+    std::fs::write(
+        tree.join("DEBIAN/control"),
+        "Package: olboot-test-conf\nVersion: 1.0\nArchitecture: all\n\
+         Maintainer: olboot tests <tests@olboot.test>\n\
+         Description: a package with a config file, for olboot's tests\n",
+    )
+    .unwrap();
+    std::fs::write(tree.join("DEBIAN/conffiles"), "/etc/olboot-test.conf\n").unwrap();
+    must(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&tree)
+            .arg(pool.join("olboot-test-conf_1.0_all.deb")),
+        "building olboot-test-conf",
+    );
+    std::fs::remove_dir_all(&tree).unwrap();
 }
 
 /// The version of `name` in the test repository.
@@ -116,6 +197,8 @@ struct Mirror {
     port: u16,
     requests: Arc<AtomicUsize>,
     failures_left: Arc<AtomicUsize>,
+    /// The directory it serves.
+    repo: Arc<Mutex<PathBuf>>,
 }
 
 impl Mirror {
@@ -126,11 +209,11 @@ impl Mirror {
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
         let failures_left = Arc::new(AtomicUsize::new(fail_first));
-        let repo = cache().repo.clone();
-        let (req, fail) = (requests.clone(), failures_left.clone());
+        let repo = Arc::new(Mutex::new(cache().repo.clone()));
+        let (req, fail, served) = (requests.clone(), failures_left.clone(), repo.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (repo, req, fail) = (repo.clone(), req.clone(), fail.clone());
+                let (repo, req, fail) = (served.clone(), req.clone(), fail.clone());
                 std::thread::spawn(move || serve(conn, &repo, &req, &fail, (fault, which)));
             }
         });
@@ -138,7 +221,23 @@ impl Mirror {
             port,
             requests,
             failures_left,
+            repo,
         }
+    }
+
+    /// A mirror that always answers.
+    fn good() -> Mirror {
+        Mirror::start(Fault::Unavailable, 0, "")
+    }
+
+    /// Serve `dir` from now on.
+    fn serve_dir(&self, dir: &Path) {
+        *self.repo.lock().unwrap() = dir.to_path_buf();
+    }
+
+    /// Its URI, as a source names it.
+    fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
     }
 
     fn requests(&self) -> usize {
@@ -154,7 +253,7 @@ impl Mirror {
 /// Answer the requests of one (keep-alive, possibly pipelined) connection.
 fn serve(
     conn: TcpStream,
-    repo: &Path,
+    repo: &Mutex<PathBuf>,
     req: &AtomicUsize,
     fail: &AtomicUsize,
     (fault, which): (Fault, &str),
@@ -176,6 +275,7 @@ fn serve(
             }
         }
         req.fetch_add(1, Ordering::SeqCst);
+        let repo = repo.lock().unwrap().clone();
         let path = line.split(' ').nth(1).unwrap_or("");
         let name = path.trim_start_matches('/').trim_start_matches("./");
         let body = (!name.is_empty() && !name.contains('/') && !name.starts_with('.'))
@@ -220,7 +320,30 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// A root whose only source is `mirror`, trusted without a key (`[trusted=yes]`), and a
+    /// config that installs `packages`.
     fn new(mirror: &Mirror, packages: &[&str]) -> Scratch {
+        let s = Scratch::bare();
+        std::fs::write(
+            s.root.join("etc/apt/sources.list"),
+            format!("deb [trusted=yes] {} ./\n", mirror.uri()),
+        )
+        .unwrap();
+        s.configure(&format!("  install: [{}]\n", packages.join(", ")));
+        s
+    }
+
+    /// Write the config: `packages` is the body of its `packages:` key.
+    fn configure(&self, packages: &str) {
+        std::fs::write(
+            &self.config,
+            format!("version: 1\npackages:\n{packages}"),
+        )
+        .unwrap();
+    }
+
+    /// A root with no apt source at all.
+    fn bare() -> Scratch {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
@@ -237,11 +360,6 @@ impl Scratch {
         let _ = std::fs::remove_file(apt.join("sources.list"));
         let _ = std::fs::remove_dir_all(apt.join("sources.list.d"));
         std::fs::create_dir(apt.join("sources.list.d")).unwrap();
-        std::fs::write(
-            apt.join("sources.list"),
-            format!("deb [trusted=yes] http://127.0.0.1:{}/ ./\n", mirror.port),
-        )
-        .unwrap();
         // apt ≥ 2.3 retries failed fetches itself; turn that off so that the retries these
         // tests see are olboot's.
         std::fs::write(
@@ -250,14 +368,6 @@ impl Scratch {
         )
         .unwrap();
         let config = dir.path().join("olboot.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 1\npackages:\n  install: [{}]\n",
-                packages.join(", ")
-            ),
-        )
-        .unwrap();
         Scratch {
             dir: Some(dir),
             root,
@@ -360,18 +470,19 @@ fn installs_then_rerun_changes_nothing() {
     );
     assert_eq!(mirror.requests(), 0, "plan fetched something");
 
+    let planned = report(&o);
     let o = s.olboot("apply");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let r = report(&o);
     assert_eq!(step(&r, "packages")["result"], "changed");
     let (hello, tree) = (repo_version("hello"), repo_version("tree"));
-    assert_eq!(
-        changes(&r),
-        [
-            "updated package lists".to_string(),
-            format!("installed hello {hello}"),
-            format!("installed tree {tree}"),
-        ]
+    assert_eq!(changes(&r), ["updated package lists", "installed hello, tree"]);
+    assert_apply_did_what_plan_said(&planned, &r, "packages");
+    // The versions go to the log.
+    assert!(
+        stderr(&o).contains(&format!("packages: hello {hello} is installed")),
+        "{}",
+        stderr(&o)
     );
     assert_eq!(s.installed("hello"), Some(hello));
     assert_eq!(s.installed("tree"), Some(tree));
@@ -559,10 +670,10 @@ fn interrupted_dpkg_is_repaired_first() {
 }
 
 #[test]
-fn ensure_installed_is_the_same_code() {
+fn plan_install_and_apply_changes_are_the_same_code() {
     use olboot::root::Root;
     use olboot::steps::{packages, Ctx, Done};
-    let mirror = Mirror::start(Fault::Unavailable, 0, "");
+    let mirror = Mirror::good();
     let s = Scratch::new(&mirror, &[]);
     let root = Root::at(&s.root);
     let tuning = olboot::tuning::Tuning {
@@ -574,28 +685,20 @@ fn ensure_installed_is_the_same_code() {
         root: &root,
         tuning: &tuning,
     };
-    let mut done = Done::new("firewall");
-    packages::ensure_installed(&ctx, &["tree"], &mut done).unwrap();
-    assert_eq!(
-        done.lines,
-        [
-            "updated package lists".to_string(),
-            format!("installed tree {}", repo_version("tree"))
-        ]
-    );
+    let install = |names: &[&str]| {
+        let changes = packages::plan_install(&ctx, names).unwrap();
+        let mut done = Done::new("firewall");
+        packages::apply_changes(&ctx, &changes, &mut done).unwrap();
+        done.lines
+    };
+    assert_eq!(install(&["tree"]), ["updated package lists", "installed tree"]);
+    assert_eq!(s.installed("tree"), Some(repo_version("tree")));
     assert!(s.mounts().is_empty());
     mirror.reset();
-    let mut done = Done::new("firewall");
-    packages::ensure_installed(&ctx, &["tree"], &mut done).unwrap();
-    assert!(done.lines.is_empty());
+    assert!(install(&["tree"]).is_empty());
     assert_eq!(mirror.requests(), 0);
     // Lists written minutes ago are fresh: no update before installing from them.
-    let mut done = Done::new("firewall");
-    packages::ensure_installed(&ctx, &["tree", "hello"], &mut done).unwrap();
-    assert_eq!(
-        done.lines,
-        [format!("installed hello {}", repo_version("hello"))]
-    );
+    assert_eq!(install(&["tree", "hello"]), ["installed hello"]);
     assert!(s.mounts().is_empty());
 }
 

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, SystemTime};
 
 /// `PATH` for the target's tools; cloud-init's `runcmd` may have a shorter one, and dpkg's
@@ -73,6 +73,14 @@ pub fn install(root: &Root, lock_timeout: Duration, names: &[String], recommends
         cmd.arg("--no-install-recommends");
     }
     cmd.arg("install").args(names);
+    cmd
+}
+
+/// `apt-get remove` (or `purge`) of exactly `names`. Packages that depend on them go too, as
+/// apt decides; the caller logs what went.
+pub fn remove(root: &Root, lock_timeout: Duration, names: &[String], purge: bool) -> Command {
+    let mut cmd = apt_get(root, lock_timeout);
+    cmd.arg(if purge { "purge" } else { "remove" }).args(names);
     cmd
 }
 
@@ -217,6 +225,18 @@ const TRANSIENT: &[&str] = &[
     "Undetermined Error",
 ];
 
+/// Message fragments of fetch failures that trying again will not mend: a repository that
+/// is not there, or whose signature the configured key does not verify.
+const PERMANENT: &[&str] = &[
+    "  401  ",
+    "  403  ",
+    "  404  ",
+    "does not have a Release file",
+    "is not signed",
+    "NO_PUBKEY",
+    "couldn't be verified",
+];
+
 /// Message fragments of apt's and dpkg's lock errors.
 const LOCKED: &[&str] = &[
     "Could not get lock",
@@ -259,6 +279,9 @@ impl Ran {
         if errors.iter().any(|l| LOCKED.iter().any(|p| l.contains(p))) {
             return Some(Failure::Locked);
         }
+        if diag.iter().any(|l| PERMANENT.iter().any(|p| l.contains(p))) {
+            return Some(Failure::Other);
+        }
         if let Some(l) = diag
             .iter()
             .find(|l| TRANSIENT.iter().any(|p| l.contains(p)))
@@ -279,12 +302,14 @@ impl Ran {
                 .map(|l| l.trim())
                 .collect();
         }
-        format!(
-            "{} failed ({}): {}",
-            self.cmd,
-            self.status,
-            said.join(" / ")
-        )
+        super::cmd::failed(&self.cmd, self.status, &said)
+    }
+
+    /// The error and warning lines that name `uri` (apt names a source by its URI, without
+    /// a trailing `/`).
+    pub fn about(&self, uri: &str) -> Vec<&str> {
+        let uri = uri.trim_end_matches('/');
+        self.diagnostics().filter(|l| l.contains(uri)).collect()
     }
 }
 
@@ -311,13 +336,7 @@ fn not_found(line: &str) -> Option<String> {
 /// exit status through [`Ran::failure`].
 pub fn run(cmd: &mut Command, what: &str) -> Result<Ran> {
     let shown = super::cmd::display(cmd);
-    log::info!("running {shown}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {shown}"))?;
+    let mut child = super::cmd::spawn_piped(cmd)?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let (mut lines, err_lines) = std::thread::scope(|s| {
