@@ -110,10 +110,21 @@ fn build_repos(dir: &Path) {
     for which in ["a", "b"] {
         let uid = format!("olboot test key {which} <{which}@olboot.test>");
         must(
-            gpg().args(["--passphrase", "", "--quick-gen-key", &uid, "ed25519", "sign", "never"]),
+            gpg().args([
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                &uid,
+                "ed25519",
+                "sign",
+                "never",
+            ]),
             "making a throwaway signing key (needs gnupg)",
         );
-        let key = must(gpg().args(["--armor", "--export", &uid]), "exporting the key");
+        let key = must(
+            gpg().args(["--armor", "--export", &uid]),
+            "exporting the key",
+        );
         std::fs::write(dir.join(format!("key-{which}.asc")), key).unwrap();
         let repo = dir.join(which);
         std::fs::create_dir(&repo).unwrap();
@@ -123,7 +134,9 @@ fn build_repos(dir: &Path) {
         }
         let ftp = |what: &str| {
             must(
-                Command::new("apt-ftparchive").args([what, "."]).current_dir(&repo),
+                Command::new("apt-ftparchive")
+                    .args([what, "."])
+                    .current_dir(&repo),
                 "indexing the repository (needs apt-utils)",
             )
         };
@@ -133,7 +146,10 @@ fn build_repos(dir: &Path) {
         std::fs::write(repo.join("Release"), release).unwrap();
         let sign = |args: &[&str]| {
             must(
-                gpg().args(["--yes", "--local-user", &uid]).args(args).current_dir(&repo),
+                gpg()
+                    .args(["--yes", "--local-user", &uid])
+                    .args(args)
+                    .current_dir(&repo),
                 "signing the repository",
             )
         };
@@ -142,7 +158,10 @@ fn build_repos(dir: &Path) {
     }
     // gpg started an agent for this home: stop it, the tests leave nothing running.
     must(
-        Command::new("gpgconf").arg("--homedir").arg(&gnupg).args(["--kill", "all"]),
+        Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&gnupg)
+            .args(["--kill", "all"]),
         "stopping the test gpg-agent",
     );
 }
@@ -335,11 +354,7 @@ impl Scratch {
 
     /// Write the config: `packages` is the body of its `packages:` key.
     fn configure(&self, packages: &str) {
-        std::fs::write(
-            &self.config,
-            format!("version: 1\npackages:\n{packages}"),
-        )
-        .unwrap();
+        std::fs::write(&self.config, format!("version: 1\npackages:\n{packages}")).unwrap();
     }
 
     /// A root with no apt source at all.
@@ -379,6 +394,7 @@ impl Scratch {
     /// host's package database is left alone and that nothing of the apt session remains.
     fn olboot(&self, cmd: &str) -> Output {
         let status = std::fs::read("/var/lib/dpkg/status").unwrap();
+        let host_apt = host_apt_sources();
         let mut c = olboot();
         c.arg(cmd)
             .arg("-c")
@@ -397,6 +413,10 @@ impl Scratch {
         assert!(
             std::fs::read("/var/lib/dpkg/status").unwrap() == status,
             "the host's /var/lib/dpkg/status changed"
+        );
+        assert!(
+            host_apt_sources() == host_apt,
+            "the host's apt sources or keyrings changed"
         );
         assert_eq!(
             self.mounts(),
@@ -432,6 +452,18 @@ impl Scratch {
         text.strip_prefix("install ok installed\t")
             .map(String::from)
     }
+}
+
+/// The host's own apt sources and keys, to prove a test leaves them alone.
+fn host_apt_sources() -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for dir in ["/etc/apt/sources.list.d", "/etc/apt/keyrings"] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            out.push((e.path(), std::fs::read(e.path()).unwrap_or_default()));
+        }
+    }
+    out.sort();
+    out
 }
 
 impl Drop for Scratch {
@@ -476,7 +508,10 @@ fn installs_then_rerun_changes_nothing() {
     let r = report(&o);
     assert_eq!(step(&r, "packages")["result"], "changed");
     let (hello, tree) = (repo_version("hello"), repo_version("tree"));
-    assert_eq!(changes(&r), ["updated package lists", "installed hello, tree"]);
+    assert_eq!(
+        changes(&r),
+        ["updated package lists", "installed hello, tree"]
+    );
     assert_apply_did_what_plan_said(&planned, &r, "packages");
     // The versions go to the log.
     assert!(
@@ -691,7 +726,10 @@ fn plan_install_and_apply_changes_are_the_same_code() {
         packages::apply_changes(&ctx, &changes, &mut done).unwrap();
         done.lines
     };
-    assert_eq!(install(&["tree"]), ["updated package lists", "installed tree"]);
+    assert_eq!(
+        install(&["tree"]),
+        ["updated package lists", "installed tree"]
+    );
     assert_eq!(s.installed("tree"), Some(repo_version("tree")));
     assert!(s.mounts().is_empty());
     mirror.reset();
@@ -737,4 +775,328 @@ fn session_binds_and_policy_are_undone_and_a_policy_kept() {
         "#!/bin/sh\nexit 0\n"
     );
     assert!(!root.join("usr/sbin/policy-rc.d.olboot-saved").exists());
+}
+
+/// The config body of one source `olboot-test` on `mirror`, its key given as `key` (a YAML
+/// mapping entry such as `key: |` + the text, or `key_file: /path`).
+fn source_config(mirror: &Mirror, key: &str, rest: &str) -> String {
+    format!(
+        "  sources:\n    olboot-test:\n      uris: [{}]\n      suites: [./]\n{key}{rest}",
+        mirror.uri()
+    )
+}
+
+/// `key: |` with `text` indented below it.
+fn inline_key(text: &str) -> String {
+    let body: String = text.lines().map(|l| format!("        {l}\n")).collect();
+    format!("      key: |\n{body}")
+}
+
+const SOURCE_FILE: &str = "etc/apt/sources.list.d/olboot-test.sources";
+const KEY_FILE: &str = "etc/apt/keyrings/olboot-test.asc";
+
+impl Scratch {
+    fn read(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(path)).ok()
+    }
+
+    /// The modification times of apt's list files: `apt-get update` rewrites them.
+    fn lists_mtimes(&self) -> Vec<(PathBuf, std::time::SystemTime)> {
+        let mut out: Vec<_> = std::fs::read_dir(self.root.join("var/lib/apt/lists"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("Packages"))
+            .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `plan` (pending) then `apply`: apply must report what plan printed. Returns apply's
+    /// output.
+    fn plan_then_apply(&self, expect: &[&str]) -> Output {
+        let o = self.olboot("plan");
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+        let planned = report(&o);
+        assert_eq!(changes(&planned), expect);
+        let o = self.olboot("apply");
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert_apply_did_what_plan_said(&planned, &report(&o), "packages");
+        o
+    }
+}
+
+#[test]
+fn signed_source_with_an_inline_key_then_a_rerun_without_update() {
+    let mirror = Mirror::good();
+    let s = Scratch::bare();
+    s.configure(&source_config(
+        &mirror,
+        &inline_key(&cache().key_a),
+        "  install: [hello]\n",
+    ));
+    s.plan_then_apply(&[
+        "add the key of apt source olboot-test at /etc/apt/keyrings/olboot-test.asc",
+        "add apt source olboot-test at /etc/apt/sources.list.d/olboot-test.sources",
+        "update package lists",
+        "install hello",
+    ]);
+    assert_eq!(s.installed("hello"), Some(repo_version("hello")));
+    assert_eq!(s.read(KEY_FILE).as_deref(), Some(cache().key_a.as_str()));
+    assert_eq!(
+        s.read(SOURCE_FILE).unwrap(),
+        format!(
+            "# Written by olboot from packages.sources.olboot-test; changes here are undone.\n\
+             Types: deb\nURIs: {}\nSuites: ./\nSigned-By: /etc/apt/keyrings/olboot-test.asc\n",
+            mirror.uri()
+        )
+    );
+    // No `trusted=yes` anywhere: apt took the repository because the key verified its
+    // InRelease, which it keeps.
+    let inrelease = s.root.join(format!(
+        "var/lib/apt/lists/127.0.0.1:{}_._InRelease",
+        mirror.port
+    ));
+    assert!(inrelease.exists(), "{} missing", inrelease.display());
+
+    let lists = s.lists_mtimes();
+    assert!(!lists.is_empty());
+    mirror.reset();
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(step(&report(&o), "packages")["result"], "unchanged");
+    assert_eq!(mirror.requests(), 0, "the rerun fetched from the mirror");
+    assert_eq!(s.lists_mtimes(), lists, "the rerun rewrote apt's lists");
+    let o = s.olboot("plan");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn key_by_file_then_a_key_change_runs_the_update() {
+    use std::os::unix::fs::PermissionsExt;
+    let mirror = Mirror::good();
+    let s = Scratch::bare();
+    let key = s.root.join("etc/olboot/test.asc");
+    common::write(&key, &cache().key_a);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o664)).unwrap();
+    s.configure(&source_config(
+        &mirror,
+        "      key_file: /etc/olboot/test.asc\n",
+        "  install: [tree]\n",
+    ));
+    // Whoever can write the key decides what gets installed: refused.
+    let o = s.olboot("plan");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let error = step(&report(&o), "packages")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("packages.sources.olboot-test.key_file")
+            && error.contains("not writable by group or others"),
+        "{error}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    s.plan_then_apply(&[
+        "add the key of apt source olboot-test at /etc/apt/keyrings/olboot-test.asc",
+        "add apt source olboot-test at /etc/apt/sources.list.d/olboot-test.sources",
+        "update package lists",
+        "install tree",
+    ]);
+    assert_eq!(s.installed("tree"), Some(repo_version("tree")));
+
+    // The repository is re-signed with key B, and the key file follows.
+    mirror.serve_dir(&cache().repo_b);
+    common::write(&key, &cache().key_b);
+    mirror.reset();
+    s.plan_then_apply(&[
+        "replace the key of apt source olboot-test at /etc/apt/keyrings/olboot-test.asc",
+        "update package lists",
+    ]);
+    assert!(
+        mirror.requests() > 0,
+        "no apt-get update ran for the new key"
+    );
+    assert_eq!(s.read(KEY_FILE).as_deref(), Some(cache().key_b.as_str()));
+}
+
+#[test]
+fn a_wrong_key_fails_naming_the_source_and_restores_the_previous_files() {
+    let mirror = Mirror::good();
+    let s = Scratch::bare();
+    let good = source_config(&mirror, &inline_key(&cache().key_a), "  install: [hello]\n");
+    s.configure(&good);
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let (source, key) = (s.read(SOURCE_FILE), s.read(KEY_FILE));
+
+    // Key B does not verify the repository signed with key A.
+    s.configure(&source_config(
+        &mirror,
+        &inline_key(&cache().key_b),
+        "  install: [hello, tree]\n",
+    ));
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let r = report(&o);
+    let error = step(&r, "packages")["error"].as_str().unwrap().to_string();
+    assert!(
+        error.starts_with("apt source olboot-test (packages.sources.olboot-test) does not update")
+            && (error.contains("NO_PUBKEY") || error.contains("not signed")),
+        "{error}"
+    );
+    assert!(
+        error.contains("restored the previous /etc/apt/keyrings/olboot-test.asc"),
+        "{error}"
+    );
+    assert_eq!(changes(&r), Vec::<String>::new(), "nothing of it held");
+    assert_eq!(s.read(KEY_FILE), key);
+    assert_eq!(s.read(SOURCE_FILE), source);
+    assert_eq!(s.installed("tree"), None);
+
+    // A new source with a wrong key is removed again.
+    let other = Mirror::good();
+    s.configure(&format!(
+        "{}    other:\n      uris: [{}]\n      suites: [./]\n{}  install: [hello]\n",
+        source_config(&mirror, &inline_key(&cache().key_a), ""),
+        other.uri(),
+        inline_key(&cache().key_b)
+    ));
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let error = step(&report(&o), "packages")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.starts_with("apt source other "), "{error}");
+    assert!(
+        error.contains("removed the new /etc/apt/sources.list.d/other.sources"),
+        "{error}"
+    );
+    assert!(s.read("etc/apt/sources.list.d/other.sources").is_none());
+    assert!(s.read("etc/apt/keyrings/other.asc").is_none());
+
+    // apt is as usable as before: back on the good config, it is converged, and installs.
+    s.configure(&good);
+    let o = s.olboot("plan");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    s.configure(&good.replace("install: [hello]", "install: [hello, tree]"));
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(s.installed("tree"), Some(repo_version("tree")));
+}
+
+#[test]
+fn remove_keeps_config_files_and_purge_deletes_them() {
+    let mirror = Mirror::good();
+    let s = Scratch::new(&mirror, &["hello", "olboot-test-conf"]);
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let conf = s.root.join("etc/olboot-test.conf");
+    assert!(conf.exists());
+
+    s.configure("  install: [hello]\n  remove: [olboot-test-conf, tree]\n");
+    s.plan_then_apply(&["remove olboot-test-conf"]);
+    assert_eq!(s.installed("olboot-test-conf"), None);
+    assert_eq!(s.status("olboot-test-conf"), "deinstall ok config-files");
+    assert!(conf.exists(), "remove deleted the config file");
+    let o = s.olboot("plan");
+    assert_eq!(
+        code(&o),
+        0,
+        "not installed: nothing to remove\n{}",
+        stderr(&o)
+    );
+
+    s.configure("  install: [olboot-test-conf]\n");
+    s.plan_then_apply(&["install olboot-test-conf"]);
+    s.configure("  remove: [olboot-test-conf]\n  purge: true\n");
+    s.plan_then_apply(&["purge olboot-test-conf"]);
+    assert!(!conf.exists(), "purge kept the config file");
+    assert_eq!(s.status("olboot-test-conf"), "");
+    assert_eq!(s.installed("hello"), Some(repo_version("hello")));
+}
+
+impl Scratch {
+    /// dpkg's status of `name` in the root, empty when it knows nothing of it.
+    fn status(&self, name: &str) -> String {
+        let out = Command::new("chroot")
+            .arg(&self.root)
+            .args(["dpkg-query", "-W", "-f=${Status}", name])
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&out.stdout).into_owned();
+        if status == "unknown ok not-installed" {
+            String::new()
+        } else {
+            status
+        }
+    }
+}
+
+#[test]
+fn bad_package_configs_are_refused_naming_the_key() {
+    let key = "      key: |\n        -----BEGIN PGP PUBLIC KEY BLOCK-----\n        x\n        -----END PGP PUBLIC KEY BLOCK-----\n";
+    let source = |extra: &str| {
+        format!(
+            "version: 1\npackages:\n  sources:\n    docker:\n      uris: [https://m/docker/debian]\n      suites: [trixie]\n      components: [stable]\n{extra}"
+        )
+    };
+    let cases: [(String, &str); 7] = [
+        (
+            source(&format!("{key}      key_file: /etc/k.asc\n")),
+            "packages.sources.docker.key: give only one of key, key_file or key_url",
+        ),
+        (source(""), "packages.sources.docker.key: missing"),
+        (
+            source("      key_url: https://m/k.asc\n"),
+            "packages.sources.docker.key_sha256: missing: required with key_url",
+        ),
+        (
+            source("      key: not a key\n"),
+            "not an ASCII-armored public key",
+        ),
+        (
+            source(key).replace("suites: [trixie]", "suites: [./]"),
+            "packages.sources.docker.components: a flat repository",
+        ),
+        (
+            source(key).replace("docker:", "Docker:"),
+            "packages.sources.Docker: a source name",
+        ),
+        (
+            format!(
+                "{}  install: [docker-ce, runc]\n  remove: [runc=1.0]\n",
+                source(key)
+            ),
+            "packages.remove: runc is also in packages.install",
+        ),
+    ];
+    for (text, want) in &cases {
+        let o = common::run(&["validate", "-c", "-"], Some(text));
+        assert_eq!(code(&o), 2, "{text}\n{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(want), "want {want:?} in:\n{e}");
+    }
+    let o = common::run(&["validate", "-c", "-"], Some(&source(key)));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn roles_merge_sources_by_name_and_remove_as_a_union() {
+    let fleet = "version: 1\nhosts:\n  ol-web1: [base, web]\nroles:\n  base:\n    packages:\n      sources:\n        a: { uris: [http://a/], suites: [./], key_file: /a.asc }\n        b: { uris: [http://b/], suites: [./], key_file: /b.asc }\n      remove: [runc]\n  web:\n    packages:\n      sources:\n        a: { uris: [http://a2/], suites: [./], key_file: /a.asc }\n      remove: [containerd, runc]\n      install: [runc]\n";
+    let c = olboot::config::Config::parse("fleet.yaml", fleet).unwrap();
+    let e = format!("{:#}", c.for_host("ol-web1").unwrap_err());
+    assert!(
+        e.contains("packages.remove: runc is also in packages.install"),
+        "{e}"
+    );
+    let fixed = fleet.replace("      install: [runc]\n", "");
+    let c = olboot::config::Config::parse("fleet.yaml", &fixed).unwrap();
+    let p = c.for_host("ol-web1").unwrap().packages.unwrap();
+    let names: Vec<&str> = p.sources.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(p.sources["a"].uris[0].0, "http://a2/");
+    let remove: Vec<&str> = p.remove.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(remove, ["runc", "containerd"]);
 }

@@ -225,17 +225,10 @@ const TRANSIENT: &[&str] = &[
     "Undetermined Error",
 ];
 
-/// Message fragments of fetch failures that trying again will not mend: a repository that
-/// is not there, or whose signature the configured key does not verify.
-const PERMANENT: &[&str] = &[
-    "  401  ",
-    "  403  ",
-    "  404  ",
-    "does not have a Release file",
-    "is not signed",
-    "NO_PUBKEY",
-    "couldn't be verified",
-];
+/// Message fragments of fetch failures that trying again will not mend: a repository whose
+/// signature the configured key does not verify. (A 404 is not among them: when a mirror
+/// fails InRelease and Release with 5xx, apt reports the 404 of an index name it probed.)
+const PERMANENT: &[&str] = &["is not signed", "NO_PUBKEY", "couldn't be verified"];
 
 /// Message fragments of apt's and dpkg's lock errors.
 const LOCKED: &[&str] = &[
@@ -279,7 +272,11 @@ impl Ran {
         if errors.iter().any(|l| LOCKED.iter().any(|p| l.contains(p))) {
             return Some(Failure::Locked);
         }
-        if diag.iter().any(|l| PERMANENT.iter().any(|p| l.contains(p))) {
+        // Errors only: for a `[trusted=yes]` source apt warns about the key and goes on.
+        if errors
+            .iter()
+            .any(|l| PERMANENT.iter().any(|p| l.contains(p)))
+        {
             return Some(Failure::Other);
         }
         if let Some(l) = diag
@@ -434,6 +431,11 @@ mod tests {
         // A lock wait that ended before an unrelated failure is not a lock failure.
         let f = ran(100, "Waiting for cache lock: Could not get lock /var/lib/dpkg/lock-frontend\nE: Sub-process /usr/bin/dpkg returned an error code (1)").failure();
         assert_eq!(f, Some(Failure::Other));
+        // A key that does not verify the repository: final, and about its URI.
+        let r = ran(100, "Err:1 http://127.0.0.1:5 ./ InRelease\n  The following signatures couldn't be verified because the public key is not available: NO_PUBKEY 0123\nW: GPG error: http://127.0.0.1:5 ./ InRelease: The following signatures couldn't be verified because the public key is not available: NO_PUBKEY 0123\nE: The repository 'http://127.0.0.1:5 ./ InRelease' is not signed.");
+        assert_eq!(r.failure(), Some(Failure::Other));
+        assert_eq!(r.about("http://127.0.0.1:5/").len(), 2);
+        assert!(r.about("http://127.0.0.1:6/").is_empty());
         // apt before 2.1 exits 0 when an index could not be fetched.
         let f = ran(0, "W: Failed to fetch http://x/InRelease  Could not resolve 'x'\nW: Some index files failed to download.").failure();
         assert!(matches!(f, Some(Failure::Transient(_))));
