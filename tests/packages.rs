@@ -68,7 +68,7 @@ fn cache() -> &'static Cache {
             std::fs::rename(&tmp, &root_tar).unwrap();
         }
         let repos = dir.join("signed");
-        if !repos.join("b/InRelease").exists() {
+        if !repos.join("b/key.asc").exists() {
             let tmp = dir.join("signed.tmp");
             let _ = std::fs::remove_dir_all(&tmp);
             build_repos(&tmp);
@@ -125,9 +125,11 @@ fn build_repos(dir: &Path) {
             gpg().args(["--armor", "--export", &uid]),
             "exporting the key",
         );
-        std::fs::write(dir.join(format!("key-{which}.asc")), key).unwrap();
+        std::fs::write(dir.join(format!("key-{which}.asc")), &key).unwrap();
         let repo = dir.join(which);
         std::fs::create_dir(&repo).unwrap();
+        // The key served beside the repository, for key_url.
+        std::fs::write(repo.join("key.asc"), &key).unwrap();
         for e in std::fs::read_dir(&pool).unwrap() {
             let e = e.unwrap();
             std::fs::copy(e.path(), repo.join(e.file_name())).unwrap();
@@ -1099,4 +1101,44 @@ fn roles_merge_sources_by_name_and_remove_as_a_union() {
     assert_eq!(p.sources["a"].uris[0].0, "http://a2/");
     let remove: Vec<&str> = p.remove.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(remove, ["runc", "containerd"]);
+}
+
+#[test]
+fn key_by_url_is_checked_against_its_sha256() {
+    use sha2::Digest;
+    let mirror = Mirror::good();
+    let s = Scratch::bare();
+    let sha = olboot::config::hex(&sha2::Sha256::digest(cache().key_a.as_bytes()));
+    let url = format!("{}key.asc", mirror.uri());
+    let wrong = "0".repeat(64);
+    s.configure(&source_config(
+        &mirror,
+        &format!("      key_url: {url}\n      key_sha256: {wrong}\n"),
+        "  install: [hello]\n",
+    ));
+    let o = s.olboot("plan");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let error = step(&report(&o), "packages")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "packages.sources.olboot-test.key_url: {url} has sha256 {sha}, not the key_sha256 {wrong}"
+        )),
+        "{error}"
+    );
+    s.configure(&source_config(
+        &mirror,
+        &format!("      key_url: {url}\n      key_sha256: {sha}\n"),
+        "  install: [hello]\n",
+    ));
+    s.plan_then_apply(&[
+        "add the key of apt source olboot-test at /etc/apt/keyrings/olboot-test.asc",
+        "add apt source olboot-test at /etc/apt/sources.list.d/olboot-test.sources",
+        "update package lists",
+        "install hello",
+    ]);
+    assert_eq!(s.read(KEY_FILE).as_deref(), Some(cache().key_a.as_str()));
+    assert_eq!(s.installed("hello"), Some(repo_version("hello")));
 }
