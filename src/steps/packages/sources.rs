@@ -172,6 +172,36 @@ mod tests {
     }
 
     #[test]
+    fn lists_present_only_with_every_uris_packages_list() {
+        let dir = tempfile::tempdir().unwrap();
+        let lists = dir.path().join("var/lib/apt/lists");
+        std::fs::create_dir_all(&lists).unwrap();
+        let root = Root::at(dir.path());
+        let sources: indexmap::IndexMap<String, AptSource> = serde_yaml::from_str(
+            "a: {uris: [http://127.0.0.1:8/], suites: ./, key_file: /k}\n\
+             b: {uris: [https://m.example/docker/debian], suites: trixie, components: stable, key_file: /k}\n",
+        )
+        .unwrap();
+        assert!(!lists_present(&root, &sources));
+        std::fs::write(lists.join("127.0.0.1:8_._Packages"), "").unwrap();
+        std::fs::write(
+            lists.join("m.example_docker_debian_dists_trixie_InRelease"),
+            "",
+        )
+        .unwrap();
+        assert!(
+            !lists_present(&root, &sources),
+            "an InRelease alone is no list"
+        );
+        std::fs::write(
+            lists.join("m.example_docker_debian_dists_trixie_stable_binary-amd64_Packages"),
+            "",
+        )
+        .unwrap();
+        assert!(lists_present(&root, &sources));
+    }
+
+    #[test]
     fn a_key_file_others_can_write_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k.asc");
