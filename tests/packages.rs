@@ -1141,4 +1141,10 @@ fn key_by_url_is_checked_against_its_sha256() {
     ]);
     assert_eq!(s.read(KEY_FILE).as_deref(), Some(cache().key_a.as_str()));
     assert_eq!(s.installed("hello"), Some(repo_version("hello")));
+    // The key in place has the digest: a converged rerun fetches nothing, not even the key.
+    mirror.reset();
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(step(&report(&o), "packages")["result"], "unchanged");
+    assert_eq!(mirror.requests(), 0);
 }

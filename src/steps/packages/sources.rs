@@ -82,6 +82,12 @@ fn key_text(root: &Root, name: &str, s: &AptSource) -> Result<String> {
         read_key_file(&root.path(file))
             .with_context(|| format!("packages.sources.{name}.key_file"))?
     } else if let (Some(url), Some(sha)) = (&s.key_url, &s.key_sha256) {
+        // The digest pins the content: a key in place with it needs no fetch, so a converged
+        // run stays off the network.
+        let have = fs::read_optional(&root.path(&key_path(name)))?;
+        if let Some(have) = have.filter(|h| config::hex(&Sha256::digest(h.as_bytes())) == sha.0) {
+            return Ok(have);
+        }
         let text = match url.local_path() {
             Some(p) => std::fs::read_to_string(root.path(p))
                 .with_context(|| format!("cannot read {}", p.display()))?,
@@ -95,12 +101,18 @@ fn key_text(root: &Root, name: &str, s: &AptSource) -> Result<String> {
                 sha.0
             );
         }
-        text
+        armored(name, &text)?;
+        // Kept byte for byte, so that its digest is key_sha256.
+        return Ok(text);
     } else {
         bail!("packages.sources.{name}: no key");
     };
-    config::values::armored(&text).map_err(|e| anyhow::anyhow!("packages.sources.{name}: {e}"))?;
+    armored(name, &text)?;
     Ok(with_newline(&text))
+}
+
+fn armored(name: &str, text: &str) -> Result<()> {
+    config::values::armored(text).map_err(|e| anyhow::anyhow!("packages.sources.{name}: {e}"))
 }
 
 /// A key file olboot trusts: owned by root and writable by nobody else, since whoever can
