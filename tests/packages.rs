@@ -67,7 +67,7 @@ fn cache() -> &'static Cache {
             );
             std::fs::rename(&tmp, &root_tar).unwrap();
         }
-        let repos = dir.join("signed");
+        let repos = dir.join("signed-2");
         if !repos.join("b/key.asc").exists() {
             let tmp = dir.join("signed.tmp");
             let _ = std::fs::remove_dir_all(&tmp);
@@ -98,7 +98,14 @@ fn build_repos(dir: &Path) {
             .current_dir(&pool),
         "downloading hello and tree with the host's apt (apt-get update on the host?)",
     );
-    build_conf_package(dir, &pool);
+    build_package(
+        dir,
+        &pool,
+        "olboot-test-conf",
+        "",
+        &[("etc/olboot-test.conf", "setting = 1\n")],
+    );
+    build_package(dir, &pool, "olboot-test-needs-tree", "Depends: tree\n", &[]);
     let gnupg = dir.join("gnupg");
     std::fs::create_dir_all(&gnupg).unwrap();
     std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
@@ -168,27 +175,38 @@ fn build_repos(dir: &Path) {
     );
 }
 
-/// `olboot-test-conf_1.0_all.deb` in `pool`: one config file, `/etc/olboot-test.conf`, so
-/// that remove (keeps it) and purge (deletes it) can be told apart.
-fn build_conf_package(dir: &Path, pool: &Path) {
-    let tree = dir.join("conf-package");
+/// `NAME_1.0_all.deb` in `pool`, with `fields` added to its control file and `files` (paths
+/// below `/etc` become config files): `olboot-test-conf` has `/etc/olboot-test.conf`, so that
+/// remove (keeps it) and purge (deletes it) can be told apart; `olboot-test-needs-tree`
+/// depends on tree.
+fn build_package(dir: &Path, pool: &Path, name: &str, fields: &str, files: &[(&str, &str)]) {
+    let tree = dir.join(name);
     std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
-    std::fs::create_dir_all(tree.join("etc")).unwrap();
-    std::fs::write(tree.join("etc/olboot-test.conf"), "setting = 1\n").unwrap();
+    let mut conffiles = String::new();
+    for (path, text) in files {
+        common::write(&tree.join(path), text);
+        if path.starts_with("etc/") {
+            conffiles.push_str(&format!("/{path}\n"));
+        }
+    }
     std::fs::write(
         tree.join("DEBIAN/control"),
-        "Package: olboot-test-conf\nVersion: 1.0\nArchitecture: all\n\
-         Maintainer: olboot tests <tests@olboot.test>\n\
-         Description: a package with a config file, for olboot's tests\n",
+        format!(
+            "Package: {name}\nVersion: 1.0\nArchitecture: all\n{fields}\
+             Maintainer: olboot tests <tests@olboot.test>\n\
+             Description: a package made for olboot's tests\n"
+        ),
     )
     .unwrap();
-    std::fs::write(tree.join("DEBIAN/conffiles"), "/etc/olboot-test.conf\n").unwrap();
+    if !conffiles.is_empty() {
+        std::fs::write(tree.join("DEBIAN/conffiles"), conffiles).unwrap();
+    }
     must(
         Command::new("dpkg-deb")
             .args(["--root-owner-group", "--build"])
             .arg(&tree)
-            .arg(pool.join("olboot-test-conf_1.0_all.deb")),
-        "building olboot-test-conf",
+            .arg(pool.join(format!("{name}_1.0_all.deb"))),
+        "building a test package",
     );
     std::fs::remove_dir_all(&tree).unwrap();
 }
@@ -1147,4 +1165,25 @@ fn key_by_url_is_checked_against_its_sha256() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     assert_eq!(step(&report(&o), "packages")["result"], "unchanged");
     assert_eq!(mirror.requests(), 0);
+}
+
+#[test]
+fn an_install_that_brings_back_a_removed_package_fails() {
+    let mirror = Mirror::good();
+    let s = Scratch::new(&mirror, &["tree"]);
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // tree must go, but olboot-test-needs-tree needs it: apt would put it back on every run.
+    s.configure("  remove: [tree]\n  install: [olboot-test-needs-tree]\n");
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let error = step(&report(&o), "packages")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        error,
+        "installing olboot-test-needs-tree brought back tree, which packages.remove says must \
+         not be installed"
+    );
 }

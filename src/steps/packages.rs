@@ -103,6 +103,8 @@ pub enum Change {
         names: Vec<String>,
         /// With recommended packages.
         recommends: bool,
+        /// Packages that must not come back with them (`packages.remove`).
+        absent: Vec<String>,
     },
 }
 
@@ -136,7 +138,9 @@ impl Describe for Change {
                 let verb = tense.of(if *purge { Verb::Purge } else { Verb::Remove });
                 format!("{verb} {}", names.join(", "))
             }
-            Change::Install { names, recommends } => format!(
+            Change::Install {
+                names, recommends, ..
+            } => format!(
                 "{} {}{}",
                 tense.of(Verb::Install),
                 names.join(", "),
@@ -158,11 +162,11 @@ impl Step for Packages<'_> {
         let cfg = self.cfg;
         let writes = sources::plan(ctx.root, &cfg.sources)?;
         let installed = apt::installed(ctx.root)?;
-        let remove: Vec<String> = cfg
-            .remove
+        let absent: Vec<String> = cfg.remove.iter().map(|p| p.name().to_string()).collect();
+        let remove: Vec<String> = absent
             .iter()
-            .map(|p| p.name().to_string())
-            .filter(|n| installed.contains_key(n))
+            .filter(|n| installed.contains_key(*n))
+            .cloned()
             .collect();
         let names: Vec<&str> = cfg.install.iter().map(|p| p.0.as_str()).collect();
         let missing = missing(&names, &installed);
@@ -190,6 +194,7 @@ impl Step for Packages<'_> {
             purge: cfg.purge.unwrap_or(false),
             install: missing,
             recommends: cfg.recommends.unwrap_or(false),
+            absent,
         };
         Ok(Plan {
             changes: wanted.changes(ctx)?,
@@ -217,6 +222,7 @@ pub fn plan_install(ctx: &Ctx, names: &[&str]) -> Result<Vec<Change>> {
         purge: false,
         install,
         recommends: false,
+        absent: Vec::new(),
     }
     .changes(ctx)
 }
@@ -239,6 +245,8 @@ struct Wanted {
     purge: bool,
     install: Vec<String>,
     recommends: bool,
+    /// Every name of `packages.remove`, installed or not.
+    absent: Vec<String>,
 }
 
 impl Wanted {
@@ -266,6 +274,7 @@ impl Wanted {
             out.push(Change::Install {
                 names: self.install,
                 recommends: self.recommends,
+                absent: self.absent,
             });
         }
         Ok(out)
@@ -353,7 +362,14 @@ impl<'c> Run<'_, '_, 'c> {
                 self.confirm();
             }
             Change::Remove { names, purge } => self.remove(names, *purge)?,
-            Change::Install { names, recommends } => self.install(names, *recommends)?,
+            Change::Install {
+                names,
+                recommends,
+                absent,
+            } => {
+                self.install(names, *recommends)?;
+                self.check_absent(names, absent)?;
+            }
         }
         self.done.record(change);
         Ok(())
@@ -435,6 +451,25 @@ impl<'c> Run<'_, '_, 'c> {
         }
         for (name, version) in before.iter().filter(|(n, _)| !after.contains_key(*n)) {
             log::info!("packages: {name} {version} is gone");
+        }
+        Ok(())
+    }
+
+    /// Fail when installing `names` brought back a package that must not be installed: the
+    /// next run would remove it again, and so on forever.
+    fn check_absent(&self, names: &[String], absent: &[String]) -> Result<()> {
+        let installed = apt::installed(self.ctx.root)?;
+        let back: Vec<&str> = absent
+            .iter()
+            .filter(|n| installed.contains_key(*n))
+            .map(|n| n.as_str())
+            .collect();
+        if !back.is_empty() {
+            bail!(
+                "installing {} brought back {}, which packages.remove says must not be installed",
+                names.join(", "),
+                back.join(", ")
+            );
         }
         Ok(())
     }
@@ -599,6 +634,7 @@ mod tests {
             Change::Install {
                 names: vec!["hello".into(), "tree".into()],
                 recommends: true,
+                absent: vec!["runc".into()],
             },
         ];
         let plan: Vec<String> = changes.iter().map(|c| c.describe(Tense::Plan)).collect();
