@@ -42,6 +42,9 @@ pub mod sources;
 /// shortly after another run or cloud-init's own `package_update` from fetching them again.
 pub const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
+/// What apt's warnings say of a source it could not fetch or verify.
+const UNUSABLE: &[&str] = &["GPG error", "Failed to fetch", "is not signed", "NO_PUBKEY"];
+
 /// The packages step.
 pub struct Packages<'a> {
     /// Its config.
@@ -417,18 +420,24 @@ impl<'c> Run<'_, '_, 'c> {
     fn update(&mut self, written: &[Watched]) -> Result<()> {
         let lock = self.ctx.tuning.dpkg_lock_timeout;
         let ran = retrying(self.ctx, "apt-get", || apt::update(self.ctx.root, lock))?;
-        if ran.failure().is_some() {
-            for s in written {
-                let about: Vec<&str> = s.uris.iter().flat_map(|u| ran.about(u)).collect();
-                if !about.is_empty() {
-                    bail!(
-                        "apt source {} (packages.sources.{}) does not update: {}",
-                        s.name,
-                        s.name,
-                        about.join(" / ")
-                    );
-                }
+        let failed = ran.failure().is_some();
+        for s in written {
+            let mut about: Vec<&str> = s.uris.iter().flat_map(|u| ran.about(u)).collect();
+            // An apt that only warns about a source it could not fetch or verify (one that
+            // ignores Error-Mode) still exits 0: those warnings fail the source too.
+            if !failed {
+                about.retain(|l| UNUSABLE.iter().any(|p| l.contains(p)));
             }
+            if !about.is_empty() {
+                bail!(
+                    "apt source {} (packages.sources.{}) does not update: {}",
+                    s.name,
+                    s.name,
+                    about.join(" / ")
+                );
+            }
+        }
+        if failed {
             bail!("cannot update the package lists: {}", ran.describe());
         }
         self.updated = true;
