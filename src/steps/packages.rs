@@ -43,7 +43,13 @@ pub mod sources;
 pub const LISTS_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 
 /// What apt's warnings say of a source it could not fetch or verify.
-const UNUSABLE: &[&str] = &["GPG error", "Failed to fetch", "is not signed", "NO_PUBKEY"];
+const UNUSABLE: &[&str] = &[
+    "GPG error",
+    "OpenPGP signature verification failed",
+    "Failed to fetch",
+    "is not signed",
+    "NO_PUBKEY",
+];
 
 /// The packages step.
 pub struct Packages<'a> {

@@ -228,7 +228,13 @@ const TRANSIENT: &[&str] = &[
 /// Message fragments of fetch failures that trying again will not mend: a repository whose
 /// signature the configured key does not verify. (A 404 is not among them: when a mirror
 /// fails InRelease and Release with 5xx, apt reports the 404 of an index name it probed.)
-const PERMANENT: &[&str] = &["is not signed", "NO_PUBKEY", "couldn't be verified"];
+/// gpgv (bookworm) says NO_PUBKEY, sqv (trixie) "Missing key".
+const PERMANENT: &[&str] = &[
+    "is not signed",
+    "NO_PUBKEY",
+    "couldn't be verified",
+    "Missing key",
+];
 
 /// Message fragments of apt's and dpkg's lock errors.
 const LOCKED: &[&str] = &[
@@ -436,6 +442,8 @@ mod tests {
         assert_eq!(r.failure(), Some(Failure::Other));
         assert_eq!(r.about("http://127.0.0.1:5/").len(), 2);
         assert!(r.about("http://127.0.0.1:6/").is_empty());
+        let r = ran(100, "E: Failed to fetch http://127.0.0.1:5/./InRelease  Sub-process /usr/bin/sqv returned an error code (1), error message is: Missing key 3E1F, which is needed to verify signature.");
+        assert_eq!(r.failure(), Some(Failure::Other));
         // apt before 2.1 exits 0 when an index could not be fetched.
         let f = ran(0, "W: Failed to fetch http://x/InRelease  Could not resolve 'x'\nW: Some index files failed to download.").failure();
         assert!(matches!(f, Some(Failure::Transient(_))));
