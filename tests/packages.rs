@@ -1,10 +1,13 @@
-//! The packages step against real apt and dpkg: a Debian bookworm root made with `mmdebstrap
-//! --variant=minbase`, and a flat repository of `hello` and `tree` served over HTTP on
-//! 127.0.0.1 by a server in this file that counts requests and can fail the first ones.
+//! The packages step against real apt and dpkg: Debian bookworm (and, for the signed-source
+//! tests, trixie) roots made with `mmdebstrap --variant=minbase`, and a flat repository of
+//! `hello`, `tree` and two packages made here, signed with throwaway gpg keys made here (two
+//! copies, one per key), served over HTTP on 127.0.0.1 by a server in this file that counts
+//! requests and can fail the first ones.
 //!
-//! The root and the `.deb`s are built once and cached under `target/test-cache/packages/`;
-//! each test unpacks its own copy. Building needs mmdebstrap, apt-utils (apt-ftparchive),
-//! perl (for the lock holder) and Debian's mirror; without them the tests fail, never skip.
+//! The roots, keys and repositories are built once and cached under
+//! `target/test-cache/packages/`; each test unpacks its own root. Building needs mmdebstrap,
+//! apt-utils (apt-ftparchive), gnupg, perl (for the lock holder) and Debian's mirror; without
+//! them the tests fail, never skip.
 
 mod common;
 use common::{assert_apply_did_what_plan_said, code, olboot, report, stderr, step};
