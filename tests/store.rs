@@ -4,6 +4,7 @@
 //! host (127.0.0.2) that must not receive the credential, the fetch limits (endless body, 1 B/s
 //! body, 1 B/s headers), and a grep of every log line and the report for the secrets.
 
+mod common;
 #[path = "opt/support.rs"]
 mod support;
 
