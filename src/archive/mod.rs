@@ -22,6 +22,7 @@ pub mod fetch;
 pub mod pack;
 pub mod pipe;
 pub mod unpack;
+mod x25519;
 
 use crate::secret::{Auth, ShownUrl};
 use crate::sys::http::Credentials;
