@@ -281,10 +281,12 @@ fn pipeline(mirror: Mirror, staging: &Path) -> Result<Installed> {
             Ok((bytes, src.into_inner().hex()))
         });
         let decompressor = s.spawn(move || -> Result<decompress::Format> {
-            let (format, mut r) = match identities {
-                Some(ids) => decompress::reader(ids.decrypt(raw_r)?)?,
-                None => decompress::reader(raw_r)?,
+            // One reader type for both cases: the decompressors are built once, not twice.
+            let src: Box<dyn std::io::BufRead + Send> = match identities {
+                Some(ids) => Box::new(ids.decrypt(raw_r)?),
+                None => Box::new(raw_r),
             };
+            let (format, mut r) = decompress::reader(src)?;
             tar_w.copy_from(&mut r).with_context(|| match identities {
                 Some(_) => format!("cannot decrypt and decompress the archive ({format:?})"),
                 None => format!("cannot decompress the archive ({format:?})"),
