@@ -84,14 +84,19 @@ impl Step for Packages<'_> {
     }
 }
 
-/// Make sure `names` are installed on the target, through the same apt code as the step;
-/// used by the firewall step when `nft` is missing. Records what it installed in `done`.
-pub fn ensure_installed(ctx: &Ctx, names: &[&str], done: &mut Done<Change>) -> Result<()> {
-    let changes = changes(ctx, names)?;
+/// The changes that get `names` installed on the target (nothing when they all are), for
+/// another step that needs a package (the firewall's `nftables`); make them with
+/// [`apply_changes`].
+pub fn plan_install(ctx: &Ctx, names: &[&str]) -> Result<Vec<Change>> {
+    changes(ctx, names)
+}
+
+/// Make `changes` (from [`plan_install`]) on the target, in order, recording each in `done`.
+pub fn apply_changes(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
     if changes.is_empty() {
         return Ok(());
     }
-    make(ctx, changes, false, done)
+    make(ctx, changes.to_vec(), false, done)
 }
 
 /// What it takes to get `names` installed: nothing when they all are.
