@@ -155,10 +155,15 @@ fn allow_rules_filter_by_set_port_and_family() {
     assert_eq!(step["result"], "changed", "{step}");
     let done = changes(&step);
     assert!(
-        done.contains(&"loaded table inet olboot into the running kernel".to_string()),
+        done.iter().any(|l| {
+            l
+            == "loaded table inet olboot into the running kernel (table inet olboot is not loaded)"
+        }),
         "{done:?}"
     );
-    assert!(done.contains(&"wrote /etc/nftables.d/olboot.nft".to_string()));
+    assert!(done
+        .iter()
+        .any(|l| l.starts_with("wrote /etc/nftables.d/olboot.nft: ")));
 
     // Forget the neighbours learnt before the firewall: IPv6 must now find them through it
     // (neighbour discovery), IPv4 through ARP.
@@ -204,7 +209,7 @@ fn established_connections_survive_and_plan_shows_the_diff() {
     assert_eq!(step["result"], "pending");
     let text = changes(&step).join("\n");
     assert!(
-        text.contains("load table inet olboot into the running kernel (the rules changed)"),
+        text.contains("replace table inet olboot in the running kernel (the rules changed)"),
         "{text}"
     );
     assert!(
@@ -227,7 +232,9 @@ fn established_connections_survive_and_plan_shows_the_diff() {
 
     let step = lab.apply(CONFIG_B);
     assert!(
-        changes(&step).contains(&"replaced table inet olboot in the running kernel".to_string()),
+        changes(&step)
+            .iter()
+            .any(|l| l == "replaced table inet olboot in the running kernel (the rules changed)"),
         "{step}"
     );
     ns::echoes(&mut v4).expect("the established IPv4 connection survives");
@@ -332,8 +339,19 @@ fn the_persisted_file_loads_at_boot_and_twice() {
         "{conf}"
     );
     if let Ok(orig) = std::fs::read_to_string("/etc/nftables.conf") {
-        assert!(conf.starts_with(&orig), "the rest of nftables.conf is kept");
+        let kept = orig.lines().filter(|l| l.trim() != "flush ruleset");
+        let mut rest = conf.as_str();
+        for line in kept {
+            let at = rest
+                .find(line)
+                .unwrap_or_else(|| panic!("{line:?} kept in {conf}"));
+            rest = &rest[at + line.len()..];
+        }
     }
+    assert!(
+        !conf.lines().any(|l| l.trim() == "flush ruleset"),
+        "a reload flushes nothing: {conf}"
+    );
     let record =
         std::fs::read_to_string(lab.sandbox.var_lib("olboot/firewall.listing")).expect("record");
     let (_, listing) = record.split_once('\n').expect("header");
@@ -356,10 +374,25 @@ fn the_persisted_file_loads_at_boot_and_twice() {
     if Path::new("/lib/systemd/systemd").exists() {
         let link = lab
             .sandbox
-            .etc("systemd/system/sysinit.target.wants/nftables.service");
-        assert!(
-            std::fs::read_link(link).is_ok(),
-            "nftables.service is enabled"
+            .etc("systemd/system/sysinit.target.wants/olboot-firewall.service");
+        assert_eq!(
+            std::fs::read_link(link).expect("olboot-firewall.service is enabled"),
+            Path::new("/etc/systemd/system/olboot-firewall.service")
+        );
+        // What the unit runs at boot loads the table olboot loaded.
+        let unit =
+            std::fs::read_to_string(lab.sandbox.etc("systemd/system/olboot-firewall.service"))
+                .expect("unit");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart");
+        let argv: Vec<&str> = exec.split_whitespace().collect();
+        let unit_boot = Netns::new();
+        ns::must(lab.sandbox.command(&unit_boot, argv[0]).args(&argv[1..]));
+        assert_eq!(
+            unit_boot.nft(&["-s", "list", "table", "inet", "olboot"]),
+            listing
         );
     }
     // The include is added once, whatever the number of runs.
@@ -474,7 +507,7 @@ fn under_root_only_files_change() {
     common::write(&root.join("lib/systemd/systemd"), "");
     common::write(&root.join("lib/systemd/system/nftables.service"), UNIT);
     common::write(&root.join("etc/nftables.conf"), DEBIAN_CONF);
-    common::write(&root.join("usr/bin/dockerd"), "");
+    common::write(&root.join("usr/sbin/dockerd"), "");
     let cfg = t.path().join("olboot.yaml");
     std::fs::write(&cfg, CONFIG_A).expect("config");
     let run = |verb: &str| {
@@ -492,9 +525,10 @@ fn under_root_only_files_change() {
 
     let out = run("plan");
     assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
-    let step = common::step(&common::report(&out), "firewall").clone();
+    let plan = common::report(&out);
+    let step = common::step(&plan, "firewall").clone();
     let planned = changes(&step);
-    assert_eq!(planned.len(), 3, "{planned:?}");
+    assert_eq!(planned.len(), 4, "{planned:?}");
     assert!(planned[0].starts_with("write /etc/nftables.d/olboot.nft: "));
     assert!(
         planned[0].contains("\n    + table inet olboot {}"),
@@ -503,39 +537,45 @@ fn under_root_only_files_change() {
     );
     assert_eq!(
         planned[1],
-        "add include \"/etc/nftables.d/*.nft\" to /etc/nftables.conf"
+        "comment out `flush ruleset` in /etc/nftables.conf (on every reload it would drop every \
+         table, Docker's too) and replace only the file's own tables there (inet filter); add \
+         include \"/etc/nftables.d/*.nft\" to /etc/nftables.conf"
     );
-    assert_eq!(planned[2], "enable nftables.service for boot");
+    assert_eq!(
+        planned[2],
+        "write /etc/systemd/system/olboot-firewall.service (it loads /etc/nftables.d/olboot.nft at boot, before the network)"
+    );
+    assert_eq!(
+        planned[3],
+        "enable olboot-firewall.service for boot (/etc/systemd/system/sysinit.target.wants/olboot-firewall.service -> /etc/systemd/system/olboot-firewall.service)"
+    );
+    let warnings = step["warnings"].to_string();
     assert!(
-        step["warnings"][0]
-            .as_str()
-            .is_some_and(|w| w.contains("flush ruleset")),
-        "Docker is installed and nftables.conf flushes: {step}"
+        warnings.contains("nftables.service stops with `nft flush ruleset`")
+            && warnings.contains("Docker is installed: /usr/sbin/dockerd"),
+        "Docker is installed and nftables.service flushes on stop: {step}"
     );
 
     let out = run("apply");
     assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
-    let step = common::step(&common::report(&out), "firewall").clone();
-    assert_eq!(
-        changes(&step),
-        [
-            "wrote /etc/nftables.d/olboot.nft",
-            "added include \"/etc/nftables.d/*.nft\" to /etc/nftables.conf",
-            "enabled nftables.service (/etc/systemd/system/sysinit.target.wants/nftables.service -> /lib/systemd/system/nftables.service)",
-        ]
-    );
+    common::assert_apply_did_what_plan_said(&plan, &common::report(&out), "firewall");
     assert_eq!(
         srv.nft(&["list", "ruleset"]),
         before,
         "the kernel is untouched"
     );
     let conf = std::fs::read_to_string(root.join("etc/nftables.conf")).expect("conf");
-    assert!(conf.starts_with(DEBIAN_CONF));
+    assert!(conf.starts_with("#!/usr/sbin/nft -f\n\n# flush ruleset  # commented out by olboot"));
+    assert!(
+        conf.contains("\ntable inet filter {}\ndelete table inet filter\n\ntable inet filter {\n")
+    );
     assert!(conf.ends_with("include \"/etc/nftables.d/*.nft\"\n"));
     assert_eq!(
-        std::fs::read_link(root.join("etc/systemd/system/sysinit.target.wants/nftables.service"))
-            .expect("link"),
-        Path::new("/lib/systemd/system/nftables.service")
+        std::fs::read_link(
+            root.join("etc/systemd/system/sysinit.target.wants/olboot-firewall.service")
+        )
+        .expect("link"),
+        Path::new("/etc/systemd/system/olboot-firewall.service")
     );
     assert!(!root.join("var/lib/olboot/firewall.listing").exists());
 
@@ -568,21 +608,22 @@ fn plan_under_root(root: &std::path::Path, cfg: &std::path::Path) -> std::proces
 }
 
 #[test]
-fn a_target_without_nft_plans_to_install_it() {
+fn a_target_without_nft_or_dpkg_fails_loudly() {
+    // Without nft the firewall step plans the packages step's install of nftables; a target
+    // whose packages cannot even be listed fails the step, naming the command.
     let t = tempfile::tempdir().expect("tempdir");
     let root = t.path().join("root");
     std::fs::create_dir_all(&root).expect("root");
     let cfg = t.path().join("olboot.yaml");
     std::fs::write(&cfg, CONFIG_A).expect("config");
     let out = plan_under_root(&root, &cfg);
-    assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
+    assert_eq!(common::code(&out), 1, "{}", common::stderr(&out));
     let step = common::step(&common::report(&out), "firewall").clone();
-    let planned = changes(&step);
-    assert_eq!(planned[0], "install nftables (nft is missing)");
-    assert!(planned[1].starts_with("write /etc/nftables.d/olboot.nft"));
-    assert_eq!(
-        planned[2],
-        "create /etc/nftables.conf with include \"/etc/nftables.d/*.nft\""
+    assert_eq!(step["result"], "failed");
+    let err = step["error"].as_str().expect("error");
+    assert!(
+        err.contains("cannot list the installed packages") && err.contains("dpkg-query"),
+        "{err}"
     );
     assert_eq!(common::snapshot(&root).len(), 0, "plan wrote nothing");
 }

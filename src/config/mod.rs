@@ -284,14 +284,15 @@ impl Config {
             if fw.sets.contains_key(steps::CONTAINERS) {
                 return Err(err(
                     &format!("firewall.sets.{}", steps::CONTAINERS),
-                    "a reserved name: `from: containers` means the local container networks"
-                        .into(),
+                    "a reserved name: `from: containers` means the local container networks".into(),
                 ));
             }
             for b in fw.container_bridges.iter().flatten() {
                 let name = b.strip_suffix('*').unwrap_or(b);
                 let ok = (1..=15).contains(&b.len())
-                    && name.bytes().all(|c| c.is_ascii_graphic() && !b"\"*/".contains(&c));
+                    && name
+                        .bytes()
+                        .all(|c| c.is_ascii_graphic() && !b"\"*/".contains(&c));
                 if !ok {
                     return Err(err(
                         "firewall.container_bridges",
@@ -314,7 +315,9 @@ impl Config {
                 a.proto == Proto::Tcp
                     && a.port.0.iter().any(|p| p.contains(22))
                     && (a.from.is_empty()
-                        || a.from.iter().any(|s| fw.sets.get(s).is_some_and(|n| !n.is_empty())))
+                        || a.from
+                            .iter()
+                            .any(|s| fw.sets.get(s).is_some_and(|n| !n.is_empty())))
             });
             if !ssh_open && fw.ssh != Some(Ssh::Closed) {
                 return Err(err(

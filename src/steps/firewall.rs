@@ -124,11 +124,17 @@ impl Describe for Change {
                     steps.join("; ")
                 )
             }
-            Change::Load { replace: false, why, .. } => format!(
+            Change::Load {
+                replace: false,
+                why,
+                ..
+            } => format!(
                 "{} table {table} into the running kernel ({why})",
                 tense.of(Verb::Load)
             ),
-            Change::Load { replace: true, why, .. } => format!(
+            Change::Load {
+                replace: true, why, ..
+            } => format!(
                 "{} table {table} in the running kernel ({why})",
                 tense.of(Verb::Replace)
             ),
@@ -139,7 +145,9 @@ impl Describe for Change {
                 boot::CONF,
                 boot::INCLUDE
             ),
-            Change::Conf { include, unflushed, .. } => {
+            Change::Conf {
+                include, unflushed, ..
+            } => {
                 let mut parts = Vec::new();
                 if let Some(tables) = unflushed {
                     parts.push(format!(
@@ -209,14 +217,19 @@ fn target_has_nft(ctx: &Ctx) -> bool {
     if ctx.root.is_live() {
         return cmd::exists("nft");
     }
-    NFT_PATHS.iter().any(|p| ctx.root.path(Path::new(p)).is_file())
+    NFT_PATHS
+        .iter()
+        .any(|p| ctx.root.path(Path::new(p)).is_file())
 }
 
 /// Whether a table inet olboot is loaded, and why the running kernel needs the ruleset
 /// loaded (`None` when it already runs it).
 fn kernel_drift(ctx: &Ctx, rules: &Ruleset) -> Result<(bool, Option<String>)> {
     let Some(live) = nft::list_table(ruleset::FAMILY, ruleset::NAME)? else {
-        return Ok((false, Some(format!("table {} is not loaded", ruleset::TABLE))));
+        return Ok((
+            false,
+            Some(format!("table {} is not loaded", ruleset::TABLE)),
+        ));
     };
     let record = fs::read_optional(&ctx.root.path(Path::new(RECORD)))?;
     let why = match record.as_deref().and_then(parse_record) {
@@ -346,9 +359,8 @@ fn plan_warnings(ctx: &Ctx, cfg: &config::Firewall, plan: &mut Plan<Change>) -> 
 fn plan_nft(ctx: &Ctx, plan: &mut Plan<Change>) -> Result<()> {
     let nested = packages::plan_install(ctx, &["nftables"])?;
     if nested.is_empty() {
-        plan.failures.push(
-            "nft is missing although the nftables package is installed: reinstall it".into(),
-        );
+        plan.failures
+            .push("nft is missing although the nftables package is installed: reinstall it".into());
     } else {
         plan.changes.push(Change::InstallNftables(nested));
     }
@@ -363,11 +375,14 @@ fn load(ctx: &Ctx, rules: &Ruleset) -> Result<()> {
             ruleset::TABLE
         )
     })?;
-    let listing = nft::list_table(ruleset::FAMILY, ruleset::NAME)?.with_context(|| {
-        format!("table {} is missing right after loading it", ruleset::TABLE)
-    })?;
+    let listing = nft::list_table(ruleset::FAMILY, ruleset::NAME)?
+        .with_context(|| format!("table {} is missing right after loading it", ruleset::TABLE))?;
     let record = ctx.root.path(Path::new(RECORD));
-    fs::write_atomic(&record, record_text(&rules.sha256, &listing).as_bytes(), 0o644)
+    fs::write_atomic(
+        &record,
+        record_text(&rules.sha256, &listing).as_bytes(),
+        0o644,
+    )
 }
 
 /// Make one change (the ruleset was checked before any).
@@ -384,9 +399,11 @@ fn apply_one(ctx: &Ctx, change: &Change) -> Result<()> {
         Change::Conf { text, .. } => {
             fs::write_atomic(&root.path(Path::new(boot::CONF)), text.as_bytes(), 0o755)
         }
-        Change::Unit { text } => {
-            fs::write_atomic(&root.path(Path::new(boot::UNIT_PATH)), text.as_bytes(), 0o644)
-        }
+        Change::Unit { text } => fs::write_atomic(
+            &root.path(Path::new(boot::UNIT_PATH)),
+            text.as_bytes(),
+            0o644,
+        ),
         Change::Enable { link, dest } => boot::enable(root, link, dest),
     }
 }
@@ -528,13 +545,20 @@ mod tests {
     fn report_lines_are_plan_lines_in_the_done_tense() {
         for c in all_changes() {
             let plan = c.describe(Tense::Plan);
-            assert_eq!(super::super::in_done_tense(&plan), c.describe(Tense::Done), "{c:?}");
+            assert_eq!(
+                super::super::in_done_tense(&plan),
+                c.describe(Tense::Done),
+                "{c:?}"
+            );
         }
     }
 
     #[test]
     fn changes_read_as_imperatives() {
-        let lines: Vec<String> = all_changes().iter().map(|c| c.describe(Tense::Plan)).collect();
+        let lines: Vec<String> = all_changes()
+            .iter()
+            .map(|c| c.describe(Tense::Plan))
+            .collect();
         assert_eq!(
             lines[1],
             "load table inet olboot into the running kernel (table inet olboot is not loaded)"

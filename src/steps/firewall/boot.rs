@@ -35,7 +35,8 @@ const NFTABLES_UNITS: [&str; 2] = [
     "/usr/lib/systemd/system/nftables.service",
 ];
 /// What olboot writes in place of a `flush ruleset` line of [`CONF`].
-const UNFLUSHED: &str = "# flush ruleset  # commented out by olboot: it removed every table, Docker's and olboot's too";
+const UNFLUSHED: &str =
+    "# flush ruleset  # commented out by olboot: it removed every table, Docker's and olboot's too";
 
 /// Include paths that load olboot's file.
 const INCLUDES_OURS: [&str; 3] = [
@@ -96,9 +97,16 @@ fn declared_tables(conf: &str) -> Vec<String> {
     const FAMILIES: [&str; 6] = ["ip", "ip6", "inet", "arp", "bridge", "netdev"];
     let mut out: Vec<String> = Vec::new();
     for line in conf.lines() {
-        let words: Vec<&str> = line.split('#').next().unwrap_or("").split_whitespace().collect();
+        let words: Vec<&str> = line
+            .split('#')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
         let table = match words.as_slice() {
-            ["table", f, n, ..] if FAMILIES.contains(f) => format!("{f} {}", n.trim_end_matches('{')),
+            ["table", f, n, ..] if FAMILIES.contains(f) => {
+                format!("{f} {}", n.trim_end_matches('{'))
+            }
             ["table", n, ..] => format!("ip {}", n.trim_end_matches('{')),
             _ => continue,
         };
@@ -195,9 +203,12 @@ pub fn service_stop_flushes(root: &Root) -> Result<bool> {
     for unit in NFTABLES_UNITS {
         if let Some(text) = crate::sys::fs::read_optional(&root.path(Path::new(unit)))? {
             return Ok(text.lines().any(|l| {
-                l.trim()
-                    .strip_prefix("ExecStop=")
-                    .is_some_and(|cmd| cmd.split_whitespace().rev().take(2).eq(["ruleset", "flush"]))
+                l.trim().strip_prefix("ExecStop=").is_some_and(|cmd| {
+                    cmd.split_whitespace()
+                        .rev()
+                        .take(2)
+                        .eq(["ruleset", "flush"])
+                })
             }));
         }
     }

@@ -71,9 +71,9 @@ pub fn matches(pattern: &str, name: &str) -> bool {
 /// Whether `name` is what Docker calls its bridges: `docker0`, or `br-` and 12 hex digits.
 fn docker_like(name: &str) -> bool {
     name == "docker0"
-        || name.strip_prefix("br-").is_some_and(|id| {
-            id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit())
-        })
+        || name
+            .strip_prefix("br-")
+            .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Bridges of the running kernel that a wildcard of `patterns` takes for container networks
@@ -105,7 +105,10 @@ mod tests {
                       Package: git\nStatus: install ok installed\n\n\
                       Package: docker-ce\nStatus: install ok installed\nVersion: 5:29.0.1\n";
         assert_eq!(installed_package(status), Some("docker-ce"));
-        assert_eq!(installed_package("Package: git\nStatus: install ok installed\n"), None);
+        assert_eq!(
+            installed_package("Package: git\nStatus: install ok installed\n"),
+            None
+        );
     }
 
     #[test]
@@ -114,7 +117,10 @@ mod tests {
         let root = Root::at(t.path());
         assert_eq!(found(&root).expect("look"), None);
         fs::write_atomic(&t.path().join("usr/sbin/dockerd"), b"", 0o755).expect("write");
-        assert_eq!(found(&root).expect("look").as_deref(), Some("/usr/sbin/dockerd"));
+        assert_eq!(
+            found(&root).expect("look").as_deref(),
+            Some("/usr/sbin/dockerd")
+        );
     }
 
     #[test]

@@ -324,7 +324,12 @@ fn render_forward(
         // but nft 1.0 lists such a set as `[invalid type]`.
         ports
             .iter()
-            .map(|p| format!("meta l4proto {proto} ct original proto-dst {p} {}", src.matcher))
+            .map(|p| {
+                format!(
+                    "meta l4proto {proto} ct original proto-dst {p} {}",
+                    src.matcher
+                )
+            })
             .map(|m| m.trim_end().to_string())
             .collect()
     });
@@ -466,13 +471,16 @@ mod tests {
             ]
         );
         assert!(r.contains("\t\tct state new oifname \"ol-*\" jump routed"));
-        assert!(!r.contains("br-*"), "the config's bridges replace the default");
+        assert!(
+            !r.contains("br-*"),
+            "the config's bridges replace the default"
+        );
         assert!(r.contains(
             "\t\tiifname \"ol-*\" tcp dport 7000 accept comment \"allow[1]: tcp 7000 from containers\"\n"
         ));
-        assert!(r.contains(
-            "\t\tmeta l4proto tcp ct original proto-dst 7000 iifname \"olnet\" accept"
-        ));
+        assert!(
+            r.contains("\t\tmeta l4proto tcp ct original proto-dst 7000 iifname \"olnet\" accept")
+        );
     }
 
     #[test]
