@@ -7,6 +7,8 @@
 //! namespace behind the server at 10.200.2.2 for published (DNAT'd) ports.
 
 mod common;
+#[path = "firewall/docker.rs"]
+mod docker;
 #[path = "firewall/ns.rs"]
 mod ns;
 
@@ -686,4 +688,375 @@ fn a_broken_nftables_conf_is_reported() {
                 .is_some_and(|w| w.contains("/etc/nftables.conf does not load"))),
         "{step}"
     );
+}
+
+/// The Docker lab's config: the published 8080 for `cli` only, the host's 7000 for the
+/// containers; 8081 and 8083 are unlisted.
+const DOCKER_CONFIG: &str = "version: 1
+firewall:
+  sets:
+    cli: [10.200.1.2, \"fd00:200::2\"]
+  allow:
+    - { port: 22, from: cli }
+    - { port: 8080, from: cli }
+    - { port: 7000, from: containers }
+";
+
+/// A VM namespace running a real dockerd, with an allowed client (`cli`) and another one
+/// (`oth`), both routing the container networks through the VM, as a neighbour may.
+struct DockerLab {
+    cli: Netns,
+    oth: Netns,
+    vm: Netns,
+    dockerd: docker::Dockerd,
+    olboot: Sandbox,
+}
+
+impl DockerLab {
+    fn new() -> DockerLab {
+        let (cli, oth, vm) = (Netns::new(), Netns::new(), Netns::new());
+        link(
+            &cli,
+            "vc",
+            &["10.200.1.2/24", "fd00:200::2/64"],
+            &vm,
+            "vmc",
+            &["10.200.1.1/24", "fd00:200::1/64"],
+        );
+        link(
+            &oth,
+            "vo",
+            &["10.200.3.2/24", "fd00:203::2/64"],
+            &vm,
+            "vmo",
+            &["10.200.3.1/24", "fd00:203::1/64"],
+        );
+        for (ns, v4, v6) in [
+            (&cli, "10.200.1.1", "fd00:200::1"),
+            (&oth, "10.200.3.1", "fd00:203::1"),
+        ] {
+            ns.ip(&["route", "add", "172.16.0.0/12", "via", v4]);
+            ns.ip(&["route", "add", "fd00:dd::/63", "via", v6]);
+        }
+        vm.sysctl("net.ipv4.ip_forward", "1");
+        vm.sysctl("net.ipv6.conf.all.forwarding", "1");
+        let dockerd = docker::Dockerd::start(&vm, "fd00:dd::/64");
+        DockerLab {
+            cli,
+            oth,
+            vm,
+            dockerd,
+            olboot: Sandbox::new(),
+        }
+    }
+
+    /// `olboot VERB --only firewall` live in the VM, with the Docker lab's config.
+    fn olboot(&self, verb: &str, config: &str) -> std::process::Output {
+        let cfg = self.olboot.dir().join("olboot.yaml");
+        std::fs::write(&cfg, config).expect("config");
+        let cfg = cfg.display().to_string();
+        let mut args = vec![verb, "-c", &cfg, "--host", "lab", "--only", "firewall"];
+        if verb == "apply" {
+            args.push("--json");
+        }
+        self.olboot.olboot(&self.vm, &args)
+    }
+
+    /// The firewall step's result of `olboot VERB`, which must exit with `code`.
+    fn result(&self, verb: &str, config: &str, code: i32) -> Value {
+        let out = self.olboot(verb, config);
+        assert_eq!(common::code(&out), code, "{verb}: {}", common::stderr(&out));
+        common::step(&common::report(&out), "firewall").clone()
+    }
+
+    /// Whether `GET /` from `ns` to `addr` gets the page of a container.
+    fn page(ns: &Netns, addr: &str) -> bool {
+        docker::http_get(ns, addr).is_ok_and(|b| b == "hello from a container\n")
+    }
+
+    /// `GET URL` from inside container `name` (busybox wget, bounded by busybox timeout: its
+    /// wget's own `-T` crashes); whether it got `want`.
+    fn fetch_in(&self, name: &str, url: &str, want: &str) -> bool {
+        let (ok, out) = self.dockerd.try_docker(&[
+            "exec",
+            name,
+            "/bin/busybox",
+            "timeout",
+            "5",
+            "/bin/busybox",
+            "wget",
+            "-O",
+            "-",
+            url,
+        ]);
+        if !(ok && out.contains(want)) {
+            eprintln!("{name}: wget {url}: {out}");
+        }
+        ok && out.contains(want)
+    }
+}
+
+/// The containers: `web` on docker0 publishing 8080, `api` on the user-defined network
+/// `olnet` (a `br-*` bridge) publishing 8081, and `tool` on olnet for egress and
+/// container-to-container checks. Returns the direct addresses of web's and api's servers.
+fn run_containers(d: &docker::Dockerd) -> Vec<String> {
+    d.docker(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "172.30.0.0/16",
+        "--subnet",
+        "fd00:dd:0:1::/64",
+        "olnet",
+    ]);
+    let httpd = |name: &str, net: &str, publish: &str, port: &str| {
+        d.docker(&[
+            "run",
+            "-d",
+            "--restart",
+            "always",
+            "--name",
+            name,
+            "--network",
+            net,
+            "-p",
+            publish,
+            docker::IMAGE,
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            port,
+            "-h",
+            "/www",
+        ]);
+    };
+    httpd("web", "bridge", "8080:80", "80");
+    httpd("api", "olnet", "8081:81", "81");
+    d.docker(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        "tool",
+        "--network",
+        "olnet",
+        docker::IMAGE,
+        "/bin/busybox",
+        "sleep",
+        "100000",
+    ]);
+    let (web4, web6) = d.addresses("web");
+    let (api4, api6) = d.addresses("api");
+    vec![
+        format!("{web4}:80"),
+        format!("[{web6}]:80"),
+        format!("{api4}:81"),
+        format!("[{api6}]:81"),
+    ]
+}
+
+/// The VM's addresses as `cli` and as `oth` see them.
+const VM_FOR_CLI: (&str, &str) = ("10.200.1.1", "[fd00:200::1]");
+const VM_FOR_OTH: (&str, &str) = ("10.200.3.1", "[fd00:203::1]");
+
+/// Wait until `f` holds (fresh veths and bridges take a moment), failing with `what`.
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Whether `ns` gets the page of the port published at `port` of the VM (v4, v6).
+fn published(ns: &Netns, vm: (&str, &str), port: u16) -> (bool, bool) {
+    (
+        DockerLab::page(ns, &format!("{}:{port}", vm.0)),
+        DockerLab::page(ns, &format!("{}:{port}", vm.1)),
+    )
+}
+
+/// What must hold with olboot's table in place, whatever happened to Docker's rules since.
+fn assert_contained(lab: &DockerLab, direct: &[String]) {
+    assert_eq!(
+        published(&lab.cli, VM_FOR_CLI, 8080),
+        (true, true),
+        "8080 is published for cli"
+    );
+    assert_eq!(
+        published(&lab.oth, VM_FOR_OTH, 8080),
+        (false, false),
+        "8080 is not for oth"
+    );
+    assert_eq!(
+        published(&lab.cli, VM_FOR_CLI, 8081),
+        (false, false),
+        "8081 is unlisted"
+    );
+    assert_eq!(
+        published(&lab.oth, VM_FOR_OTH, 8081),
+        (false, false),
+        "8081 is unlisted"
+    );
+    for addr in direct {
+        assert!(
+            !DockerLab::page(&lab.cli, addr),
+            "the direct route to {addr} is closed"
+        );
+        assert!(
+            !DockerLab::page(&lab.oth, addr),
+            "the direct route to {addr} is closed"
+        );
+    }
+    assert!(
+        lab.fetch_in("tool", "http://10.200.1.2:7001/", "outside"),
+        "egress from olnet (br-*)"
+    );
+    assert!(
+        lab.fetch_in("web", "http://10.200.1.2:7001/", "outside"),
+        "egress from docker0"
+    );
+    let api = &direct[2];
+    assert!(
+        lab.fetch_in("tool", &format!("http://{api}/"), "hello from a container"),
+        "container to container"
+    );
+    assert!(
+        lab.fetch_in("tool", "http://172.30.0.1:7000/", "host service"),
+        "containers reach the host's 7000"
+    );
+    assert!(
+        lab.fetch_in("web", "http://172.17.0.1:7000/", "host service"),
+        "from docker0 too"
+    );
+    assert!(
+        docker::http_get(&lab.cli, "10.200.1.1:7000").is_err(),
+        "7000 is only for containers"
+    );
+}
+
+#[test]
+fn docker_containers_are_reachable_only_as_allowed() {
+    let mut lab = DockerLab::new();
+    docker::http_server(&lab.vm, "[::]:7000", "host service");
+    docker::http_server(&lab.cli, "0.0.0.0:7001", "outside");
+    let direct = run_containers(&lab.dockerd);
+    // Before olboot, Docker 20.10 lets anyone reach published ports and, routed, the
+    // containers themselves: the checks that follow can fail.
+    wait_for("8080 before olboot", || {
+        published(&lab.oth, VM_FOR_OTH, 8080) == (true, true)
+    });
+    wait_for("8081 before olboot", || {
+        published(&lab.oth, VM_FOR_OTH, 8081) == (true, true)
+    });
+    for addr in &direct {
+        wait_for(&format!("{addr} before olboot"), || {
+            DockerLab::page(&lab.oth, addr)
+        });
+    }
+
+    let plan_out = lab.olboot("plan", DOCKER_CONFIG);
+    assert_eq!(common::code(&plan_out), 3, "{}", common::stderr(&plan_out));
+    let apply_out = lab.olboot("apply", DOCKER_CONFIG);
+    assert_eq!(
+        common::code(&apply_out),
+        0,
+        "{}",
+        common::stderr(&apply_out)
+    );
+    common::assert_apply_did_what_plan_said(
+        &common::report(&plan_out),
+        &common::report(&apply_out),
+        "firewall",
+    );
+    assert_contained(&lab, &direct);
+    assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "unchanged");
+
+    // A port published after apply is closed too.
+    lab.dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "late",
+        "-p",
+        "8083:80",
+        docker::IMAGE,
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    wait_for("late runs", || {
+        lab.fetch_in("late", "http://127.0.0.1:80/", "hello")
+    });
+    assert_eq!(
+        published(&lab.cli, VM_FOR_CLI, 8083),
+        (false, false),
+        "8083 is unlisted"
+    );
+
+    // A direct route opens for the port an allow rule names, to that rule's sources only.
+    let web = direct[0].clone();
+    let open80 = format!("{DOCKER_CONFIG}    - {{ port: 80, from: cli }}\n");
+    lab.result("apply", &open80, 0);
+    assert!(DockerLab::page(&lab.cli, &web), "allowed: cli to {web}");
+    assert!(!DockerLab::page(&lab.oth, &web), "oth to {web}");
+    lab.result("apply", DOCKER_CONFIG, 0);
+
+    reloads_and_restarts(&mut lab, &direct);
+}
+
+/// A reload of /etc/nftables.conf, an iptables flush by another firewall and a Docker
+/// restart leave olboot's table and (after the restart) Docker's rules in place; a full
+/// flush is noticed.
+fn reloads_and_restarts(lab: &mut DockerLab, direct: &[String]) {
+    ns::must(
+        lab.olboot
+            .command(&lab.vm, "nft")
+            .args(["-f", "/etc/nftables.conf"]),
+    );
+    assert!(
+        lab.vm.nft(&["list", "tables"]).contains("table ip nat"),
+        "Docker's tables survive a reload"
+    );
+    assert_contained(lab, direct);
+    assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "unchanged");
+
+    // ferm's iptables-restore flushes the iptables-nft tables, Docker's chains with them.
+    for table in ["filter", "nat"] {
+        for prog in ["iptables", "ip6tables"] {
+            ns::must(lab.vm.command(prog).args(["-t", table, "-F"]));
+        }
+    }
+    assert_eq!(
+        lab.result("apply", DOCKER_CONFIG, 0)["result"],
+        "unchanged",
+        "olboot's table is intact"
+    );
+    lab.dockerd.restart(&lab.vm);
+    wait_for("web back after the Docker restart", || {
+        lab.fetch_in("web", "http://127.0.0.1:80/", "hello")
+    });
+    wait_for("8080 back after the Docker restart", || {
+        published(&lab.cli, VM_FOR_CLI, 8080) == (true, true)
+    });
+    assert_contained(lab, direct);
+    assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "unchanged");
+
+    // `systemctl restart nftables` runs `nft flush ruleset`: plan warns of it, apply notices.
+    lab.vm.nft(&["flush", "ruleset"]);
+    let plan = lab.result("plan", DOCKER_CONFIG, 3);
+    assert!(
+        changes(&plan).iter().any(|l| l
+            == "load table inet olboot into the running kernel (table inet olboot is not loaded)"),
+        "{plan}"
+    );
+    assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "changed");
+    assert_eq!(published(&lab.oth, VM_FOR_OTH, 8080), (false, false));
 }

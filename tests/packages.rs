@@ -575,7 +575,12 @@ fn ensure_installed_is_the_same_code() {
         tuning: &tuning,
     };
     let mut done = Done::new("firewall");
-    packages::ensure_installed(&ctx, &["tree"], &mut done).unwrap();
+    packages::apply_changes(
+        &ctx,
+        &packages::plan_install(&ctx, &["tree"]).unwrap(),
+        &mut done,
+    )
+    .unwrap();
     assert_eq!(
         done.lines,
         [
@@ -586,12 +591,22 @@ fn ensure_installed_is_the_same_code() {
     assert!(s.mounts().is_empty());
     mirror.reset();
     let mut done = Done::new("firewall");
-    packages::ensure_installed(&ctx, &["tree"], &mut done).unwrap();
+    packages::apply_changes(
+        &ctx,
+        &packages::plan_install(&ctx, &["tree"]).unwrap(),
+        &mut done,
+    )
+    .unwrap();
     assert!(done.lines.is_empty());
     assert_eq!(mirror.requests(), 0);
     // Lists written minutes ago are fresh: no update before installing from them.
     let mut done = Done::new("firewall");
-    packages::ensure_installed(&ctx, &["tree", "hello"], &mut done).unwrap();
+    packages::apply_changes(
+        &ctx,
+        &packages::plan_install(&ctx, &["tree", "hello"]).unwrap(),
+        &mut done,
+    )
+    .unwrap();
     assert_eq!(
         done.lines,
         [format!("installed hello {}", repo_version("hello"))]
