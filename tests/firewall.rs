@@ -1057,6 +1057,49 @@ fn reloads_and_restarts(lab: &mut DockerLab, direct: &[String]) {
             == "load table inet olboot into the running kernel (table inet olboot is not loaded)"),
         "{plan}"
     );
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("nftables.service stops with `nft flush ruleset`")
+            && warnings.contains("Docker is installed: package docker.io"),
+        "{plan}"
+    );
     assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "changed");
     assert_eq!(published(&lab.oth, VM_FOR_OTH, 8080), (false, false));
+}
+
+#[test]
+fn container_names_are_checked() {
+    for (yaml, says) in [
+        (
+            "  sets: { containers: [10.0.0.1] }\n  allow: [{ port: 22 }]\n",
+            "firewall.sets.containers: a reserved name",
+        ),
+        (
+            "  container_bridges: [\"br-*x\"]\n  allow: [{ port: 22 }]\n",
+            "firewall.container_bridges: \"br-*x\" is not an interface name",
+        ),
+        (
+            "  container_bridges: [docker0, a-much-too-long-name]\n  allow: [{ port: 22 }]\n",
+            "\"a-much-too-long-name\" is not an interface name",
+        ),
+        (
+            "  allow: [{ port: 22, from: containers }]\n",
+            "no rule allows SSH",
+        ),
+    ] {
+        let out = common::run(
+            &["validate", "-c", "-"],
+            Some(&format!("version: 1\nfirewall:\n{yaml}")),
+        );
+        assert_eq!(common::code(&out), 2, "{yaml}: {}", common::stderr(&out));
+        assert!(
+            common::stderr(&out).contains(says),
+            "{yaml}: {}",
+            common::stderr(&out)
+        );
+    }
+    // `containers` needs no definition.
+    let ok = "version: 1\nfirewall:\n  container_bridges: [docker0, \"br-*\", olnet]\n  allow: [{ port: 22 }, { port: 7000, from: containers }]\n";
+    let out = common::run(&["validate", "-c", "-"], Some(ok));
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
 }
