@@ -1103,3 +1103,36 @@ fn container_names_are_checked() {
     let out = common::run(&["validate", "-c", "-"], Some(ok));
     assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
 }
+
+#[test]
+fn a_bridge_of_the_machine_matched_by_a_wildcard_is_a_warning() {
+    let lab = Lab::new();
+    lab.srv.ip(&["link", "add", "br-lan", "type", "bridge"]);
+    lab.srv
+        .ip(&["link", "add", "br-0123456789ab", "type", "bridge"]);
+    let plan = lab.olboot("plan", CONFIG_A);
+    assert_eq!(common::code(&plan), 3, "{}", common::stderr(&plan));
+    let warnings: Vec<String> = common::step(&common::report(&plan), "firewall")["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w.as_str().map(String::from))
+        .filter(|w| w.starts_with("bridge "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("bridge br-lan matches firewall.container_bridges (docker0, br-*)"),
+        "{warnings:?}"
+    );
+    // Named in the config, it is meant.
+    let named = CONFIG_A.replace(
+        "firewall:\n",
+        "firewall:\n  container_bridges: [docker0, \"br-*\", br-lan]\n",
+    );
+    let plan = lab.olboot("plan", &named);
+    let step = common::step(&common::report(&plan), "firewall").clone();
+    assert!(
+        !step["warnings"].to_string().contains("bridge br-lan"),
+        "{step}"
+    );
+}

@@ -35,7 +35,7 @@ mod ruleset;
 use super::{packages, Ctx, Describe, Done, Plan, Step, Tense, Verb};
 use crate::config;
 use crate::root::Root;
-use crate::sys::{cmd, fs, nft};
+use crate::sys::{cmd, fs, link, nft};
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -334,7 +334,8 @@ fn plan_warnings(ctx: &Ctx, cfg: &config::Firewall, plan: &mut Plan<Change>) -> 
         ));
     }
     if root.is_live() {
-        for b in docker::suspicious_bridges(&cfg.bridges()) {
+        let bridges = link::bridges()?;
+        for b in docker::suspicious_bridges(&bridges, &cfg.bridges()) {
             plan.warnings.push(format!(
                 "bridge {b} matches firewall.container_bridges ({}) but is not named as \
                  Docker names its bridges: new connections forwarded into it obey the allow \

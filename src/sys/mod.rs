@@ -1,5 +1,5 @@
 //! Thin wrappers over the system: external commands, files, block devices, mounts,
-//! `/etc/fstab` and `nft`.
+//! `/etc/fstab`, `nft` and network interfaces.
 //! Steps call these instead of the standard library or `rustix` directly, so that every
 //! failure carries the command, path or device it was about.
 
@@ -10,5 +10,6 @@ pub mod cmd;
 pub mod fs;
 pub mod fstab;
 pub mod http;
+pub mod link;
 pub mod mount;
 pub mod nft;

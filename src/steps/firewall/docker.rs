@@ -76,20 +76,16 @@ fn docker_like(name: &str) -> bool {
             .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
-/// Bridges of the running kernel that a wildcard of `patterns` takes for container networks
-/// although Docker would not name them so: likely the machine's own bridges, whose forwarded
-/// traffic the firewall would then filter.
-pub fn suspicious_bridges(patterns: &[String]) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
-        return Vec::new();
-    };
-    let mut out: Vec<String> = dir
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("bridge").is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
+/// Of `bridges` (the running kernel's), those that a wildcard of `patterns` takes for
+/// container networks although Docker would not name them so: likely the machine's own
+/// bridges, whose forwarded traffic the firewall would then filter.
+pub fn suspicious_bridges(bridges: &[String], patterns: &[String]) -> Vec<String> {
+    let mut out: Vec<String> = bridges
+        .iter()
         .filter(|n| !docker_like(n))
-        .filter(|n| !patterns.iter().any(|p| p == n))
+        .filter(|n| !patterns.iter().any(|p| p == *n))
         .filter(|n| patterns.iter().any(|p| matches(p, n)))
+        .cloned()
         .collect();
     out.sort();
     out
@@ -132,5 +128,9 @@ mod tests {
         assert!(docker_like("br-0123456789ab"));
         assert!(!docker_like("br-lan"));
         assert!(!docker_like("br-0123456789abc"));
+        let bridges =
+            ["br-lan", "br-0123456789ab", "docker0", "lxcbr0", "br-own"].map(String::from);
+        let patterns = ["docker0", "br-*", "br-own"].map(String::from);
+        assert_eq!(suspicious_bridges(&bridges, &patterns), ["br-lan"]);
     }
 }
