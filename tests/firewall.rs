@@ -848,6 +848,12 @@ fn run_containers(d: &docker::Dockerd) -> Vec<String> {
         "sleep",
         "100000",
     ]);
+    direct_addresses(d)
+}
+
+/// The direct addresses of web's and api's servers (v4, v6 each): they may change when
+/// Docker restarts the containers.
+fn direct_addresses(d: &docker::Dockerd) -> Vec<String> {
     let (web4, web6) = d.addresses("web");
     let (api4, api6) = d.addresses("api");
     vec![
@@ -1040,13 +1046,18 @@ fn reloads_and_restarts(lab: &mut DockerLab, direct: &[String]) {
         "olboot's table is intact"
     );
     lab.dockerd.restart(&lab.vm);
+    let direct = direct_addresses(&lab.dockerd);
+    let api = direct[2].clone();
+    wait_for("api back after the Docker restart", || {
+        lab.fetch_in("tool", &format!("http://{api}/"), "hello from a container")
+    });
     wait_for("web back after the Docker restart", || {
         lab.fetch_in("web", "http://127.0.0.1:80/", "hello")
     });
     wait_for("8080 back after the Docker restart", || {
         published(&lab.cli, VM_FOR_CLI, 8080) == (true, true)
     });
-    assert_contained(lab, direct);
+    assert_contained(lab, &direct);
     assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "unchanged");
 
     // `systemctl restart nftables` runs `nft flush ruleset`: plan warns of it, apply notices.
