@@ -691,11 +691,12 @@ fn a_broken_nftables_conf_is_reported() {
 }
 
 /// The Docker lab's config: the published 8080 for `cli` only, the host's 7000 for the
-/// containers; 8081 and 8083 are unlisted.
+/// containers; 8081, 8082 and 8083 are unlisted; Docker's bridges and a custom-named one.
 const DOCKER_CONFIG: &str = "version: 1
 firewall:
   sets:
     cli: [10.200.1.2, \"fd00:200::2\"]
+  container_bridges: [docker0, \"br-*\", olcustom]
   allow:
     - { port: 22, from: cli }
     - { port: 8080, from: cli }
@@ -736,7 +737,7 @@ impl DockerLab {
             (&oth, "10.200.3.1", "fd00:203::1"),
         ] {
             ns.ip(&["route", "add", "172.16.0.0/12", "via", v4]);
-            ns.ip(&["route", "add", "fd00:dd::/63", "via", v6]);
+            ns.ip(&["route", "add", "fd00:dd::/62", "via", v6]);
         }
         vm.sysctl("net.ipv4.ip_forward", "1");
         vm.sysctl("net.ipv6.conf.all.forwarding", "1");
@@ -797,7 +798,8 @@ impl DockerLab {
 }
 
 /// The containers: `web` on docker0 publishing 8080, `api` on the user-defined network
-/// `olnet` (a `br-*` bridge) publishing 8081, and `tool` on olnet for egress and
+/// `olnet` (a `br-*` bridge) publishing 8081, `cust` on network `custom` whose bridge is
+/// named `olcustom` publishing 8082, and `tool` on olnet for egress and
 /// container-to-container checks. Returns the direct addresses of web's and api's servers.
 fn run_containers(d: &docker::Dockerd) -> Vec<String> {
     d.docker(&[
@@ -835,6 +837,19 @@ fn run_containers(d: &docker::Dockerd) -> Vec<String> {
     httpd("web", "bridge", "8080:80", "80");
     httpd("api", "olnet", "8081:81", "81");
     d.docker(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "172.31.0.0/16",
+        "--subnet",
+        "fd00:dd:0:2::/64",
+        "-o",
+        "com.docker.network.bridge.name=olcustom",
+        "custom",
+    ]);
+    httpd("cust", "custom", "8082:82", "82");
+    d.docker(&[
         "run",
         "-d",
         "--restart",
@@ -856,11 +871,14 @@ fn run_containers(d: &docker::Dockerd) -> Vec<String> {
 fn direct_addresses(d: &docker::Dockerd) -> Vec<String> {
     let (web4, web6) = d.addresses("web");
     let (api4, api6) = d.addresses("api");
+    let (cust4, cust6) = d.addresses("cust");
     vec![
         format!("{web4}:80"),
         format!("[{web6}]:80"),
         format!("{api4}:81"),
         format!("[{api6}]:81"),
+        format!("{cust4}:82"),
+        format!("[{cust6}]:82"),
     ]
 }
 
@@ -907,6 +925,11 @@ fn assert_contained(lab: &DockerLab, direct: &[String]) {
         (false, false),
         "8081 is unlisted"
     );
+    assert_eq!(
+        published(&lab.cli, VM_FOR_CLI, 8082),
+        (false, false),
+        "8082 is unlisted"
+    );
     for addr in direct {
         assert!(
             !DockerLab::page(&lab.cli, addr),
@@ -937,6 +960,14 @@ fn assert_contained(lab: &DockerLab, direct: &[String]) {
     assert!(
         lab.fetch_in("web", "http://172.17.0.1:7000/", "host service"),
         "from docker0 too"
+    );
+    assert!(
+        lab.fetch_in("cust", "http://172.31.0.1:7000/", "host service"),
+        "from the custom-named bridge too"
+    );
+    assert!(
+        lab.fetch_in("cust", "http://10.200.1.2:7001/", "outside"),
+        "egress from the custom-named bridge"
     );
     assert!(
         docker::http_get(&lab.cli, "10.200.1.1:7000").is_err(),
