@@ -13,3 +13,4 @@ pub mod http;
 pub mod link;
 pub mod mount;
 pub mod nft;
+pub mod signal;
