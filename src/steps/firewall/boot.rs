@@ -60,15 +60,16 @@ pub fn includes_ours(conf: &str) -> bool {
 /// Whether `conf` runs `flush ruleset`, which removes every table (Docker's too) whenever the
 /// file is loaded again (`systemctl reload` or `restart nftables`).
 pub fn flushes_ruleset(conf: &str) -> bool {
-    conf.lines().any(|line| {
-        let words: Vec<&str> = line
-            .split('#')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        words == ["flush", "ruleset"]
-    })
+    conf.lines().any(|line| words(line) == ["flush", "ruleset"])
+}
+
+/// The words of a line of nft text, without its comment.
+fn words(line: &str) -> Vec<&str> {
+    line.split('#')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect()
 }
 
 /// `conf` with the include line appended, or a new minimal file when there is none.
@@ -97,13 +98,7 @@ fn declared_tables(conf: &str) -> Vec<String> {
     const FAMILIES: [&str; 6] = ["ip", "ip6", "inet", "arp", "bridge", "netdev"];
     let mut out: Vec<String> = Vec::new();
     for line in conf.lines() {
-        let words: Vec<&str> = line
-            .split('#')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        let table = match words.as_slice() {
+        let table = match words(line).as_slice() {
             ["table", f, n, ..] if FAMILIES.contains(f) => {
                 format!("{f} {}", n.trim_end_matches('{'))
             }
