@@ -118,12 +118,11 @@ impl Describe for Change {
         match self {
             Change::InstallNftables(nested) => {
                 let steps: Vec<String> = nested.iter().map(|c| c.describe(tense)).collect();
-                let install = format!("{} nftables (nft is missing)", tense.of(Verb::Install));
-                if steps.is_empty() {
-                    install
-                } else {
-                    format!("{install}: {}", steps.join("; "))
-                }
+                format!(
+                    "{} nftables (nft is missing): {}",
+                    tense.of(Verb::Install),
+                    steps.join("; ")
+                )
             }
             Change::Load {
                 replace: false,
@@ -503,9 +502,16 @@ mod tests {
             sha256: sha256("table inet olboot {}\n"),
         };
         vec![
-            // Its nested lines are the packages step's own (tested there); the variants
-            // of packages::Change are that step's business.
-            Change::InstallNftables(Vec::new()),
+            Change::InstallNftables(vec![
+                packages::Change::Update {
+                    sources: Vec::new(),
+                },
+                packages::Change::Install {
+                    names: vec!["nftables".into()],
+                    recommends: false,
+                    absent: Vec::new(),
+                },
+            ]),
             Change::Load {
                 ruleset: rules.clone(),
                 replace: false,
@@ -560,6 +566,10 @@ mod tests {
             .iter()
             .map(|c| c.describe(Tense::Plan))
             .collect();
+        assert_eq!(
+            lines[0],
+            "install nftables (nft is missing): update package lists; install nftables"
+        );
         assert_eq!(
             lines[1],
             "load table inet olboot into the running kernel (table inet olboot is not loaded)"
