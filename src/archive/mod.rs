@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod pack;
 pub mod pipe;
 pub mod unpack;
+pub mod writer;
 
 use crate::config;
 use crate::tuning::Tuning;

@@ -23,6 +23,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use tar::EntryType;
 
+use super::writer::Writers;
+
+/// Writer threads for small files' contents.
+const WRITERS: usize = 2;
+
 /// What was unpacked.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Stats {
@@ -72,6 +77,7 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
         buf: vec![0; 256 * 1024],
         stats: Stats::default(),
         flusher: Flusher::start(dir)?,
+        writers: Writers::start(WRITERS)?,
     };
     let mut ar = tar::Archive::new(r);
     for entry in ar.entries().context("cannot read the tar stream")? {
@@ -80,6 +86,7 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
         u.entry(&name, &mut entry)
             .with_context(|| format!("archive entry {:?}", String::from_utf8_lossy(&name)))?;
     }
+    u.writers.finish()?;
     u.finish_dirs()?;
     io::copy(&mut ar.into_inner(), &mut io::sink()).context("cannot read the tar stream")?;
     Ok(u.stats)
@@ -106,6 +113,7 @@ struct Unpacker {
     buf: Vec<u8>,
     stats: Stats,
     flusher: Flusher,
+    writers: Writers,
 }
 
 /// Starts the writeback of what was unpacked while unpacking goes on: after every
@@ -263,6 +271,18 @@ impl Unpacker {
                     rustix::fs::openat(pfd, base, flags, Mode::from_raw_mode(mode))
                 })?;
                 let mut file = std::fs::File::from(fd);
+                let size = e.size();
+                if owned && size <= Writers::SMALL {
+                    // Small files go to the writer threads (see writer.rs), whole.
+                    let mut data = Vec::with_capacity(size as usize);
+                    e.read_to_end(&mut data)
+                        .context("cannot read its content")?;
+                    self.stats.bytes += data.len() as u64;
+                    self.flusher.wrote(data.len());
+                    self.writers.submit(file, data, times(meta.mtime), path)?;
+                    self.stats.entries += 1;
+                    return Ok(());
+                }
                 loop {
                     let n = match e.read(&mut self.buf) {
                         Ok(0) => break,
