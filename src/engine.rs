@@ -91,10 +91,15 @@ pub fn run(cfg: &HostConfig, ctx: &Ctx, mode: Mode, only: &[StepName]) -> Vec<St
                     report: None,
                 };
                 let before = board.wait_for(names, &after(cfg, name, mode));
-                slot.report = Some(match blocker(cfg, name, &before, mode) {
-                    Some(why) => skipped(name, why),
-                    None => run_named(cfg, ctx, mode, name),
-                });
+                // A signal stops what has not started yet.
+                let interrupted =
+                    crate::sys::signal::received().map(|s| format!("interrupted by {s}"));
+                slot.report = Some(
+                    match interrupted.or_else(|| blocker(cfg, name, &before, mode)) {
+                        Some(why) => skipped(name, why),
+                        None => run_named(cfg, ctx, mode, name),
+                    },
+                );
             };
             let spawned = std::thread::Builder::new()
                 .name(name.as_str().into())
@@ -319,10 +324,15 @@ pub fn run_step<S: Step>(step: &S, ctx: &Ctx, mode: Mode) -> StepReport {
                 let mut done = Done::new(S::NAME);
                 let r = step.apply(ctx, &plan.changes, &mut done);
                 report.changes = done.lines;
+                report.warnings.extend(done.warnings);
                 report.result = Outcome::Changed;
                 if let Err(e) = r {
                     report.result = Outcome::Failed;
-                    report.error = Some(format!("{e:#}"));
+                    // A signal is the cause, whatever the step was doing when it came.
+                    report.error = Some(match crate::sys::signal::received() {
+                        Some(s) => crate::sys::signal::Interrupted(s).to_string(),
+                        None => format!("{e:#}"),
+                    });
                 }
             }
             if !failures.is_empty() {
