@@ -52,6 +52,15 @@ pub const MAX_WARNINGS: usize = 20;
 /// Writer threads for small files' contents (see writer.rs).
 const WRITERS: usize = 2;
 
+/// What the directories waiting for their metadata may hold (names, xattrs, ACLs): each
+/// xattr record may be up to 1 MiB, and a chain of nested directories must not add them up
+/// past the memory bound.
+const MAX_WAITING: usize = 4 << 20;
+
+fn attrs_len(m: &Meta) -> usize {
+    m.attrs.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
+
 /// Names in error texts are cut to this many bytes.
 const SHOWN: usize = 200;
 
@@ -96,7 +105,7 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
         dirs: Vec::new(),
         chown: rustix::process::geteuid().is_root(),
         // New files get the process's ids unless the directory is setgid; the directories
-        // made here are setgid only if the staging root is (their modes come at the end).
+        // made here are not setgid until their metadata is set (see `set_dir_meta`).
         ids: (!setgid_root).then(|| {
             (
                 rustix::process::geteuid().as_raw(),
@@ -283,6 +292,17 @@ impl Unpacker {
         // A directory listed again was left just before (see `leave_dirs`): its later
         // metadata is set after the earlier one, and so wins, as with GNU tar.
         self.dirs.push((path, meta));
+        let waiting: usize = self
+            .dirs
+            .iter()
+            .map(|(p, m)| p.as_os_str().len() + attrs_len(m))
+            .sum();
+        if waiting > MAX_WAITING {
+            bail!(
+                "directories waiting for their metadata hold over {MAX_WAITING} bytes of names \
+                 and xattrs: refused"
+            );
+        }
         Ok(())
     }
 
@@ -573,6 +593,11 @@ impl Unpacker {
     }
 
     fn set_dir_meta(&mut self, rel: &Path, meta: &Meta) -> Result<()> {
+        if meta.mode & 0o2000 != 0 {
+            // Files made in a setgid directory take its group: from now on the owner of a
+            // new file is no longer known without a chown.
+            self.ids = None;
+        }
         let fd = if rel.as_os_str().is_empty() {
             rustix::io::dup(&self.root).context("cannot dup the staging directory")?
         } else {
