@@ -350,6 +350,9 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = &cfg.packages {
+            p.check().map_err(|(key, msg)| err(&key, msg))?;
+        }
         for (i, l) in cfg.links.iter().enumerate() {
             if l.to.starts_with(&*l.from) || l.from.starts_with(&*l.to) {
                 return Err(err(
@@ -401,6 +404,15 @@ impl Role {
                 if !cur.install.contains(&name) {
                     cur.install.push(name);
                 }
+            }
+            cur.sources.extend(p.sources);
+            for name in p.remove {
+                if !cur.remove.contains(&name) {
+                    cur.remove.push(name);
+                }
+            }
+            if p.purge.is_some() {
+                cur.purge = p.purge;
             }
             if p.recommends.is_some() {
                 cur.recommends = p.recommends;

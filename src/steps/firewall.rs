@@ -275,7 +275,8 @@ impl Step for Firewall<'_> {
         let rendered = ruleset::render(self.cfg);
         if changes.contains(&Change::InstallNftables) {
             let mut installed = Done::new(Self::NAME);
-            let r = super::packages::ensure_installed(ctx, &["nftables"], &mut installed);
+            let r = super::packages::plan_install(ctx, &["nftables"])
+                .and_then(|c| super::packages::apply_changes(ctx, &c, &mut installed));
             installed.lines.iter().for_each(|l| done.record_line(l));
             r?;
         }

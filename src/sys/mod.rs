@@ -4,12 +4,15 @@
 //! failure carries the command, path or device it was about.
 
 pub mod apt;
+pub mod blank;
 pub mod blockdev;
 pub mod chroot;
 pub mod cmd;
 pub mod fs;
 pub mod fstab;
 pub mod http;
+pub mod inuse;
+pub mod mkfs;
 pub mod mount;
 pub mod nft;
 pub mod signal;
