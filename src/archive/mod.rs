@@ -22,6 +22,7 @@ pub mod fetch;
 pub mod pack;
 pub mod pipe;
 pub mod unpack;
+pub mod writer;
 mod x25519;
 
 use crate::secret::{Auth, ShownUrl};
@@ -266,34 +267,39 @@ fn pipeline(mirror: Mirror, staging: &Path) -> Result<Installed> {
     let shown = ShownUrl::new(mirror.url);
     let identities = mirror.archive.identities.as_ref();
     std::thread::scope(|s| {
-        let fetcher = s.spawn(move || -> Result<(u64, String)> {
-            let (src, total) = mirror.open()?;
-            let what = format!("fetching {}", ShownUrl::new(mirror.url));
-            let mut src = fetch::Progress::new(
-                fetch::Hashing::new(src),
-                &what,
-                total,
-                mirror.tuning.progress_interval,
-            );
-            raw_w.copy_from(&mut src).map_err(unwrap_io)?;
-            raw_w.finish()?;
-            let bytes = src.done();
-            Ok((bytes, src.into_inner().hex()))
-        });
-        let decompressor = s.spawn(move || -> Result<decompress::Format> {
-            // One reader type for both cases: the decompressors are built once, not twice.
-            let src: Box<dyn std::io::BufRead + Send> = match identities {
-                Some(ids) => Box::new(ids.decrypt(raw_r)?),
-                None => Box::new(raw_r),
-            };
-            let (format, mut r) = decompress::reader(src)?;
-            tar_w.copy_from(&mut r).with_context(|| match identities {
-                Some(_) => format!("cannot decrypt and decompress the archive ({format:?})"),
-                None => format!("cannot decompress the archive ({format:?})"),
-            })?;
-            tar_w.finish()?;
-            Ok(format)
-        });
+        // The helper threads carry the step's name, for the log.
+        let fetcher = crate::engine::same_step()
+            .spawn_scoped(s, move || -> Result<(u64, String)> {
+                let (src, total) = mirror.open()?;
+                let what = format!("fetching {}", ShownUrl::new(mirror.url));
+                let mut src = fetch::Progress::new(
+                    fetch::Hashing::new(src),
+                    &what,
+                    total,
+                    mirror.tuning.progress_interval,
+                );
+                raw_w.copy_from(&mut src).map_err(unwrap_io)?;
+                raw_w.finish()?;
+                let bytes = src.done();
+                Ok((bytes, src.into_inner().hex()))
+            })
+            .context("cannot start the fetch thread")?;
+        let decompressor = crate::engine::same_step()
+            .spawn_scoped(s, move || -> Result<decompress::Format> {
+                // One reader type for both cases: the decompressors are built once, not twice.
+                let src: Box<dyn std::io::BufRead + Send> = match identities {
+                    Some(ids) => Box::new(ids.decrypt(raw_r)?),
+                    None => Box::new(raw_r),
+                };
+                let (format, mut r) = decompress::reader(src)?;
+                tar_w.copy_from(&mut r).with_context(|| match identities {
+                    Some(_) => format!("cannot decrypt and decompress the archive ({format:?})"),
+                    None => format!("cannot decompress the archive ({format:?})"),
+                })?;
+                tar_w.finish()?;
+                Ok(format)
+            })
+            .context("cannot start the decompress thread")?;
         let started = std::time::Instant::now();
         let unpacked = unpack::unpack(tar_r, staging);
         log::info!(

@@ -20,6 +20,26 @@ pub struct Firewall {
     pub allow: Vec<Allow>,
     /// `closed` allows a config with no rule for port 22.
     pub ssh: Option<Ssh>,
+    /// The bridges of the local container networks (a trailing `*` matches any rest of the
+    /// name); [`DEFAULT_CONTAINER_BRIDGES`] when absent.
+    pub container_bridges: Option<Vec<String>>,
+}
+
+/// Docker's bridge names: the default network, and user-defined ones (`br-` and 12 hex
+/// digits of the network's id).
+pub const DEFAULT_CONTAINER_BRIDGES: [&str; 2] = ["docker0", "br-*"];
+
+/// The set name that stands for the local container networks in `allow[].from`.
+pub const CONTAINERS: &str = "containers";
+
+impl Firewall {
+    /// The container bridge names in force: the config's, or [`DEFAULT_CONTAINER_BRIDGES`].
+    pub fn bridges(&self) -> Vec<String> {
+        match &self.container_bridges {
+            Some(b) => b.clone(),
+            None => DEFAULT_CONTAINER_BRIDGES.map(String::from).to_vec(),
+        }
+    }
 }
 
 /// `firewall.ssh`.

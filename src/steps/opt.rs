@@ -246,7 +246,7 @@ impl Step for Opt<'_> {
         Ok(plan)
     }
 
-    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
+    fn apply(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         for change in changes {
             match change {
                 Change::RemoveStaging(p) => archive::remove_staging(p)?,

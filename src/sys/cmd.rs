@@ -72,3 +72,27 @@ pub fn exists(program: &str) -> bool {
         .map(|paths| std::env::split_paths(&paths).any(|d| d.join(program).is_file()))
         .unwrap_or(false)
 }
+
+/// Run `cmd` with `input` on its standard input; like [`run`] otherwise.
+pub fn run_with_input(cmd: &mut Command, input: &[u8]) -> Result<String> {
+    use std::io::Write;
+    log::debug!("running {}", display(cmd));
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", display(cmd)))?;
+    // A broken pipe means the program stopped reading early; its exit status says why.
+    let written = child.stdin.take().map(|mut s| s.write_all(input));
+    let out = child
+        .wait_with_output()
+        .with_context(|| format!("cannot run {}", display(cmd)))?;
+    if !out.status.success() {
+        bail!("{}", failure(cmd, &out));
+    }
+    if let Some(Err(e)) = written {
+        return Err(e).with_context(|| format!("cannot write to {}", display(cmd)));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}

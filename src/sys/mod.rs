@@ -1,5 +1,5 @@
 //! Thin wrappers over the system: external commands, files, block devices, mounts,
-//! `/etc/fstab` and `nft`.
+//! `/etc/fstab`, `nft` and network interfaces.
 //! Steps call these instead of the standard library or `rustix` directly, so that every
 //! failure carries the command, path or device it was about.
 
@@ -12,6 +12,7 @@ pub mod fs;
 pub mod fstab;
 pub mod http;
 pub mod inuse;
+pub mod link;
 pub mod mkfs;
 pub mod mount;
 pub mod nft;
