@@ -2,15 +2,15 @@
 //! its stanzas and MAC, and the STREAM payload of ChaCha20-Poly1305 chunks of 64 KiB.
 //!
 //! Written here over ring's ChaCha20-Poly1305, HKDF and HMAC (which rustls already carries)
-//! and [`super::x25519`], rather than taken from the `age` crate, whose localisation machinery
+//! and x25519-dalek, rather than taken from the `age` crate, whose localisation machinery
 //! (fluent, embedded translations) and passphrase/plugin support cost 380 KB of the static
 //! binary, more than the 3 MiB budget had left. The tests of `crypt` and
 //! `tests/store.rs` check it against the `age` command-line tool both ways.
 
-use super::x25519::{public, x25519};
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use ring::{hkdf::HKDF_SHA256, hmac};
 use std::io::{self, BufRead, Read, Write};
+use x25519_dalek::{PublicKey, StaticSecret};
 
 /// Plaintext bytes per STREAM chunk, and the tag that follows each.
 const CHUNK: usize = 64 * 1024;
@@ -177,24 +177,24 @@ fn b64_decode(s: &[u8]) -> Option<Vec<u8>> {
 // ---- keys ----
 
 /// An X25519 identity (`AGE-SECRET-KEY-1…`). No `Debug`: it is never printed.
-pub struct Identity([u8; 32]);
+pub struct Identity(StaticSecret);
 
 impl Identity {
     /// Parse one `AGE-SECRET-KEY-1…` line.
     pub fn parse(s: &str) -> Option<Identity> {
-        bech32_decode(s, "age-secret-key-").map(Identity)
+        bech32_decode(s, "age-secret-key-").map(|k| Identity(StaticSecret::from(k)))
     }
 
     /// The file key, if the X25519 stanza (`share`, `body`) was made for this identity.
     fn unwrap(&self, share: &[u8], body: &[u8]) -> Option<[u8; 16]> {
         let share: [u8; 32] = share.try_into().ok()?;
-        let shared = x25519(&self.0, &share);
-        // An all-zero result means a low-order share: age refuses it.
-        if shared == [0; 32] || body.len() != 32 {
+        let shared = self.0.diffie_hellman(&PublicKey::from(share));
+        if !shared.was_contributory() || body.len() != 32 {
             return None;
         }
-        let salt = [share, public(&self.0)].concat();
-        let key = hkdf(&salt, &shared, X25519_INFO);
+        let ours = PublicKey::from(&self.0);
+        let salt = [share.as_slice(), ours.as_bytes()].concat();
+        let key = hkdf(&salt, shared.as_bytes(), X25519_INFO);
         let mut buf = body.to_vec();
         Aead::new(&key).open([0; 12], &mut buf).then_some(())?;
         buf.try_into().ok()
@@ -203,26 +203,26 @@ impl Identity {
 
 /// An X25519 recipient (`age1…`).
 #[derive(Debug, Clone)]
-pub struct Recipient([u8; 32]);
+pub struct Recipient(PublicKey);
 
 impl Recipient {
     /// Parse one `age1…` key.
     pub fn parse(s: &str) -> Option<Recipient> {
-        bech32_decode(s, "age").map(Recipient)
+        bech32_decode(s, "age").map(|k| Recipient(PublicKey::from(k)))
     }
 
     /// The stanza that gives `file_key` to this recipient.
     fn wrap(&self, file_key: &[u8; 16]) -> io::Result<String> {
-        let eph = random::<32>()?;
-        let share = public(&eph);
-        let shared = x25519(&eph, &self.0);
-        let salt = [share, self.0].concat();
-        let key = hkdf(&salt, &shared, X25519_INFO);
+        let eph = StaticSecret::from(random::<32>()?);
+        let share = PublicKey::from(&eph);
+        let shared = eph.diffie_hellman(&self.0);
+        let salt = [share.as_bytes().as_slice(), self.0.as_bytes()].concat();
+        let key = hkdf(&salt, shared.as_bytes(), X25519_INFO);
         let mut body = file_key.to_vec();
         Aead::new(&key).seal([0; 12], &mut body)?;
         Ok(format!(
             "-> X25519 {}\n{}\n",
-            b64_encode(&share),
+            b64_encode(share.as_bytes()),
             b64_encode(&body)
         ))
     }
@@ -503,8 +503,8 @@ mod tests {
 
     #[test]
     fn chunk_boundaries_round_trip() {
-        let id = Identity([7; 32]);
-        let to = [Recipient(public(&id.0))];
+        let id = Identity(StaticSecret::from([7; 32]));
+        let to = [Recipient(PublicKey::from(&id.0))];
         for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 2 * CHUNK + 5] {
             let plain: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
             let mut w = Encrypting::new(Vec::new(), &to).unwrap();

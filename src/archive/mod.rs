@@ -23,7 +23,6 @@ pub mod pack;
 pub mod pipe;
 pub mod unpack;
 pub mod writer;
-mod x25519;
 
 use crate::secret::{Auth, ShownUrl};
 use crate::sys::http::Credentials;
