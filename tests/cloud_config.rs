@@ -121,3 +121,25 @@ fn role_cloud_configs_install_the_unit_and_run_olboot() {
         assert_eq!(doc["locale"], "C.UTF-8", "{}", r.display());
     }
 }
+
+#[test]
+fn snippets_deliver_secret_files_root_only() {
+    let dir = dir().join("snippets");
+    let mut secrets = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.starts_with("#cloud-config\n"), "{}", p.display());
+        let doc: serde_yaml::Value =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        for f in doc["write_files"].as_sequence().into_iter().flatten() {
+            let path = f["path"].as_str().expect("a path");
+            if path.starts_with("/etc/olboot/") {
+                secrets += 1;
+                assert_eq!(f["permissions"].as_str(), Some("0600"), "{path}");
+                assert_eq!(f["owner"].as_str(), Some("root:root"), "{path}");
+            }
+        }
+    }
+    assert!(secrets >= 2, "no secret files in {}", dir.display());
+}

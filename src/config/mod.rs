@@ -11,6 +11,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
+mod check;
 mod pattern;
 mod steps;
 pub mod values;
@@ -264,137 +265,20 @@ impl Config {
         } else {
             format!(" (in {what})")
         };
-        let err = |key: &str, msg: String| self.err(key, format!("{msg}{within}"));
+        let err = |(key, msg): (String, String)| self.err(&key, format!("{msg}{within}"));
         if let Some(fw) = &cfg.firewall {
-            // Set names become nftables identifiers (`@admin_v4`): keep them to what nft parses.
-            for name in fw.sets.keys() {
-                let ok = name.len() <= 64
-                    && name.starts_with(|c: char| c.is_ascii_alphabetic())
-                    && name
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-                if !ok {
-                    return Err(err(
-                        &format!("firewall.sets.{name}"),
-                        "a set name is a letter followed by up to 63 letters, digits, `_` or `-`"
-                            .into(),
-                    ));
-                }
-            }
-            if fw.sets.contains_key(steps::CONTAINERS) {
-                return Err(err(
-                    &format!("firewall.sets.{}", steps::CONTAINERS),
-                    "a reserved name: `from: containers` means the local container networks".into(),
-                ));
-            }
-            for b in fw.container_bridges.iter().flatten() {
-                let name = b.strip_suffix('*').unwrap_or(b);
-                let ok = (1..=15).contains(&b.len())
-                    && name
-                        .bytes()
-                        .all(|c| c.is_ascii_graphic() && !b"\"*/".contains(&c));
-                if !ok {
-                    return Err(err(
-                        "firewall.container_bridges",
-                        format!("{b:?} is not an interface name (up to 15 characters, `*` only at the end)"),
-                    ));
-                }
-            }
-            for (a, key) in fw.allow.iter().zip(allow_keys) {
-                if let Some(s) = a
-                    .from
-                    .iter()
-                    .find(|s| !fw.sets.contains_key(*s) && *s != steps::CONTAINERS)
-                {
-                    return Err(err(&format!("{key}.from"), format!("unknown set {s:?}")));
-                }
-            }
-            // A rule counts only if it lets somebody in: from anywhere, or from a set that
-            // holds at least one network.
-            let ssh_open = fw.allow.iter().any(|a| {
-                a.proto == Proto::Tcp
-                    && a.port.0.iter().any(|p| p.contains(22))
-                    && (a.from.is_empty()
-                        || a.from
-                            .iter()
-                            .any(|s| fw.sets.get(s).is_some_and(|n| !n.is_empty())))
-            });
-            if !ssh_open && fw.ssh != Some(Ssh::Closed) {
-                return Err(err(
-                    "firewall.allow",
-                    "no rule allows SSH (tcp port 22): this would lock everybody out; add one or say `ssh: closed`".into(),
-                ));
-            }
+            fw.check(allow_keys).map_err(err)?;
         }
         for (i, v) in cfg.volumes.iter().enumerate() {
-            if let Some(l) = &v.label {
-                let max = match v.filesystem {
-                    Filesystem::Ext4 => 16,
-                    Filesystem::Xfs => 12,
-                };
-                if l.is_empty() || l.len() > max || l.contains(char::is_whitespace) {
-                    return Err(err(
-                        &format!("volumes[{i}].label"),
-                        format!(
-                            "{l:?}: a {} label has 1 to {max} characters and no blanks",
-                            v.filesystem.name()
-                        ),
-                    ));
-                }
-            }
-            for o in &v.options {
-                if o.is_empty() || o.contains([',', ' ', '\t']) {
-                    return Err(err(
-                        &format!("volumes[{i}].options"),
-                        format!("{o:?} is not one mount option"),
-                    ));
-                }
-            }
-            if v.device.is_empty() {
-                return Err(err(
-                    &format!("volumes[{i}].device"),
-                    "no candidate device".into(),
-                ));
-            }
+            v.check(i).map_err(err)?;
         }
         if let Some(opt) = &cfg.opt {
-            if opt.path.as_os_str() == "/opt" {
-                return Err(err(
-                    "opt.path",
-                    "must not be /opt itself: /opt is where it is exposed".into(),
-                ));
-            }
-            if let Some(a) = &opt.archive {
-                if a.urls.is_empty() {
-                    return Err(err("opt.archive.urls", "no URL".into()));
-                }
-                if a.sha256.is_none() && a.urls.iter().any(ArchiveUrl::is_remote) {
-                    return Err(err(
-                        "opt.archive.sha256",
-                        "missing: a remote archive must name its sha256".into(),
-                    ));
-                }
-                for (i, h) in a.trusted_hosts.iter().enumerate() {
-                    if h.is_empty() || h.contains(['/', ':', '@', '?', ' ']) {
-                        return Err(err(
-                            &format!("opt.archive.trusted_hosts[{i}]"),
-                            format!("{h:?} is not a host name"),
-                        ));
-                    }
-                }
-            }
+            opt.check().map_err(err)?;
         }
         if let Some(p) = &cfg.packages {
-            p.check().map_err(|(key, msg)| err(&key, msg))?;
+            p.check().map_err(err)?;
         }
-        for (i, l) in cfg.links.iter().enumerate() {
-            if l.to.starts_with(&*l.from) || l.from.starts_with(&*l.to) {
-                return Err(err(
-                    &format!("links[{i}]"),
-                    format!("{} and {} overlap", l.from, l.to),
-                ));
-            }
-        }
+        check::check_links(&cfg.links).map_err(err)?;
         Ok(cfg)
     }
 }
