@@ -68,8 +68,11 @@ build_initramfs() {
 
 # boot VM [KERNEL INITRD APPEND]: run the VM's disks until the guest powers off.
 # Disks: $STATE/VM/root.img, the data disk named by $STATE/VM/data (a path), the seed if any.
+# BOOT_NETDEV_EXTRA (e.g. ",hostfwd=tcp:127.0.0.1:PORT-:8080") adds to the user network,
+# BOOT_APPEND_EXTRA to the kernel command line, and BOOT_HOOK names a function called every
+# 2 s while the guest runs (the web scenario checks the guest from outside in it).
 boot() {
-  local vm=$1 kernel=${2:-$IMG_KERNEL} initrd=${3:-$IMG_INITRD} append=${4:-$VM_CMDLINE}
+  local vm=$1 kernel=${2:-$IMG_KERNEL} initrd=${3:-$IMG_INITRD} append=${4:-$VM_CMDLINE}${BOOT_APPEND_EXTRA:-}
   local dir=$STATE/$vm
   local serial=$dir/serial.log
   # shellcheck disable=SC2054 # commas belong to the QEMU options
@@ -79,7 +82,7 @@ boot() {
     -device virtio-blk-pci,drive=root
     -drive "file=$(cat "$dir/data"),if=none,id=data,format=raw,cache=unsafe"
     -device virtio-blk-pci,drive=data,serial=ol-data
-    -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:$HTTP_PORT"
+    -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:$HTTP_PORT${BOOT_NETDEV_EXTRA:-}"
     -device virtio-net-pci,netdev=n0 -device virtio-rng-pci)
   if [[ $ACCEL == kvm ]]; then args+=(-cpu host); else args+=(-cpu max); fi
   # shellcheck disable=SC2054
@@ -87,7 +90,7 @@ boot() {
     -device virtio-blk-pci,drive=seed)
   : >"$serial"
   local start=$SECONDS
-  log "$vm: booting ($ACCEL, serial log $serial)"
+  log "$vm: booting $SUITE ($ACCEL, serial log $serial)"
   nice qemu-system-x86_64 "${args[@]}" >"$dir/qemu.log" 2>&1 &
   local pid=$!
   add_cleanup "kill $pid 2>/dev/null || true"
@@ -105,6 +108,7 @@ boot() {
       line=$(tr -d '\r' <"$serial" | sed 's/\x1b\[[0-9;]*[a-zA-Z]//g' | grep -v '^\s*$' | tail -1 | cut -c1-100)
       log "$vm: $((SECONDS - start))s: $line"
     fi
+    [[ -n ${BOOT_HOOK:-} ]] && "$BOOT_HOOK"
     sleep 2
   done
   local rc=0
