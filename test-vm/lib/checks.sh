@@ -129,7 +129,7 @@ check_apt_source() {  # $1: olboot's expected result (apt ran only when changed)
       "$R/etc/apt/sources.list"
   fi
   if [[ $1 == changed ]]; then
-    check "apt: the guest fetched the signed InRelease" http_has 'GET /repo/InRelease 200'
+    check "apt: the guest fetched the signed InRelease" http_has 'GET /repo/(\./)?InRelease 200'
   fi
 }
 not_trusted() { ! grep -rqi 'trusted=yes\|trusted: *yes' "$R/etc/apt/sources.list" "$R/etc/apt/sources.list.d/" 2>/dev/null; }
@@ -139,7 +139,7 @@ olboot_source_written() {
   grep -q "10.0.2.100/repo" "$R/etc/apt/sources.list.d/olboot-test.sources" &&
     [[ $(gpg --batch --with-colons --show-keys "$R/etc/apt/keyrings/olboot-test.asc" | awk -F: '$1 == "fpr" {print $10; exit}') == "$key" ]]
 }
-http_has() { http_since | grep -q -- "$1"; }
+http_has() { http_since | grep -Eq -- "$1"; }
 
 # On failure: the guest's serial console and olboot's log, then the failed list.
 show_logs() {

@@ -226,14 +226,18 @@ ensure_fixtures() {
     "$OLBOOT" validate -c "$CACHE/fleet.validate.yaml" --host "$h" >/dev/null ||
       die "the rendered fleet config is invalid for $h"
   done
-  local common=(BASE="$GUEST_BASE" OLBOOT_URL="$GUEST_BASE/olboot" OLBOOT_SHA256="$(sha256_of "$OLBOOT")"
-    FLEET_URL="$GUEST_BASE/fleet.yaml" FLEET_SHA256="$(sha256_of "$WWW/fleet.yaml")"
-    APT="$APT_MODE" REPO_KEY="$REPO_KEY" "${ud[@]}")
-  python3 "$HERE/lib/render.py" user-data "$REPO/cloud-config/$ROLE.yaml" "$WWW/user-data" "${common[@]}"
-  python3 "$HERE/lib/render.py" user-data "$REPO/cloud-config/web.yaml" "$WWW/user-data.web" \
-    "${common[@]}" WEB=1
+  USER_DATA_ARGS=(BASE="$GUEST_BASE" FLEET_URL="$GUEST_BASE/fleet.yaml"
+    FLEET_SHA256="$(sha256_of "$WWW/fleet.yaml")" APT="$APT_MODE" REPO_KEY="$REPO_KEY" "${ud[@]}")
+  render_user_data "$REPO/cloud-config/$ROLE.yaml" "$WWW/user-data" olboot
+  render_user_data "$REPO/cloud-config/web.yaml" "$WWW/user-data.web" olboot WEB=1
   python3 "$HERE/lib/render.py" compare "$REPO/cloud-config/fleet.yaml" "$HOST" \
     "$WWW/user-data.compare" "$GUEST_BASE" "$(sha256_of "$OPT_PLAIN")" "$REPO_KEY"
+}
+
+# render_user_data TEMPLATE OUT BIN [KEY=VALUE...]: a role's user-data fetching $WWW/BIN as olboot.
+render_user_data() {
+  python3 "$HERE/lib/render.py" user-data "$1" "$2" "${USER_DATA_ARGS[@]}" \
+    OLBOOT_URL="$GUEST_BASE/$3" OLBOOT_SHA256="$(sha256_of "$WWW/$3")" "${@:4}"
 }
 
 # The same seed for test-vm/Vagrantfile (bookworm box): everything read from the synced folder
@@ -273,8 +277,9 @@ start_server() {
   done
   # The store refuses a request without the token (or the first-boot check of the token
   # would prove nothing).
-  [[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$HTTP_PORT/$OPT_PATH") == 401 ||
-    $STORE_MODE == open ]] || die "the store served the archive without the token"
+  [[ $STORE_MODE == open ||
+    $(curl -s -I -o /dev/null -w '%{http_code}' "http://127.0.0.1:$HTTP_PORT/$OPT_PATH") == 401 ]] ||
+    die "the store served the archive without the token"
   log "server: http://127.0.0.1:$HTTP_PORT (guest: $GUEST_BASE)"
 }
 

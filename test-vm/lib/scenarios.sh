@@ -152,9 +152,29 @@ scenario_rescue() {
   finish rescue-next-boot vm1
 }
 
-# The same job by cloud-init's own modules (disk_setup/fs_setup, mounts, packages, runcmd).
+# The same job by cloud-init's own modules (disk_setup/fs_setup, mounts, packages, runcmd);
+# with OLBOOT_VM_BEFORE=REV|BINARY also the first boot by that olboot (e.g. the commit before the
+# concurrent engine), same image, archive and repository. The archive is served at
+# OLBOOT_VM_RATE bytes/s (default 1 MB/s: 25 MB take ~25 s, as long as apt) so that the
+# download matters and overlapping it with apt shows.
 scenario_compare() {
   scenario_first_boot
+  if [[ -n ${OLBOOT_VM_BEFORE:-} ]]; then
+    local before
+    before=$(before_binary "$OLBOOT_VM_BEFORE")
+    cp "$before" "$WWW/olboot-before"
+    render_user_data "$REPO/cloud-config/$ROLE.yaml" "$WWW/user-data.before" olboot-before
+    new_vm vmb
+    echo "$STATE/vmb/data.img" >"$STATE/vmb/data"
+    new_data_disk "$STATE/vmb/data.img"
+    make_seed vmb "$WWW/user-data.before" "$HOST"
+    mark_http
+    boot_or_fail vmb
+    mount_vm vmb
+    check_in_service vmb changed runcmd
+    record "first-boot-by-$OLBOOT_VM_BEFORE" vmb "$(olboot_ms)"
+    finish "first-boot-by-$OLBOOT_VM_BEFORE" vmb
+  fi
   new_vm vmc
   echo "$STATE/vmc/data.img" >"$STATE/vmc/data"
   new_data_disk "$STATE/vmc/data.img"
@@ -170,6 +190,25 @@ scenario_compare() {
   check "service: memcached running" probe_says memcached.state active
   record compare-cloud-init vmc -
   finish compare-cloud-init vmc
+}
+
+# before_binary REV|PATH: a static olboot built from git revision REV (cached by commit), or PATH.
+before_binary() {
+  if [[ -f $1 ]]; then realpath "$1"; return; fi
+  local commit dir
+  commit=$(git -C "$REPO" rev-parse --verify "$1^{commit}") || die "OLBOOT_VM_BEFORE: no file or revision $1"
+  dir=$CACHE/bin-$commit
+  if [[ ! -x $dir/olboot ]]; then
+    log "compare: building olboot at $1 ($commit)"
+    rm -rf "$dir"
+    mkdir -p "$dir/src"
+    git -C "$REPO" archive "$commit" | tar -x -C "$dir/src"
+    (cd "$dir/src" && CARGO_TARGET_DIR=$REPO/target/before nice cargo build -q --release \
+      --target x86_64-unknown-linux-musl >&2)
+    cp "$REPO/target/before/x86_64-unknown-linux-musl/release/olboot" "$dir/olboot"
+    rm -rf "$dir/src"
+  fi
+  echo "$dir/olboot"
 }
 
 run_scenarios() {

@@ -8,8 +8,9 @@ serve.py DIR PORT [--token-file F] [--rate BYTES_PER_S]
 - Below /store/ (the private store) a request must carry the header line of the token file
   (`Authorization: Bearer ...`), else 401; the log records whether it came with the token,
   never the token itself.
-- --rate limits the bytes per second of /store/ bodies (so that a download takes long enough
-  to overlap with apt in `test-vm/run compare`).
+- --rate limits the bytes per second of the /opt archive's body (below /store/, or named
+  opt.tar.zst*), so that a download takes long enough to overlap with apt in `test-vm/run
+  compare`.
 - One log line per request on stdout: `METHOD PATH STATUS BYTES auth=yes|no|-`.
 """
 import argparse
@@ -87,7 +88,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         sent = 0
         if body:
-            rate = self.server.rate if store else 0
+            rate = self.server.rate if store or "/opt.tar.zst" in path else 0
             t0 = time.monotonic()
             with open(full, "rb") as f:
                 f.seek(start)

@@ -17,14 +17,19 @@ new_data_disk() {
   truncate -s 2G "$1"
 }
 
-# make_seed VM USER_DATA HOSTNAME: the NoCloud seed (an ISO labelled cidata).
+# make_seed VM USER_DATA HOSTNAME: the NoCloud seed (an ISO labelled cidata). Its network-config
+# asks for DHCPv4 only: trixie's cloud-init (25.1) falls back to dhcp4 + dhcp6, and ifupdown's
+# `dhclient -6` then waits for ever for a DHCPv6 server QEMU's user network does not have,
+# holding networking.service (and all of cloud-init) for minutes.
 make_seed() {
   local dir=$STATE/$1/seed
   mkdir -p "$dir"
   cp "$2" "$dir/user-data"
   printf 'instance-id: %s\nlocal-hostname: %s\n' "$1-$(date +%s)" "$3" >"$dir/meta-data"
+  printf 'version: 2\nethernets:\n  eth0:\n    match: {name: eth0}\n    dhcp4: true\n    dhcp6: false\n' \
+    >"$dir/network-config"
   genisoimage -quiet -output "$STATE/$1/seed.iso" -volid cidata -joliet -rock \
-    "$dir/user-data" "$dir/meta-data"
+    "$dir/user-data" "$dir/meta-data" "$dir/network-config"
 }
 
 # KVM only when a guest really runs under it (on some machines /dev/kvm exists but hangs).
