@@ -215,12 +215,14 @@ ensure_fixtures() {
   local src=()
   [[ $APT_MODE == olboot ]] && src=(REPO_KEY="$REPO_KEY")
   python3 "$HERE/lib/render.py" olboot "$REPO/cloud-config/fleet.yaml" "$WWW/fleet.yaml" \
-    BASE="$GUEST_BASE" OPT_SHA="$OPT_SHA" OPT_PATH="$OPT_PATH" WEB_ADDR=10.0.2.2 "${src[@]}" "${store[@]}"
+    BASE="$GUEST_BASE" OPT_SHA="$OPT_SHA" OPT_PATH="$OPT_PATH" WEB_ADDR=10.0.2.2 \
+    WEB_PACKAGES="$(IFS=,; echo "${WEB_PACKAGES[*]}")" "${src[@]}" "${store[@]}"
   # On the host the identity and auth files are the cache's copies (root-only, like the guest's).
   local host_store=()
   [[ $STORE_MODE == age ]] && host_store=(IDENTITY="$STORE_IDENTITY" AUTH="$STORE_AUTH")
   python3 "$HERE/lib/render.py" olboot "$REPO/cloud-config/fleet.yaml" "$CACHE/fleet.validate.yaml" \
-    BASE="$GUEST_BASE" OPT_SHA="$OPT_SHA" OPT_PATH="$OPT_PATH" WEB_ADDR=10.0.2.2 "${src[@]}" "${host_store[@]}"
+    BASE="$GUEST_BASE" OPT_SHA="$OPT_SHA" OPT_PATH="$OPT_PATH" WEB_ADDR=10.0.2.2 \
+    WEB_PACKAGES="$(IFS=,; echo "${WEB_PACKAGES[*]}")" "${src[@]}" "${host_store[@]}"
   local h
   for h in "$HOST" "$WEB_HOST"; do
     "$OLBOOT" validate -c "$CACHE/fleet.validate.yaml" --host "$h" >/dev/null ||

@@ -5,7 +5,7 @@ render.py olboot    FLEET OUT KEY=VALUE...      the fleet config with the test's
         BASE= OPT_SHA= OPT_PATH= (archive path on the server), DEVS= (more data disk candidates,
         comma-separated), REPO_KEY= (olboot's packages.sources gets the signed flat repository),
         IDENTITY= AUTH= (the archive is age-encrypted on an authenticated store), WEB_ADDR= (the
-        web scenario's host ol-web0, its www set holding WEB_ADDR)
+        web scenario's host ol-web0, its www set holding WEB_ADDR, installing WEB_PACKAGES=a,b)
 render.py packages  FLEET HOST                  the packages HOST's roles install, one a line
 render.py user-data TEMPLATE OUT KEY=VALUE...   a role's cloud-config, @KEY@ filled in, plus the
         test's flat apt repository at BASE/repo: APT=olboot (olboot's packages.sources) or
@@ -94,7 +94,7 @@ def cmd_olboot(fleet_path, out, *pairs):
         www = fleet["roles"]["base"]["firewall"]["sets"].get("www", [])
         fleet["hosts"][WEB_HOST] = ["base", "webtest"]
         fleet["roles"]["webtest"] = {
-            "packages": {"install": ["docker.io"]},
+            "packages": {"install": v.get("WEB_PACKAGES", "docker.io").split(",")},
             "firewall": {"sets": {"www": www + [v["WEB_ADDR"]]},
                          "allow": [{"port": 8080, "from": "www"}]},
         }
