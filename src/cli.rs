@@ -61,12 +61,7 @@ pub enum Command {
         json: bool,
     },
     /// `olboot pack`.
-    Pack {
-        /// The tree to archive.
-        dir: PathBuf,
-        /// The archive to write.
-        output: PathBuf,
-    },
+    Pack(crate::archive::pack::Options),
 }
 
 /// The options shared by `apply` and `plan`.
@@ -105,12 +100,15 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
             root: a.root,
             json: a.json,
         },
-        _ => Command::Pack {
+        _ => Command::Pack(crate::archive::pack::Options {
             dir: a
                 .dir
                 .ok_or("pack needs the directory to archive (olboot pack DIR -o FILE)")?,
             output: a.output.ok_or("pack needs -o FILE")?,
-        },
+            excludes: a.excludes,
+            allow_changing: a.allow_changing,
+            json: a.json,
+        }),
     }))
 }
 
@@ -136,8 +134,8 @@ fn dispatch(cmd: Command) -> Result<u8> {
         Command::Plan { target } => converge(target, Mode::Plan, true),
         Command::Validate { config, host } => validate(&config, host.as_deref()),
         Command::Status { root, json } => status(root, json),
-        Command::Pack { dir, output } => {
-            crate::archive::pack::pack(&dir, &output)?;
+        Command::Pack(o) => {
+            crate::archive::pack::pack(&o)?;
             Ok(EXIT_OK)
         }
     }
@@ -196,7 +194,10 @@ fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     let host = host_of(t.host, &root, &cfg)?;
     let host_cfg = cfg.for_host(&host)?;
     let _lock = match mode {
-        Mode::Apply => Some(crate::sys::fs::lock(&root)?),
+        Mode::Apply => {
+            crate::sys::signal::install();
+            Some(crate::sys::fs::lock(&root)?)
+        }
         Mode::Plan => None,
     };
     let tuning = Tuning::from_env();
@@ -298,13 +299,25 @@ mod tests {
             args("status --json"),
             Ok(Cli::Run(Command::Status { json: true, .. }))
         ));
-        let Ok(Cli::Run(Command::Pack { dir, output })) = args("pack /opt -o o.tar.zst") else {
+        let Ok(Cli::Run(Command::Pack(o))) = args("pack /opt -o o.tar.zst") else {
             panic!()
         };
         assert_eq!(
-            (dir, output),
-            (PathBuf::from("/opt"), PathBuf::from("o.tar.zst"))
+            (o.dir, o.output, o.excludes.len(), o.allow_changing, o.json),
+            (
+                PathBuf::from("/opt"),
+                PathBuf::from("o.tar.zst"),
+                0,
+                false,
+                false
+            )
         );
+        let a = "pack /opt -o o --exclude *.pyc --exclude /petabox/ --allow-changing --json";
+        let Ok(Cli::Run(Command::Pack(o))) = args(a) else {
+            panic!()
+        };
+        assert_eq!(o.excludes, ["*.pyc", "/petabox/"]);
+        assert!(o.allow_changing && o.json);
         assert!(matches!(args("--version"), Ok(Cli::Print(v)) if v.starts_with("olboot ")));
         assert!(
             matches!(args("pack --help"), Ok(Cli::Print(h)) if h.contains("-o, --output FILE"))
@@ -323,6 +336,8 @@ mod tests {
             "pack /opt",
             "pack -o x",
             "pack a b -o x",
+            "pack a -o x --exclude /",
+            "apply --allow-changing",
             "apply --only nope",
             "apply -c",
         ] {

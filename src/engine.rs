@@ -74,7 +74,8 @@ pub fn run(cfg: &HostConfig, ctx: &Ctx, mode: Mode, only: &[StepName]) -> Vec<St
         if !only.is_empty() && !only.contains(&name) {
             continue;
         }
-        let report = match blocker(cfg, name, &reports, mode) {
+        let interrupted = crate::sys::signal::received().map(|s| format!("interrupted by {s}"));
+        let report = match interrupted.or_else(|| blocker(cfg, name, &reports, mode)) {
             Some(why) => skipped(name, why),
             None => run_named(cfg, ctx, mode, name),
         };
@@ -193,10 +194,15 @@ pub fn run_step<S: Step>(step: &S, ctx: &Ctx, mode: Mode) -> StepReport {
                 let mut done = Done::new(S::NAME);
                 let r = step.apply(ctx, &plan.changes, &mut done);
                 report.changes = done.lines;
+                report.warnings.extend(done.warnings);
                 report.result = Outcome::Changed;
                 if let Err(e) = r {
                     report.result = Outcome::Failed;
-                    report.error = Some(format!("{e:#}"));
+                    // A signal is the cause, whatever the step was doing when it came.
+                    report.error = Some(match crate::sys::signal::received() {
+                        Some(s) => crate::sys::signal::Interrupted(s).to_string(),
+                        None => format!("{e:#}"),
+                    });
                 }
             }
             if !failures.is_empty() {

@@ -1,9 +1,10 @@
-//! The opt step and `olboot pack` on local archives: pack is deterministic and GNU tar
-//! unpacks it to the same tree as olboot does; gzip and xz are recognized by magic; hostile
+//! The opt step on local archives (made by `olboot pack`, whose own tests are in
+//! tests/pack.rs): gzip and xz are recognized by magic; hostile
 //! archives of every kind fail naming the entry and write nothing outside; an existing tree
 //! is kept; the ways of exposing the tree at /opt (bind on the live system inside a private
 //! mount namespace).
 
+mod common;
 #[path = "opt/support.rs"]
 mod support;
 
@@ -15,86 +16,6 @@ use support::*;
 
 fn file_url(p: &Path) -> String {
     format!("file://{}", p.display())
-}
-
-#[test]
-fn pack_is_deterministic_and_gnu_tar_agrees_with_olboot() {
-    let p = packed(200 * 1024);
-    // The same tree gives the same bytes.
-    let again = p.dir.path().join("again.tar.zst");
-    let out = olboot()
-        .arg("pack")
-        .arg(&p.src)
-        .arg("-o")
-        .arg(&again)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    assert_eq!(
-        fs::read(&again).unwrap(),
-        p.bytes,
-        "pack is not deterministic"
-    );
-    // FILE.sha256 is in sha256sum format and checks.
-    let sums = fs::read_to_string(format!("{}.sha256", p.archive.display())).unwrap();
-    assert_eq!(sums, format!("{}  opt.tar.zst\n", p.sha256));
-    let st = Command::new("sha256sum")
-        .args(["-c", "opt.tar.zst.sha256"])
-        .current_dir(p.dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stdout)
-    );
-    // GNU tar unpacks it to an identical tree.
-    let gnu = p.dir.path().join("gnu");
-    fs::create_dir(&gnu).unwrap();
-    let st = Command::new("tar")
-        .args(["--zstd", "-xpf"])
-        .arg(&p.archive)
-        .arg("-C")
-        .arg(&gnu)
-        .status()
-        .unwrap();
-    assert!(st.success());
-    assert_same_tree(&p.src, &gnu, false);
-    // And so does olboot, symlink mtimes included.
-    let s = Scratch::new();
-    let cfg = s.config(&[file_url(&p.archive)], Some(&p.sha256), "", "symlink");
-    let out = s.apply(&cfg);
-    assert!(out.status.success());
-    assert_same_tree(&p.src, &s.opt(), true);
-    s.assert_nothing_beside();
-}
-
-#[test]
-fn pack_skips_sockets_with_a_warning() {
-    let d = tempfile::tempdir().unwrap();
-    let src = d.path().join("src");
-    fs::create_dir(&src).unwrap();
-    fs::write(src.join("f"), "x").unwrap();
-    let _sock = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
-    let out = olboot()
-        .arg("pack")
-        .arg(&src)
-        .arg("-o")
-        .arg(d.path().join("a.tar.zst"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let err = stderr(&out);
-    assert!(
-        err.contains("skipping") && err.contains("sock") && err.contains("socket"),
-        "{err}"
-    );
-    let list = Command::new("tar")
-        .args(["--zstd", "-tf"])
-        .arg(d.path().join("a.tar.zst"))
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "./\nf\n");
 }
 
 fn tar_of(build: impl FnOnce(&mut tar::Builder<Vec<u8>>)) -> Vec<u8> {
@@ -136,6 +57,30 @@ fn file_entry(b: &mut tar::Builder<Vec<u8>>, name: &str, data: &[u8]) {
 
 #[test]
 fn hostile_archives_fail_naming_the_entry() {
+    hostile_archives_refused(olboot, "");
+}
+
+/// Linux before 5.6: no openat2 (ENOSYS), the walk one component at a time refuses the same.
+#[test]
+fn hostile_archives_fail_naming_the_entry_without_openat2() {
+    hostile_archives_refused(
+        || common::olboot_denying(&[common::nr::OPENAT2], 38),
+        "openat2 is not available",
+    );
+}
+
+/// A container whose seccomp profile answers EPERM to openat2.
+#[test]
+fn hostile_archives_fail_naming_the_entry_when_openat2_is_refused() {
+    hostile_archives_refused(
+        || common::olboot_denying(&[common::nr::OPENAT2], 1),
+        "openat2 is not available",
+    );
+}
+
+/// Each hostile archive, unpacked by the olboot `cmd` makes, fails naming the entry and
+/// changes nothing outside; the log says `log` when that is not empty.
+fn hostile_archives_refused(cmd: fn() -> Command, log: &str) {
     type Build = fn(&mut tar::Builder<Vec<u8>>);
     let cases: Vec<(&str, &str, Build)> = vec![
         ("dotdot", "../escaped", |b| {
@@ -208,13 +153,27 @@ fn hostile_archives_fail_naming_the_entry() {
         let archive = s.dir.path().join("hostile.tar.zst");
         fs::write(&archive, zstd::encode_all(&tar[..], 3).unwrap()).unwrap();
         let cfg = s.config(&[file_url(&archive)], None, "", "symlink");
-        let out = s.apply(&cfg);
+        let out = s.run_with(cmd(), "apply", &cfg, &[]);
         assert_eq!(out.status.code(), Some(1), "{what}: not refused");
+        // These open a directory beneath the root; the others are refused by name first.
+        let opens_a_dir = what.contains("through");
+        if !log.is_empty() && opens_a_dir {
+            assert!(
+                stderr(&out).contains(log),
+                "{what}: the fallback was not used"
+            );
+        }
         let err = opt_step(&s.root())["error"].as_str().unwrap().to_string();
         assert!(
             err.contains(&format!("archive entry \"{entry}\"")),
             "{what}: the error does not name {entry}: {err}"
         );
+        if opens_a_dir {
+            assert!(
+                err.contains("refusing to go through a symlink"),
+                "{what}: {err}"
+            );
+        }
         assert!(!s.opt().exists(), "{what}");
         assert!(!s.root().join("opt").exists(), "{what}");
         assert!(!s.root().join("escaped").exists(), "{what}");
@@ -430,4 +389,19 @@ test -f /opt/openlibrary/deploys/olsystem/def456/README
     assert!(first.contains("bind-mounted"), "{first}");
     // The mount lived in the namespace only.
     assert_eq!(fs::read_dir(&opt).unwrap().count(), 0);
+}
+
+#[test]
+fn plan_changes_in_the_done_tense_are_the_apply_changes() {
+    let p = packed(64 * 1024);
+    let s = Scratch::new();
+    fs::create_dir_all(s.root().join("opt")).unwrap(); // replaced: one more kind of change
+    let cfg = s.config(&[file_url(&p.archive)], Some(&p.sha256), "", "symlink");
+    let plan = s.run("plan", &cfg, &[]);
+    assert_eq!(plan.status.code(), Some(3), "plan: {}", stderr(&plan));
+    let apply = s.run("apply --json", &cfg, &[]);
+    assert!(apply.status.success(), "apply: {}", stderr(&apply));
+    let (plan, apply) = (common::report(&plan), common::report(&apply));
+    assert_eq!(common::change_lines(&plan, "opt").len(), 2, "{plan}");
+    common::assert_apply_did_what_plan_said(&plan, &apply, "opt");
 }

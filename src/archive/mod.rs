@@ -88,6 +88,9 @@ pub fn install(
             Ok(got) => return Ok(got),
             Err(e) => {
                 remove_staging(&staging)?;
+                if let Some(sig) = crate::sys::signal::received() {
+                    return Err(crate::sys::signal::Interrupted(sig).into());
+                }
                 log::warn!("{url}: {e:#}");
                 errors.push(format!("{url}: {e:#}"));
             }

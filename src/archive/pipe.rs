@@ -94,6 +94,7 @@ impl PipeWriter {
     pub fn copy_from(&mut self, r: &mut impl Read) -> io::Result<u64> {
         let mut total = 0u64;
         loop {
+            crate::sys::signal::check()?;
             match self.read_from(r) {
                 Ok(0) => return Ok(total),
                 Ok(n) => total += n as u64,

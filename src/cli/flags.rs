@@ -49,8 +49,10 @@ pub const COMMANDS: &[CommandDef] = &[
         name: "pack",
         about: "Archive a legacy /opt for the archive store and print its sha256",
         details:
-            "A zstd tar of DIR (numeric owners, modes, mtimes, symlinks and hard links, stable\n\
-                  order); FILE.sha256 is written beside it in sha256sum format.",
+            "A zstd tar of DIR (numeric owners, modes, ns mtimes, symlinks, hard links, sparse\n\
+                  files, xattrs, ACLs, capabilities; stable order); FILE.sha256 is written beside\n\
+                  it in sha256sum format. A summary (sizes per top-level directory, what was\n\
+                  skipped, which files mention each top-level directory) goes to stderr.",
         positional: Some("DIR"),
     },
 ];
@@ -72,6 +74,10 @@ pub struct Args {
     pub output: Option<PathBuf>,
     /// `pack DIR`.
     pub dir: Option<PathBuf>,
+    /// `pack --exclude`, in the order given.
+    pub excludes: Vec<String>,
+    /// `pack --allow-changing`.
+    pub allow_changing: bool,
 }
 
 /// How an option's value (if it takes one) lands in [`Args`].
@@ -155,8 +161,8 @@ pub const FLAGS: &[Flag] = &[
         long: "json",
         short: None,
         value: None,
-        doc: "Print the report as JSON on stdout",
-        commands: &["apply", "status"],
+        doc: "Print the report (pack: the summary) as JSON on stdout",
+        commands: &["apply", "status", "pack"],
         set: |a, _| {
             a.json = true;
             Ok(())
@@ -170,6 +176,32 @@ pub const FLAGS: &[Flag] = &[
         commands: &["pack"],
         set: |a, v| {
             a.output = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
+    Flag {
+        long: "exclude",
+        short: None,
+        value: Some("PATTERN"),
+        doc: "Leave out what matches (repeatable; rsync-like: /x at the root only,\n\
+              x/ directories only, *, ?, **)",
+        commands: &["pack"],
+        set: |a, v| {
+            let v = utf8(v)?;
+            crate::archive::pack::exclude::Pattern::new(&v)?;
+            a.excludes.push(v);
+            Ok(())
+        },
+    },
+    Flag {
+        long: "allow-changing",
+        short: None,
+        value: None,
+        doc: "Store a file that keeps changing while read as last read (a warning)\n\
+              instead of failing",
+        commands: &["pack"],
+        set: |a, _| {
+            a.allow_changing = true;
             Ok(())
         },
     },

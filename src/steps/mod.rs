@@ -141,6 +141,9 @@ pub struct Done<C> {
     step: &'static str,
     /// Report lines, one per change made.
     pub lines: Vec<String>,
+    /// What a change could not do exactly as planned but did not fail for (an xattr the
+    /// target filesystem does not support), for the report's warnings.
+    pub warnings: Vec<String>,
     change: PhantomData<fn(&C)>,
 }
 
@@ -150,6 +153,7 @@ impl<C: Describe> Done<C> {
         Done {
             step,
             lines: Vec::new(),
+            warnings: Vec::new(),
             change: PhantomData,
         }
     }
@@ -166,6 +170,13 @@ impl<C: Describe> Done<C> {
         let line = line.to_string();
         log::info!("{}: {line}", self.step);
         self.lines.push(line);
+    }
+
+    /// Record (and log) a warning about a change being made.
+    pub fn warn(&mut self, w: impl std::fmt::Display) {
+        let w = w.to_string();
+        log::warn!("{}: {w}", self.step);
+        self.warnings.push(w);
     }
 }
 

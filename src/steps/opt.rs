@@ -15,12 +15,11 @@
 //! Paths from the config go through `--root`, `opt.archive.ca_file` included; a `file://`
 //! mirror, like an `http://` one, names a place as the running system sees it.
 
-use super::{Ctx, Describe, Done, Plan, Step, Tense};
+use super::{Ctx, Describe, Done, Plan, Step, Tense, Verb};
 use crate::archive::{self, fetch::mib};
 use crate::config::{self, Expose};
 use crate::sys::{fs as sysfs, fstab, mount};
 use anyhow::{bail, Context, Result};
-use std::fmt;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -34,45 +33,87 @@ pub struct Opt<'a> {
     pub cfg: &'a config::Opt,
 }
 
-/// One change the opt step makes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One change the opt step makes; each carries all `apply` needs.
+#[derive(Debug, Clone)]
 pub enum Change {
     /// Remove a staging directory left by an interrupted run.
     RemoveStaging(PathBuf),
-    /// Fetch the archive and unpack it at `path`.
-    Fetch {
-        /// The first mirror.
-        url: String,
-        /// `opt.path`.
-        path: String,
+    /// Fetch the archive and unpack it at `dest`.
+    Fetch(Box<Fetch>),
+    /// Create the directory `/opt` (its host path) to bind-mount on.
+    CreateOpt(PathBuf),
+    /// Bring the fstab at `file` to hold `entry` (`edit` says how it differs now).
+    Fstab {
+        file: PathBuf,
+        entry: fstab::Entry,
+        edit: fstab::Edit,
     },
-    /// Create the `/opt` directory to bind-mount on.
-    CreateOpt,
-    /// Add (or replace) the fstab line of the bind mount.
-    Fstab(fstab::Edit),
-    /// Bind-mount `path` at `/opt` now.
-    Bind(String),
-    /// Make `/opt` a symlink to the path, replacing what the string says (if anything).
-    Symlink(String, Option<String>),
+    /// Bind-mount `from` at `to` now (host paths); `shown` is `opt.path` as configured.
+    Bind {
+        from: PathBuf,
+        to: PathBuf,
+        shown: String,
+    },
+    /// Make `at` (the host path of `/opt`) a symlink to `target`, replacing what `replacing`
+    /// says (if anything).
+    Symlink {
+        at: PathBuf,
+        target: String,
+        replacing: Option<String>,
+    },
 }
 
-impl fmt::Display for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+/// What fetching and unpacking the archive takes.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    /// The archive's mirrors and digest.
+    pub archive: config::Archive,
+    /// The host path of `archive.ca_file`.
+    pub ca_file: Option<PathBuf>,
+    /// The host path of `opt.path`.
+    pub dest: PathBuf,
+    /// `opt.path` as configured.
+    pub shown: String,
+}
+
+impl Describe for Change {
+    fn describe(&self, t: Tense) -> String {
         match self {
-            Change::RemoveStaging(p) => {
-                write!(f, "remove leftover staging directory {}", p.display())
-            }
-            Change::Fetch { url, path } => write!(f, "fetch {url} and unpack it into {path}"),
-            Change::CreateOpt => write!(f, "create directory {OPT}"),
-            Change::Fstab(fstab::Edit::Replace(old)) => write!(
-                f,
-                "replace the {OPT} line of {FSTAB} (was: {})",
+            Change::RemoveStaging(p) => format!(
+                "{} leftover staging directory {}",
+                t.of(Verb::Remove),
+                p.display()
+            ),
+            Change::Fetch(f) => format!(
+                "{} {} and {} it into {}",
+                t.of(Verb::Fetch),
+                f.archive
+                    .urls
+                    .first()
+                    .map(|u| u.0.as_str())
+                    .unwrap_or_default(),
+                t.of(Verb::Unpack),
+                f.shown
+            ),
+            Change::CreateOpt(_) => format!("{} directory {OPT}", t.of(Verb::Create)),
+            Change::Fstab {
+                edit: fstab::Edit::Replace(old),
+                ..
+            } => format!(
+                "{} the {OPT} line of {FSTAB} (was: {})",
+                t.of(Verb::Replace),
                 old.join(" | ")
             ),
-            Change::Fstab(_) => write!(f, "add the bind mount of {OPT} to {FSTAB}"),
-            Change::Bind(p) => write!(f, "bind-mount {p} at {OPT}"),
-            Change::Symlink(p, None) => write!(f, "link {OPT} -> {p}"),
-            Change::Symlink(p, Some(old)) => write!(f, "link {OPT} -> {p} (replacing {old})"),
+            Change::Fstab { .. } => {
+                format!("{} {OPT} (bind, nofail) to {FSTAB}", t.of(Verb::Add))
+            }
+            Change::Bind { shown, .. } => format!("{} {shown} at {OPT}", t.of(Verb::Bind)),
+            Change::Symlink {
+                target, replacing, ..
+            } => match replacing {
+                None => format!("{} {OPT} -> {target}", t.of(Verb::Link)),
+                Some(old) => format!("{} {OPT} -> {target} in place of {old}", t.of(Verb::Link)),
+            },
         }
     }
 }
@@ -138,7 +179,7 @@ impl Opt<'_> {
         let host = ctx.root.path(&self.cfg.path);
         let bound = !fetching && same_inode(&opt, &host);
         match look(&opt)? {
-            Found::Missing => plan.changes.push(Change::CreateOpt),
+            Found::Missing => plan.changes.push(Change::CreateOpt(opt.clone())),
             Found::EmptyDir => {}
             Found::Tree if bound => {}
             Found::Tree => bail!(
@@ -153,12 +194,21 @@ impl Opt<'_> {
         }
         let fstab_path = ctx.root.path(Path::new(FSTAB));
         let content = sysfs::read_optional(&fstab_path)?.unwrap_or_default();
-        match fstab::plan(&content, &self.fstab_entry()) {
+        let entry = self.fstab_entry();
+        match fstab::plan(&content, &entry) {
             fstab::Edit::Unchanged => {}
-            e => plan.changes.push(Change::Fstab(e)),
+            edit => plan.changes.push(Change::Fstab {
+                file: fstab_path,
+                entry,
+                edit,
+            }),
         }
         if !bound {
-            plan.changes.push(Change::Bind(self.cfg.path.to_string()));
+            plan.changes.push(Change::Bind {
+                from: host,
+                to: opt,
+                shown: self.cfg.path.to_string(),
+            });
         }
         Ok(())
     }
@@ -180,7 +230,11 @@ impl Opt<'_> {
         if ctx.root.is_live() && mount::at(Path::new(OPT))?.is_some() {
             bail!("{OPT} is a mountpoint; expose: symlink cannot replace it (unmount it first)");
         }
-        plan.changes.push(Change::Symlink(want, replacing));
+        plan.changes.push(Change::Symlink {
+            at: opt,
+            target: want,
+            replacing,
+        });
         Ok(())
     }
 }
@@ -211,10 +265,12 @@ impl Step for Opt<'_> {
                     self.cfg.path
                 )
             })?;
-            plan.changes.push(Change::Fetch {
-                url: a.urls.first().map(|u| u.0.clone()).unwrap_or_default(),
-                path: self.cfg.path.to_string(),
-            });
+            plan.changes.push(Change::Fetch(Box::new(Fetch {
+                archive: a.clone(),
+                ca_file: a.ca_file.as_ref().map(|c| ctx.root.path(c)),
+                dest: host.clone(),
+                shown: self.cfg.path.to_string(),
+            })));
         }
         match self.cfg.expose {
             Expose::Bind => self.plan_bind(ctx, fetching, &mut plan)?,
@@ -224,84 +280,109 @@ impl Step for Opt<'_> {
     }
 
     fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
-        let host = ctx.root.path(&self.cfg.path);
-        let opt = ctx.root.path(Path::new(OPT));
         for change in changes {
-            match &change {
-                Change::RemoveStaging(p) => {
-                    archive::remove_staging(p)?;
-                    done.record_line(format!(
-                        "removed leftover staging directory {}",
-                        p.display()
-                    ));
-                }
-                Change::Fetch { path, .. } => {
-                    let a = self
-                        .cfg
-                        .archive
-                        .as_ref()
-                        .context("opt.archive is not set")?;
-                    let ca = a.ca_file.as_ref().map(|c| ctx.root.path(c));
-                    let got = archive::install(a, ca.as_deref(), &host, ctx.tuning)?;
-                    done.record_line(format!(
-                        "fetched {} ({}, {:?}, sha256 {}) and unpacked {} entries ({}) into {path}",
+            match change {
+                Change::RemoveStaging(p) => archive::remove_staging(p)?,
+                Change::Fetch(f) => {
+                    let got =
+                        archive::install(&f.archive, f.ca_file.as_deref(), &f.dest, ctx.tuning)?;
+                    log::info!(
+                        "opt: fetched {} ({}, {:?}, sha256 {}): {} entries, {}",
                         got.url,
                         mib(got.bytes),
                         got.format,
                         got.sha256,
                         got.stats.entries,
                         mib(got.stats.bytes),
-                    ));
-                }
-                Change::CreateOpt => {
-                    fs::create_dir_all(&opt)
-                        .with_context(|| format!("cannot create {}", opt.display()))?;
-                    done.record_line(format!("created directory {OPT}"));
-                }
-                Change::Fstab(_) => {
-                    let p = ctx.root.path(Path::new(FSTAB));
-                    let content = sysfs::read_optional(&p)?.unwrap_or_default();
-                    let new = fstab::apply(&content, &self.fstab_entry());
-                    sysfs::write_atomic(&p, new.as_bytes(), 0o644)?;
-                    done.record_line(format!("added the bind mount of {OPT} to {FSTAB}"));
-                }
-                Change::Bind(p) => {
-                    mount::bind(&host, &opt)?;
-                    done.record_line(format!("bind-mounted {p} at {OPT}"));
-                }
-                Change::Symlink(target, replacing) => {
-                    let tmp = opt.with_file_name(".opt.olboot-tmp");
-                    let _ = fs::remove_file(&tmp);
-                    std::os::unix::fs::symlink(target, &tmp)
-                        .with_context(|| format!("cannot create {}", tmp.display()))?;
-                    if let Ok(Found::EmptyDir) = look(&opt) {
-                        fs::remove_dir(&opt)
-                            .with_context(|| format!("cannot remove {}", opt.display()))?;
+                    );
+                    for w in &got.stats.warnings {
+                        done.warn(w);
                     }
-                    fs::rename(&tmp, &opt)
-                        .inspect_err(|_| {
-                            let _ = fs::remove_file(&tmp);
-                        })
-                        .with_context(|| format!("cannot replace {}", opt.display()))?;
-                    if let Some(dir) = opt.parent() {
-                        fs::File::open(dir)
-                            .and_then(|d| d.sync_all())
-                            .with_context(|| format!("cannot sync {}", dir.display()))?;
-                    }
-                    done.record_line(match replacing {
-                        None => format!("linked {OPT} -> {target}"),
-                        Some(old) => format!("linked {OPT} -> {target} (replaced {old})"),
-                    });
                 }
+                Change::CreateOpt(opt) => sysfs::create_dir_all(opt)?,
+                Change::Fstab { file, entry, .. } => {
+                    let content = sysfs::read_optional(file)?.unwrap_or_default();
+                    let new = fstab::apply(&content, entry);
+                    sysfs::write_atomic(file, new.as_bytes(), 0o644)?;
+                }
+                Change::Bind { from, to, .. } => mount::bind(from, to)?,
+                Change::Symlink { at, target, .. } => replace_with_symlink(at, target)?,
             }
+            done.record(change);
         }
         Ok(())
     }
 }
 
-// Transitional: both tenses from the plan text until this step describes its changes itself.
-impl Describe for Change {
-    fn describe(&self, _tense: Tense) -> String {
-        self.to_string()
+/// Make `at` a symlink to `target`: made beside it, then renamed over it (an empty directory
+/// there is removed first), then the directory synced.
+fn replace_with_symlink(at: &Path, target: &str) -> Result<()> {
+    let tmp = at.with_file_name(".opt.olboot-tmp");
+    sysfs::remove_file_if_present(&tmp)?;
+    sysfs::symlink(target, &tmp)?;
+    if let Ok(Found::EmptyDir) = look(at) {
+        sysfs::remove_dir(at)?;
+    }
+    if let Err(e) = sysfs::rename(&tmp, at) {
+        let _ = sysfs::remove_file_if_present(&tmp);
+        return Err(e);
+    }
+    match at.parent() {
+        Some(dir) => sysfs::sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::steps::in_done_tense;
+
+    #[test]
+    fn report_lines_are_plan_lines_in_the_done_tense() {
+        let archive: config::Archive =
+            serde_yaml::from_str("urls: [file:///srv/opt.tar.zst]").unwrap();
+        let entry = fstab::Entry {
+            spec: "/1/opt".into(),
+            file: OPT.into(),
+            vfstype: "none".into(),
+            options: "bind,nofail".into(),
+            passno: 0,
+        };
+        let changes = [
+            Change::RemoveStaging("/1/.olboot-staging-opt".into()),
+            Change::Fetch(Box::new(Fetch {
+                archive,
+                ca_file: None,
+                dest: "/r/1/opt".into(),
+                shown: "/1/opt".into(),
+            })),
+            Change::CreateOpt("/r/opt".into()),
+            Change::Fstab {
+                file: "/r/etc/fstab".into(),
+                entry: entry.clone(),
+                edit: fstab::Edit::Add,
+            },
+            Change::Fstab {
+                file: "/r/etc/fstab".into(),
+                entry,
+                edit: fstab::Edit::Replace(vec!["/x /opt none bind 0 0".into()]),
+            },
+            Change::Bind {
+                from: "/r/1/opt".into(),
+                to: "/r/opt".into(),
+                shown: "/1/opt".into(),
+            },
+            Change::Symlink {
+                at: "/r/opt".into(),
+                target: "/1/opt".into(),
+                replacing: Some("an empty directory".into()),
+            },
+        ];
+        for c in &changes {
+            let (plan, done) = (c.describe(Tense::Plan), c.describe(Tense::Done));
+            assert_ne!(plan, done, "{c:?}");
+            assert_eq!(in_done_tense(&plan), done, "{c:?}");
+        }
     }
 }

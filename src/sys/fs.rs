@@ -84,3 +84,42 @@ pub fn lock(root: &crate::root::Root) -> Result<Lock> {
     }
     Ok(Lock(f))
 }
+
+/// `mkdir -p path`.
+pub fn create_dir_all(path: &Path) -> Result<()> {
+    std::fs::create_dir_all(path).with_context(|| format!("cannot create {}", path.display()))
+}
+
+/// Remove the file (or symlink) at `path`; nothing there is fine.
+pub fn remove_file_if_present(path: &Path) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("cannot remove {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Make `link` a symlink to `target`.
+pub fn symlink(target: &str, link: &Path) -> Result<()> {
+    std::os::unix::fs::symlink(target, link)
+        .with_context(|| format!("cannot create {}", link.display()))
+}
+
+/// Remove the empty directory `path`.
+pub fn remove_dir(path: &Path) -> Result<()> {
+    std::fs::remove_dir(path).with_context(|| format!("cannot remove {}", path.display()))
+}
+
+/// Rename `from` to `to`.
+pub fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to)
+        .with_context(|| format!("cannot rename {} to {}", from.display(), to.display()))
+}
+
+/// fsync the directory `dir` (after a rename in it).
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("cannot sync {}", dir.display()))
+}

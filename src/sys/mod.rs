@@ -12,3 +12,4 @@ pub mod fstab;
 pub mod http;
 pub mod mount;
 pub mod nft;
+pub mod signal;

@@ -28,6 +28,8 @@ pub enum Fault {
     LieLength(usize),
     /// Send up to this offset, then hang (the client is expected to be killed).
     Hang(usize),
+    /// Send up to this offset, then one byte every 50 ms.
+    Trickle(usize),
 }
 
 /// One request as the server saw it.
@@ -127,7 +129,7 @@ fn serve(
             w.write_all(head("200 OK", format!("Content-Length: {}\r\n", len + extra)).as_bytes())?;
             w.write_all(data)?;
         }
-        Fault::Normal | Fault::CutAt(_) | Fault::Hang(_) => {
+        Fault::Normal | Fault::CutAt(_) | Fault::Hang(_) | Fault::Trickle(_) => {
             let from = if honor { start.unwrap_or(0) } else { 0 };
             if from >= len && honor {
                 w.write_all(
@@ -160,6 +162,14 @@ fn serve(
                     w.write_all(&data[from..at.max(from).min(len)])?;
                     w.flush()?;
                     std::thread::sleep(Duration::from_secs(60));
+                }
+                Fault::Trickle(at) => {
+                    w.write_all(&data[from..at.max(from).min(len)])?;
+                    for b in &data[at.max(from).min(len)..] {
+                        w.write_all(std::slice::from_ref(b))?;
+                        w.flush()?;
+                        std::thread::sleep(Duration::from_millis(50));
+                    }
                 }
                 _ => w.write_all(&data[from..])?,
             }
@@ -429,8 +439,22 @@ impl Scratch {
     }
 
     pub fn run(&self, verb: &str, config: &Path, env: &[(&str, &str)]) -> Output {
-        let mut c = olboot();
-        c.arg(verb)
+        self.run_with(olboot(), verb, config, env)
+    }
+
+    /// [`Scratch::run`] with the command `c` (olboot under a wrapper, say).
+    pub fn run_with(
+        &self,
+        mut c: Command,
+        verb: &str,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> Output {
+        c.env("OLBOOT_BACKOFF_MS", "10")
+            .env("OLBOOT_BACKOFF_MAX_MS", "50")
+            .env("OLBOOT_RETRIES", "3");
+        // `verb` may carry options: "apply --json".
+        c.args(verb.split(' '))
             .arg("-c")
             .arg(config)
             .arg("--root")

@@ -1,0 +1,571 @@
+//! Safe tar extraction into a staging directory.
+//!
+//! Every entry is created relative to a directory file descriptor that was opened with
+//! `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, so the kernel itself refuses a path that
+//! leaves the staging directory or passes through a symlink (one an earlier entry made, say).
+//! Where openat2 is missing, [`beneath`] walks the path one component at a time instead.
+//! On top of that, names with `..` or a leading `/`, device nodes and FIFOs are refused with
+//! an error naming the entry. Symlinks are created as they are and never followed. Owners are numeric; the mode
+//! is set after the owner (chown clears setuid/setgid), then xattrs and ACLs, the mtime last
+//! (see `Unpacker::set_meta_fd`). Directories get their metadata when the archive leaves them,
+//! deepest first, as GNU tar does, so a read-only directory can still be filled and the times
+//! come out as GNU tar's whatever the order of the entries. The tar stream is read by
+//! [`stream`], which bounds every special header.
+//!
+//! Speed: a file owned by olboot's own user (most of a tree unpacked as root) is created with
+//! its final mode under a zero umask, so it costs open, write, futimens and close only; and
+//! a background thread starts the writeback every 64 MiB so the final sync is short.
+
+mod beneath;
+mod stream;
+mod xattr;
+
+use anyhow::{bail, Context, Result};
+use beneath::{errno, open_dir};
+use rustix::fd::{AsFd, OwnedFd};
+use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid, UTIME_OMIT};
+use rustix::io::Errno;
+use std::ffi::OsStr;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use stream::{Entry, Kind, Stream, Time};
+
+/// What was unpacked.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    /// Entries created (files, directories, links).
+    pub entries: u64,
+    /// Bytes of file content written.
+    pub bytes: u64,
+    /// What could not be restored as the archive has it, each naming the entry (an xattr the
+    /// filesystem does not support, say); at most [`MAX_WARNINGS`], then a count.
+    pub warnings: Vec<String>,
+}
+
+/// Warnings kept in [`Stats::warnings`]; more are counted in a last line.
+pub const MAX_WARNINGS: usize = 20;
+
+/// Names in error texts are cut to this many bytes.
+const SHOWN: usize = 200;
+
+/// `name` for an error text: lossy UTF-8, quoted, cut to [`SHOWN`] bytes with "…".
+pub fn shown(name: &[u8]) -> String {
+    let cut = &name[..name.len().min(SHOWN)];
+    let mut s = String::from_utf8_lossy(cut).into_owned();
+    if cut.len() < name.len() {
+        s.push('…');
+    }
+    format!("{s:?}")
+}
+
+/// Owner, mode, mtime and extended attributes of an entry.
+#[derive(Clone)]
+struct Meta {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+    mtime: Time,
+    attrs: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// Unpack the tar stream `r` into the existing, empty directory `dir`, then read `r` to its
+/// end (tar pads its end; the stream's producer must see it consumed).
+pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
+    let root = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", dir.display()))?;
+    let setgid_root = rustix::fs::fstat(&root)
+        .map(|st| st.st_mode & 0o2000 != 0)
+        .with_context(|| format!("cannot stat {}", dir.display()))?;
+    // Files are created with their final mode (see `Unpacker::file`): no umask in the way.
+    // Restored when `_umask` is dropped.
+    let _umask = Umask(rustix::process::umask(Mode::empty()));
+    let mut u = Unpacker {
+        root,
+        parent: None,
+        dirs: Vec::new(),
+        chown: rustix::process::geteuid().is_root(),
+        // New files get the process's ids unless the directory is setgid; the directories
+        // made here are setgid only if the staging root is (their modes come at the end).
+        ids: (!setgid_root).then(|| {
+            (
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            )
+        }),
+        buf: vec![0; 256 * 1024],
+        stats: Stats::default(),
+        dropped_warnings: 0,
+        flusher: Flusher::start(dir)?,
+    };
+    let mut ar = Stream::new(r);
+    while let Some(e) = ar.next_entry().context("cannot read the tar stream")? {
+        u.entry(&e, &mut ar)
+            .with_context(|| format!("archive entry {}", shown(&e.name)))?;
+    }
+    u.finish_dirs()?;
+    io::copy(&mut ar.into_inner(), &mut io::sink()).context("cannot read the tar stream")?;
+    if u.dropped_warnings > 0 {
+        let n = u.dropped_warnings;
+        u.stats
+            .warnings
+            .push(format!("{n} more warnings like these"));
+    }
+    Ok(u.stats)
+}
+
+struct Umask(Mode);
+
+impl Drop for Umask {
+    fn drop(&mut self) {
+        rustix::process::umask(self.0);
+    }
+}
+
+struct Unpacker {
+    root: OwnedFd,
+    /// The owner new files get without a chown, when that is certain.
+    ids: Option<(u32, u32)>,
+    /// The last parent directory opened, reused while entries stay in it (the usual case).
+    parent: Option<(PathBuf, OwnedFd)>,
+    /// Directories whose metadata waits until the archive leaves them: the chain of the
+    /// current entry's ancestors, deepest last (GNU tar's delayed set-stat list).
+    dirs: Vec<(PathBuf, Meta)>,
+    /// Whether to set owners (only root can).
+    chown: bool,
+    buf: Vec<u8>,
+    stats: Stats,
+    dropped_warnings: u64,
+    flusher: Flusher,
+}
+
+/// Starts the writeback of what was unpacked while unpacking goes on: after every
+/// [`FLUSH_EVERY`] bytes, a background thread syncs the filesystem. Without it, all the data
+/// would wait in the page cache for the final sync; with it, the disk works while the CPU
+/// decompresses, and the final sync before the rename has little left to do.
+struct Flusher {
+    tx: Option<std::sync::mpsc::SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    since: usize,
+}
+
+/// Bytes written between two background syncs.
+const FLUSH_EVERY: usize = 64 << 20;
+
+impl Flusher {
+    fn start(dir: &Path) -> Result<Flusher> {
+        let fd = rustix::fs::open(
+            dir,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("cannot open {}", dir.display()))?;
+        let (tx, rx) = std::sync::mpsc::sync_channel::<()>(1);
+        let thread = std::thread::spawn(move || {
+            while rx.recv().is_ok() {
+                // Errors surface in the final sync, which is checked.
+                let _ = rustix::fs::syncfs(&fd);
+            }
+        });
+        Ok(Flusher {
+            tx: Some(tx),
+            thread: Some(thread),
+            since: 0,
+        })
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.since += n;
+        if self.since >= FLUSH_EVERY {
+            self.since = 0;
+            if let Some(tx) = &self.tx {
+                // Busy with the previous sync: this one is folded into the next.
+                let _ = tx.try_send(());
+            }
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.tx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// `name` as a relative path of normal components; `..`, absolute names and NUL are refused.
+fn relative(name: &[u8]) -> Result<PathBuf> {
+    if name.first() == Some(&b'/') {
+        bail!("absolute path refused");
+    }
+    let mut out = PathBuf::new();
+    for c in name.split(|&b| b == b'/') {
+        match c {
+            b"" | b"." => {}
+            b".." => bail!("'..' in the path refused"),
+            c if c.contains(&0) => bail!("NUL in the path refused"),
+            c => out.push(OsStr::from_bytes(c)),
+        }
+    }
+    Ok(out)
+}
+
+fn split(path: &Path) -> (&Path, &OsStr) {
+    (
+        path.parent().unwrap_or(Path::new("")),
+        path.file_name().unwrap_or_default(),
+    )
+}
+
+impl Unpacker {
+    fn entry<R: Read>(&mut self, e: &Entry, ar: &mut Stream<R>) -> Result<()> {
+        crate::sys::signal::check()?;
+        let path = relative(&e.name)?;
+        self.leave_dirs(&path)?;
+        let meta = Meta {
+            uid: e.uid,
+            gid: e.gid,
+            mode: e.mode,
+            mtime: e.mtime,
+            attrs: xattr::collect(&e.xattrs, e.acl_access.as_deref(), e.acl_default.as_deref())?,
+        };
+        match e.kind {
+            Kind::Dir => self.dir(path, meta)?,
+            Kind::File => self.file(&path, e, meta, ar)?,
+            Kind::Symlink => self.symlink(&path, &e.link, meta)?,
+            Kind::HardLink => self.hard_link(&path, &e.link)?,
+            Kind::Special => bail!("device nodes and FIFOs are refused"),
+        }
+        self.stats.entries += 1;
+        Ok(())
+    }
+
+    fn warn(&mut self, w: String) {
+        log::warn!("{w}");
+        if self.stats.warnings.len() < MAX_WARNINGS {
+            self.stats.warnings.push(w);
+        } else {
+            self.dropped_warnings += 1;
+        }
+    }
+
+    fn dir(&mut self, path: PathBuf, meta: Meta) -> Result<()> {
+        if !path.as_os_str().is_empty() {
+            let (parent, base) = split(&path);
+            let pfd = self.parent_fd(parent)?;
+            match rustix::fs::mkdirat(pfd, base, Mode::from_raw_mode(0o700)) {
+                Ok(()) => {}
+                Err(Errno::EXIST) => {
+                    let st = rustix::fs::statat(pfd, base, AtFlags::SYMLINK_NOFOLLOW)
+                        .map_err(|e| errno(e, "cannot stat it"))?;
+                    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
+                        bail!("something that is not a directory is in the way");
+                    }
+                }
+                Err(e) => return Err(errno(e, "cannot create the directory")),
+            }
+        }
+        // A directory listed again was left just before (see `leave_dirs`): its later
+        // metadata is set after the earlier one, and so wins, as with GNU tar.
+        self.dirs.push((path, meta));
+        Ok(())
+    }
+
+    /// Set the metadata of the waiting directories `path` is not inside of, deepest first,
+    /// as GNU tar does when an entry outside them comes: an entry put in such a directory
+    /// later changes its mtime again, in both.
+    fn leave_dirs(&mut self, path: &Path) -> Result<()> {
+        while let Some((dir, _)) = self.dirs.last() {
+            if path != dir && path.starts_with(dir) {
+                break;
+            }
+            let (dir, meta) = self.dirs.pop().expect("just looked");
+            self.set_dir_meta(&dir, &meta)?;
+        }
+        Ok(())
+    }
+
+    fn file<R: Read>(
+        &mut self,
+        path: &Path,
+        e: &Entry,
+        meta: Meta,
+        ar: &mut Stream<R>,
+    ) -> Result<()> {
+        let (parent, base) = split(path);
+        if base.is_empty() {
+            bail!("a file entry without a name");
+        }
+        let flags =
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        // The common case, a file of olboot's own user without xattrs, is created with its
+        // final mode and needs neither chown nor chmod. Otherwise it is private until chown
+        // then chmod (chown clears setuid/setgid) have run.
+        let owned =
+            (!self.chown || self.ids == Some((meta.uid, meta.gid))) && meta.attrs.is_empty();
+        let mode = if owned { meta.mode } else { 0o600 };
+        let fd = self.create(parent, base, |pfd| {
+            rustix::fs::openat(pfd, base, flags, Mode::from_raw_mode(mode))
+        })?;
+        let mut file = std::fs::File::from(fd);
+        match &e.sparse {
+            None => self.copy(ar, &mut file, e.size)?,
+            Some(sp) => self.sparse(ar, &mut file, e.size, sp)?,
+        }
+        if owned {
+            rustix::fs::futimens(&file, &times(meta.mtime))
+                .map_err(|e| errno(e, "cannot set the mtime"))
+        } else {
+            self.set_meta_fd(&file, &meta, path)
+        }
+    }
+
+    /// Copy `n` bytes of the entry's data to `file` at its current offset.
+    fn copy<R: Read>(
+        &mut self,
+        ar: &mut Stream<R>,
+        file: &mut std::fs::File,
+        n: u64,
+    ) -> Result<()> {
+        let mut left = n;
+        while left > 0 {
+            crate::sys::signal::check()?;
+            let want = self.buf.len().min(left.min(usize::MAX as u64) as usize);
+            let got = match ar.read_data(&mut self.buf[..want]) {
+                Ok(0) => bail!("the archive ends in the middle of the file"),
+                Ok(n) => n,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err).context("cannot read its content"),
+            };
+            file.write_all(&self.buf[..got])
+                .context("cannot write the file")?;
+            left -= got as u64;
+            self.stats.bytes += got as u64;
+            self.flusher.wrote(got);
+        }
+        Ok(())
+    }
+
+    /// Write a sparse file: each data region at its offset, the holes seeked over, the size
+    /// set at the end, so the holes stay unallocated as with GNU tar.
+    fn sparse<R: Read>(
+        &mut self,
+        ar: &mut Stream<R>,
+        file: &mut std::fs::File,
+        packed: u64,
+        sp: &stream::Sparse,
+    ) -> Result<()> {
+        let mut end = 0u64;
+        let mut total = 0u64;
+        // GNU tar starts each region's data at a block boundary of the archive: a map whose
+        // regions before the last are not whole blocks reads differently there (Go's
+        // archive/tar packs them); refused rather than unpacked into another tree.
+        let inner = sp.map.len().saturating_sub(1);
+        if sp.map[..inner].iter().any(|&(_, len)| len % 512 != 0) {
+            bail!("a sparse map whose regions are not whole 512-byte blocks (GNU tar reads it otherwise)");
+        }
+        for &(off, len) in &sp.map {
+            let stop = off.checked_add(len).filter(|&s| off >= end && s <= sp.size);
+            let Some(stop) = stop else {
+                bail!("a sparse map with overlapping or out-of-range regions");
+            };
+            total += len;
+            if total > packed {
+                bail!("a sparse map larger than the data stored");
+            }
+            file.seek(SeekFrom::Start(off))
+                .context("cannot seek in the file")?;
+            self.copy(ar, file, len)?;
+            end = stop;
+        }
+        if total != packed {
+            bail!("a sparse map smaller than the data stored");
+        }
+        file.set_len(sp.size)
+            .context("cannot set the size of the file")
+    }
+
+    fn symlink(&mut self, path: &Path, target: &[u8], meta: Meta) -> Result<()> {
+        if target.is_empty() {
+            bail!("a symlink without a target");
+        }
+        let (parent, base) = split(path);
+        if base.is_empty() {
+            bail!("a symlink entry without a name");
+        }
+        self.create(parent, base, |pfd| {
+            rustix::fs::symlinkat(OsStr::from_bytes(target), pfd, base)
+        })?;
+        let chown = self.chown;
+        let pfd = self.parent_fd(parent)?;
+        if chown {
+            rustix::fs::chownat(
+                pfd,
+                base,
+                Some(Uid::from_raw(meta.uid)),
+                Some(Gid::from_raw(meta.gid)),
+                AtFlags::SYMLINK_NOFOLLOW,
+            )
+            .map_err(|e| errno(e, "cannot set the symlink's owner"))?;
+        }
+        rustix::fs::utimensat(pfd, base, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(|e| errno(e, "cannot set the symlink's mtime"))?;
+        if !meta.attrs.is_empty() {
+            self.warn(format!(
+                "archive entry {}: xattrs of a symlink are not restored",
+                shown(path.as_os_str().as_bytes())
+            ));
+        }
+        Ok(())
+    }
+
+    fn hard_link(&mut self, path: &Path, target: &[u8]) -> Result<()> {
+        let target = relative(target).context("hard link target")?;
+        let (tparent, tbase) = split(&target);
+        if tbase.is_empty() {
+            bail!("hard link to the top directory refused");
+        }
+        let tfd = self.open_beneath(tparent)?;
+        let (parent, base) = split(path);
+        self.create(parent, base, |pfd| {
+            rustix::fs::linkat(&tfd, tbase, pfd, base, AtFlags::empty())
+        })
+        .with_context(|| format!("hard link to {}", shown(target.as_os_str().as_bytes())))?;
+        Ok(())
+    }
+
+    /// Run `make` (which creates `base` in the parent directory it is given); if `base`
+    /// exists already and is not a directory, remove it and try once more (a later entry of
+    /// the same name replaces the earlier one, as with GNU tar).
+    fn create<T>(
+        &mut self,
+        parent: &Path,
+        base: &OsStr,
+        make: impl Fn(&OwnedFd) -> rustix::io::Result<T>,
+    ) -> Result<T> {
+        let pfd = self.parent_fd(parent)?;
+        match make(pfd) {
+            Err(Errno::EXIST) => {
+                let st = rustix::fs::statat(pfd, base, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| errno(e, "cannot stat it"))?;
+                if rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
+                    bail!("a directory of that name is in the way");
+                }
+                rustix::fs::unlinkat(pfd, base, AtFlags::empty())
+                    .map_err(|e| errno(e, "cannot replace it"))?;
+                make(pfd).map_err(|e| errno(e, "cannot create it"))
+            }
+            r => r.map_err(|e| errno(e, "cannot create it")),
+        }
+    }
+
+    /// The directory `rel` (relative to the staging root), opened beneath it without following
+    /// any symlink; missing directories are created (archives may omit parents).
+    fn parent_fd(&mut self, rel: &Path) -> Result<&OwnedFd> {
+        if rel.as_os_str().is_empty() {
+            return Ok(&self.root);
+        }
+        let cached = matches!(&self.parent, Some((p, _)) if p == rel);
+        if !cached {
+            let fd = match self.open_beneath(rel) {
+                Ok(fd) => fd,
+                Err(_) if !self.exists(rel) => self.make_dirs(rel)?,
+                Err(e) => return Err(e),
+            };
+            self.parent = Some((rel.to_path_buf(), fd));
+        }
+        Ok(&self.parent.as_ref().expect("set just above").1)
+    }
+
+    fn exists(&self, rel: &Path) -> bool {
+        rustix::fs::statat(&self.root, rel, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    fn open_beneath(&self, rel: &Path) -> Result<OwnedFd> {
+        if rel.as_os_str().is_empty() {
+            return rustix::io::dup(&self.root).context("cannot dup the staging directory");
+        }
+        open_dir(&self.root, rel, OFlags::PATH, rel)
+    }
+
+    /// Create the missing directories of `rel` one by one, each beneath the previous one.
+    fn make_dirs(&mut self, rel: &Path) -> Result<OwnedFd> {
+        let mut fd = rustix::io::dup(&self.root).context("cannot dup the staging directory")?;
+        for c in rel.iter() {
+            match rustix::fs::mkdirat(&fd, c, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(errno(e, &format!("cannot create {}", rel.display()))),
+            }
+            fd = open_dir(&fd, c, OFlags::PATH, rel)?;
+        }
+        Ok(fd)
+    }
+
+    /// Owner, then mode (chown clears setuid/setgid), then xattrs and ACLs (chown clears
+    /// `security.capability`; an ACL sets the group bits), then the mtime.
+    fn set_meta_fd(&mut self, fd: impl AsFd, m: &Meta, rel: &Path) -> Result<()> {
+        if self.chown {
+            rustix::fs::fchown(&fd, Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)))
+                .map_err(|e| errno(e, "cannot set the owner"))?;
+        }
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(m.mode))
+            .map_err(|e| errno(e, "cannot set the mode"))?;
+        for name in xattr::set(&fd, &m.attrs)? {
+            self.warn(format!(
+                "archive entry {}: the target filesystem does not support the xattr {name}",
+                shown(rel.as_os_str().as_bytes())
+            ));
+        }
+        rustix::fs::futimens(&fd, &times(m.mtime)).map_err(|e| errno(e, "cannot set the mtime"))
+    }
+
+    /// Give the directories still waiting their metadata, deepest first.
+    fn finish_dirs(&mut self) -> Result<()> {
+        while let Some((dir, meta)) = self.dirs.pop() {
+            self.set_dir_meta(&dir, &meta)?;
+        }
+        Ok(())
+    }
+
+    fn set_dir_meta(&mut self, rel: &Path, meta: &Meta) -> Result<()> {
+        let fd = if rel.as_os_str().is_empty() {
+            rustix::io::dup(&self.root).context("cannot dup the staging directory")?
+        } else {
+            open_dir(&self.root, rel, OFlags::RDONLY, rel)?
+        };
+        self.set_meta_fd(&fd, meta, rel)
+            .with_context(|| format!("directory {}", shown(rel.as_os_str().as_bytes())))
+    }
+}
+
+fn times(mtime: Time) -> Timestamps {
+    Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: mtime.sec,
+            tv_nsec: mtime.nsec.into(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_names() {
+        assert_eq!(relative(b"./a/b/").unwrap(), PathBuf::from("a/b"));
+        assert_eq!(relative(b"./").unwrap(), PathBuf::new());
+        assert!(relative(b"/etc/passwd").is_err());
+        assert!(relative(b"a/../../x").is_err());
+    }
+}

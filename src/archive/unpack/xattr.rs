@@ -1,0 +1,159 @@
+//! Extended attributes and POSIX ACLs of an entry, set on the file once it has its owner and
+//! mode (chown clears `security.capability`, and a chmod after an ACL would rewrite its mask).
+//!
+//! ACLs come as text (`SCHILY.acl.access`: `user::rw-,user:1234:r-x,...`, entries separated
+//! by commas or newlines); the kernel takes them as the `system.posix_acl_access` and
+//! `system.posix_acl_default` xattrs in their binary form, built here. A named entry needs a
+//! numeric id (olboot restores numeric owners, as `tar --numeric-owner` does): a name alone is
+//! refused. A filesystem that does not support an attribute (EOPNOTSUPP) gives a warning
+//! naming the entry; any other failure is an error.
+
+use super::shown;
+use anyhow::{bail, Context, Result};
+use rustix::fd::AsFd;
+use rustix::fs::XattrFlags;
+use rustix::io::Errno;
+use std::os::unix::ffi::OsStrExt;
+
+const ACL_VERSION: u32 = 2;
+const USER_OBJ: u16 = 0x01;
+const USER: u16 = 0x02;
+const GROUP_OBJ: u16 = 0x04;
+const GROUP: u16 = 0x08;
+const MASK: u16 = 0x10;
+const OTHER: u16 = 0x20;
+const UNDEFINED_ID: u32 = u32::MAX;
+
+/// Everything to set on one entry, as xattr name → value (later entries of a name win).
+pub fn collect(
+    xattrs: &[(Vec<u8>, Vec<u8>)],
+    access: Option<&str>,
+    default: Option<&str>,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut put = |k: Vec<u8>, v: Vec<u8>| {
+        out.retain(|(n, _)| *n != k);
+        out.push((k, v));
+    };
+    for (k, v) in xattrs {
+        put(k.clone(), v.clone());
+    }
+    if let Some(t) = access {
+        put(
+            b"system.posix_acl_access".to_vec(),
+            acl(t).context("SCHILY.acl.access")?,
+        );
+    }
+    if let Some(t) = default {
+        put(
+            b"system.posix_acl_default".to_vec(),
+            acl(t).context("SCHILY.acl.default")?,
+        );
+    }
+    Ok(out)
+}
+
+/// Set `attrs` on `fd`; names the filesystem does not support are returned for a warning.
+pub fn set(fd: impl AsFd, attrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<String>> {
+    let mut unsupported = Vec::new();
+    for (name, value) in attrs {
+        let n = std::ffi::OsStr::from_bytes(name);
+        match rustix::fs::fsetxattr(&fd, n, value, XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::OPNOTSUPP) => unsupported.push(shown(name)),
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("cannot set the xattr {}", shown(name)))
+            }
+        }
+    }
+    Ok(unsupported)
+}
+
+/// A text ACL in the kernel's xattr form.
+fn acl(text: &str) -> Result<Vec<u8>> {
+    let mut entries = Vec::new();
+    for e in text
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+    {
+        entries.push(entry(e).with_context(|| format!("ACL entry {e:?}"))?);
+    }
+    entries.sort();
+    let mut out = ACL_VERSION.to_le_bytes().to_vec();
+    for (tag, id, perm) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    Ok(out)
+}
+
+/// One entry `TAG:QUALIFIER:PERMS[:ID]` as (tag, id, perm), sortable as the kernel wants.
+fn entry(e: &str) -> Result<(u16, u32, u16)> {
+    let f: Vec<&str> = e.split(':').collect();
+    if f.len() < 3 || f.len() > 4 {
+        bail!("not TAG:QUALIFIER:PERMS");
+    }
+    let named = !f[1].is_empty();
+    let tag = match (f[0], named) {
+        ("user" | "u", false) => USER_OBJ,
+        ("user" | "u", true) => USER,
+        ("group" | "g", false) => GROUP_OBJ,
+        ("group" | "g", true) => GROUP,
+        ("mask" | "m", false) => MASK,
+        ("other" | "o", false) => OTHER,
+        _ => bail!("unknown tag"),
+    };
+    let id = if !named {
+        UNDEFINED_ID
+    } else if let Ok(n) = f[1].parse::<u32>() {
+        n
+    } else if let Some(n) = f.get(3).and_then(|s| s.parse::<u32>().ok()) {
+        n
+    } else {
+        bail!("a name without a numeric id is refused (ids are restored numerically)");
+    };
+    let mut perm = 0u16;
+    for (i, c) in f[2].chars().enumerate() {
+        perm |= match (i, c) {
+            (0, 'r') => 4,
+            (1, 'w') => 2,
+            (2, 'x') => 1,
+            (0..=2, '-') => 0,
+            _ => bail!("bad permissions"),
+        };
+    }
+    Ok((tag, id, perm))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_acl_to_xattr_form() {
+        let b = acl("user::rw-,user:1234:r-x,group::r--,mask::r-x,other::---").unwrap();
+        let mut want = 2u32.to_le_bytes().to_vec();
+        for (t, p, id) in [
+            (1u16, 6u16, u32::MAX),
+            (2, 5, 1234),
+            (4, 4, u32::MAX),
+            (0x10, 5, u32::MAX),
+            (0x20, 0, u32::MAX),
+        ] {
+            want.extend_from_slice(&t.to_le_bytes());
+            want.extend_from_slice(&p.to_le_bytes());
+            want.extend_from_slice(&id.to_le_bytes());
+        }
+        assert_eq!(b, want);
+        assert_eq!(
+            acl("user::rw-\nother::r--\ngroup::r--\n").unwrap().len(),
+            4 + 3 * 8
+        );
+        assert!(acl("user:bob:r--").is_err());
+        assert_eq!(acl("user:bob:r--:77").unwrap()[8..12], 77u32.to_le_bytes());
+        assert!(acl("bogus::r--").is_err());
+    }
+}

@@ -1,0 +1,615 @@
+//! Fidelity of the unpacker: on Go's archive/tar test archives and on archives GNU tar and
+//! bsdtar make here from a tree with every feature, the tree `olboot apply` unpacks equals
+//! the one GNU tar extracts (`tar -xpf --numeric-owner --xattrs --xattrs-include='*' --acls`,
+//! as root), entry by entry, or olboot refuses the archive cleanly, naming the entry, and
+//! leaves nothing. Must run as root (owners, trusted.* and security.* xattrs).
+
+mod common;
+#[path = "opt/support.rs"]
+mod support;
+
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Archives of the corpus olboot refuses by design, and why.
+const REFUSED: &[(&str, &str)] = &[
+    (
+        "hdr-only.tar",
+        "device nodes and a FIFO: olboot never creates them in /opt",
+    ),
+    (
+        "pax-bad-mtime-file.tar",
+        "a malformed PAX mtime: GNU tar warns and keeps the header's; olboot refuses to guess",
+    ),
+    (
+        "pax-nul-path.tar",
+        "a NUL inside a PAX path: GNU tar cuts the name there; olboot refuses to guess",
+    ),
+    (
+        "pax-path-hdr.tar",
+        "a PAX header and then the end: a cut archive; GNU tar extracts nothing and exits 0",
+    ),
+];
+
+/// Sectors (512 bytes) two trees' allocations of one file may differ by: GNU tar and olboot
+/// write the same regions at the same offsets, but ext4 may round a region's end to its
+/// 4 KiB block differently when the write is split differently.
+const BLOCK_SLACK: u64 = 16;
+
+fn corpus() -> PathBuf {
+    if let Some(d) = std::env::var_os("OLBOOT_CORPUS") {
+        return PathBuf::from(d).join("tar-go");
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    let base = if beside.exists() {
+        beside
+    } else {
+        PathBuf::from("/work/shared/corpus")
+    };
+    base.join("tar-go")
+}
+
+fn now_ns() -> i128 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    d.as_nanos() as i128
+}
+
+fn assert_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests compare with GNU tar as root: run them as root"
+    );
+}
+
+/// GNU tar's extraction of `archive` into `dest`: Ok, or its stderr.
+fn gnu_tar(archive: &Path, dest: &Path) -> Result<(), String> {
+    let o = Command::new("tar")
+        .args([
+            "--numeric-owner",
+            "--xattrs",
+            "--xattrs-include=*",
+            "--acls",
+            "-xpf",
+        ])
+        .arg(archive)
+        .arg("-C")
+        .arg(dest)
+        .output()
+        .unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// Serve `archive` (zstd-compressed here, as the store holds it) to `olboot apply` through
+/// `cmd` and return the scratch root and the run's output.
+fn olboot_unpack(archive: &Path, cmd: Command) -> (support::Scratch, Output) {
+    let s = support::Scratch::new();
+    let zst = s.dir.path().join("a.tar.zst");
+    let st = Command::new("zstd")
+        .args(["-q", "-f", "-o"])
+        .arg(&zst)
+        .arg(archive)
+        .status()
+        .unwrap();
+    assert!(st.success(), "zstd failed on {}", archive.display());
+    let sha: String = Sha256::digest(std::fs::read(&zst).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let url = format!("file://{}", zst.display());
+    let config = s.config(&[url], Some(&sha), "", "symlink");
+    let out = s.run_with(cmd, "apply", &config, &[]);
+    (s, out)
+}
+
+/// What went wrong with one archive (empty: olboot did what GNU tar did, or refused cleanly
+/// an archive listed in [`REFUSED`]).
+fn compare(archive: &Path, cmd: Command, refused: &[(&str, &str)]) -> Vec<String> {
+    let name = archive.file_name().unwrap().to_string_lossy().into_owned();
+    let started = now_ns() - 1_000_000_000;
+    let reference = tempfile::tempdir().unwrap();
+    let gnu = gnu_tar(archive, reference.path());
+    let (s, out) = olboot_unpack(archive, cmd);
+    let listed = refused.iter().any(|(n, _)| *n == name);
+    let mut problems = Vec::new();
+    if out.status.success() {
+        if let Err(e) = &gnu {
+            problems.push(format!(
+                "{name}: GNU tar refuses it ({}) but olboot unpacked it",
+                e.trim()
+            ));
+        }
+        if listed {
+            problems.push(format!("{name}: listed as refused, but olboot unpacked it"));
+        }
+        if gnu.is_ok() {
+            let want = common::tree_manifest(reference.path());
+            let got = common::tree_manifest(&s.opt());
+            for d in common::manifest_diff(&got, &want, BLOCK_SLACK, started) {
+                problems.push(format!("{name}: {d}"));
+            }
+        }
+        return problems;
+    }
+    let step = support::opt_step(&s.root());
+    let error = step["error"].as_str().unwrap_or_default().to_string();
+    if common::code(&out) != 1 || step["result"] != "failed" {
+        problems.push(format!(
+            "{name}: olboot failed without a failed step: {out:?}"
+        ));
+    }
+    if error.len() > 2000 {
+        problems.push(format!("{name}: an error of {} bytes", error.len()));
+    }
+    if !error.contains("archive entry") && !error.contains("tar stream") {
+        problems.push(format!("{name}: the error names no entry: {error}"));
+    }
+    if s.opt().exists() || std::fs::read_dir(s.root().join("1")).unwrap().count() > 0 {
+        problems.push(format!("{name}: olboot left something after refusing"));
+    }
+    if gnu.is_ok() && !listed {
+        problems.push(format!(
+            "{name}: olboot refused what GNU tar unpacks: {error}"
+        ));
+    }
+    problems
+}
+
+#[test]
+fn go_corpus_unpacks_as_gnu_tar_does_or_is_refused() {
+    go_corpus(support::olboot);
+}
+
+/// The same on a kernel without openat2 (forced by a seccomp filter answering ENOSYS).
+#[test]
+fn go_corpus_unpacks_the_same_without_openat2() {
+    go_corpus(|| common::olboot_denying(&[common::nr::OPENAT2], 38));
+}
+
+fn go_corpus(cmd: fn() -> Command) {
+    assert_root();
+    let dir = corpus();
+    let mut archives: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot read the corpus {}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    archives.sort();
+    assert!(
+        archives.len() > 30,
+        "the corpus at {} looks incomplete",
+        dir.display()
+    );
+    let mut problems = Vec::new();
+    for a in &archives {
+        problems.extend(compare(a, cmd(), REFUSED));
+    }
+    for (n, _) in REFUSED {
+        assert!(
+            dir.join(n).exists(),
+            "{n} is listed as refused but not in the corpus"
+        );
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+fn sh(cmd: &str) {
+    let o = Command::new("sh").arg("-ec").arg(cmd).output().unwrap();
+    assert!(
+        o.status.success(),
+        "{cmd}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// A tree with every feature the unpacker must restore: owners, setuid, nanosecond, negative
+/// and far-future mtimes, a sparse file with a hole at the end, xattrs in the user, trusted
+/// and security namespaces, access and default ACLs, a file capability, hard links, symlinks,
+/// long names, a read-only directory.
+fn feature_tree(src: &Path) {
+    let long = "n".repeat(150);
+    sh(&format!(
+        "cd '{src}'
+        mkdir -p d/sub ro '{long}/{long}'
+        printf 'hello\\n' > d/f
+        ln d/f d/f-hard
+        ln -s f d/link
+        ln -s ../d dlink
+        printf x > '{long}/{long}/{long}'
+        printf 'set' > setuid && chown 1234:5678 setuid && chmod 4755 setuid
+        chown -R 1234:5678 d && chmod 750 d
+        printf data > ro/file && chmod 555 ro
+        dd if=/dev/urandom of=sparse bs=4096 count=2 status=none
+        dd if=/dev/urandom of=sparse bs=4096 count=1 seek=256 conv=notrunc status=none
+        truncate -s 5M sparse
+        printf a > old && touch -h -d '1960-05-01 10:00:00.25 UTC' old
+        printf b > future && touch -d '2200-01-01 00:00:00.5 UTC' future
+        touch -d '2021-03-04 05:06:07.123456789 UTC' d/f
+        setfattr -n user.comment -v 'hi there' d/f
+        setfattr -n trusted.t -v 0x00ff01 d/f
+        setfattr -n security.olboot -v yes d/f
+        setfacl -m u:4321:r-x,g:8765:rw- d/f
+        setfacl -d -m u:4321:rwx d/sub
+        printf '#!/bin/sh\\n' > cap && chmod 755 cap && setcap cap_net_bind_service+ep cap
+        touch -h -d '2020-01-01 00:00:00.75 UTC' d/link
+        touch -d '2019-06-07 08:09:10.111111111 UTC' d/sub d '{long}'",
+        src = src.display()
+    ));
+}
+
+#[test]
+fn gnu_tar_and_bsdtar_archives_unpack_as_gnu_tar_does() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    feature_tree(&src);
+    let makers = [
+        ("gnu", "tar --format=gnu -cf"),
+        ("gnu-sparse", "tar --format=gnu --sparse -cf"),
+        (
+            "pax-xattrs-acls",
+            "tar --format=pax --xattrs --xattrs-include=* --acls -cf",
+        ),
+        (
+            "pax-sparse-0.0",
+            "tar --format=pax --xattrs --xattrs-include=* --acls --sparse --sparse-version=0.0 -cf",
+        ),
+        (
+            "pax-sparse-0.1",
+            "tar --format=pax --sparse --sparse-version=0.1 -cf",
+        ),
+        (
+            "pax-sparse-1.0",
+            "tar --format=pax --sparse --sparse-version=1.0 -cf",
+        ),
+        ("bsdtar-pax", "bsdtar --format=pax -cf"),
+        ("bsdtar-gnutar", "bsdtar --format=gnutar -cf"),
+    ];
+    let mut problems = Vec::new();
+    for (name, make) in makers {
+        let archive = work.path().join(format!("{name}.tar"));
+        sh(&format!(
+            "cd '{}' && {make} '{}' .",
+            src.display(),
+            archive.display()
+        ));
+        problems.extend(compare(&archive, support::olboot(), &[]));
+        if name == "pax-xattrs-acls" {
+            assert_features_kept(&archive);
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} problems:\n{}",
+        problems.len(),
+        problems.join("\n")
+    );
+}
+
+/// The reference extraction of `archive` has the xattrs, ACLs and capability of the feature
+/// tree, so that comparing with it cannot pass by both sides losing them.
+fn assert_features_kept(archive: &Path) {
+    let d = tempfile::tempdir().unwrap();
+    gnu_tar(archive, d.path()).unwrap();
+    let names = |p: &str| -> Vec<String> {
+        common::xattrs(&d.path().join(p))
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect()
+    };
+    let f = names("d/f");
+    for want in [
+        "user.comment",
+        "trusted.t",
+        "security.olboot",
+        "system.posix_acl_access",
+    ] {
+        assert!(f.contains(&want.to_string()), "d/f lacks {want}: {f:?}");
+    }
+    assert!(names("cap").contains(&"security.capability".to_string()));
+    assert!(names("d/sub").contains(&"system.posix_acl_default".to_string()));
+}
+
+/// A GNU-format header: `name`, type `kind`, `size` bytes of content following.
+fn header(name: &str, kind: u8, size: u64) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = kind;
+    h[257..265].copy_from_slice(b"ustar  \0");
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    h
+}
+
+/// A zstd archive of one special header of type `kind` holding `size` bytes of 'a', then a
+/// small file: what bsdtar and Go refuse over 1 MiB.
+fn bomb(path: &Path, kind: u8, size: u64) {
+    use std::io::Write;
+    let mut z = Command::new("zstd")
+        .args(["-q", "-1", "-f", "-o"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut w = std::io::BufWriter::new(z.stdin.take().unwrap());
+    w.write_all(&header("././@LongLink", kind, size)).unwrap();
+    let chunk = if kind == b'x' {
+        // One PAX record as long as the whole header.
+        let mut c = format!("{size} path=").into_bytes();
+        c.resize(1 << 20, b'a');
+        c
+    } else {
+        vec![b'a'; 1 << 20]
+    };
+    let mut left = size;
+    let mut first = true;
+    while left > 0 {
+        let part = if first {
+            &chunk[..]
+        } else {
+            &[b'a'; 1 << 20][..]
+        };
+        first = false;
+        let n = left.min(part.len() as u64) as usize;
+        w.write_all(&part[..n]).unwrap();
+        left -= n as u64;
+    }
+    w.write_all(&vec![0u8; (512 - size % 512) as usize % 512])
+        .unwrap();
+    w.write_all(&header("file", b'0', 0)).unwrap();
+    w.write_all(&[0u8; 1024]).unwrap();
+    drop(w);
+    assert!(z.wait().unwrap().success());
+}
+
+/// Peak RSS in KiB of a run, from GNU time's `-v` output on stderr.
+fn peak_rss_kib(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RSS in: {stderr}"))
+}
+
+#[test]
+fn memory_bombs_are_refused_in_bounded_memory_with_short_errors() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    for (name, kind, size, refusal) in [
+        (
+            "long-name-1g",
+            b'L',
+            1u64 << 30,
+            "GNU long name of 1073741824 bytes refused",
+        ),
+        (
+            "pax-1g",
+            b'x',
+            1 << 30,
+            "PAX header of 1073741824 bytes refused",
+        ),
+        ("long-name-900k", b'L', 900 << 10, "archive entry \"aaaa"),
+    ] {
+        let archive = work.path().join(format!("{name}.tar.zst"));
+        bomb(&archive, kind, size);
+        let s = support::Scratch::new();
+        let url = format!("file://{}", archive.display());
+        let config = s.config(&[url], None, "", "symlink");
+        let mut c = Command::new("/usr/bin/time");
+        c.arg("-v").arg(env!("CARGO_BIN_EXE_olboot"));
+        let out = s.run_with(c, "apply", &config, &[]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        let rss = peak_rss_kib(&String::from_utf8_lossy(&out.stderr));
+        eprintln!("{name}: peak RSS {rss} KiB");
+        assert!(rss <= 32 * 1024, "{name}: peak RSS {rss} KiB over 32 MiB");
+        let report = std::fs::read(s.root().join("var/lib/olboot/report.json")).unwrap();
+        assert!(
+            report.len() < 4096,
+            "{name}: a report of {} bytes",
+            report.len()
+        );
+        let error = support::opt_step(&s.root())["error"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        assert!(error.contains(refusal), "{name}: {error}");
+        assert!(
+            error.len() < 1000,
+            "{name}: an error of {} bytes",
+            error.len()
+        );
+        assert!(
+            out.stderr.len() < 16 * 1024,
+            "{name}: {} bytes of log",
+            out.stderr.len()
+        );
+        assert!(
+            !s.opt().exists() && !s.staging().exists(),
+            "{name}: left a tree"
+        );
+    }
+}
+
+/// Start `olboot apply` of `config` on `s`, send it SIGTERM once `ready` holds, and check it
+/// stops within a few seconds: exit 1, the opt step failed with `interrupted by SIGTERM`,
+/// nothing beside `opt.path`, the lock free again.
+fn sigterm_when(s: &support::Scratch, config: &Path, ready: impl Fn() -> bool) {
+    let log = s.dir.path().join("olboot.log");
+    let mut c = support::olboot();
+    c.arg("apply")
+        .arg("-c")
+        .arg(config)
+        .arg("--root")
+        .arg(s.root())
+        .args(["--host", "ol-web1", "--only", "opt"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut child = c.spawn().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ready() {
+        assert!(std::time::Instant::now() < deadline, "never got going");
+        assert!(child.try_wait().unwrap().is_none(), "ended early");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let sent = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if sent.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGTERM");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    eprintln!("stopped {:?} after SIGTERM", sent.elapsed());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let step = support::opt_step(&s.root());
+    assert_eq!(step["result"], "failed", "{step}");
+    assert_eq!(step["error"], "interrupted by SIGTERM", "{step}");
+    assert!(!s.staging().exists(), "staging left");
+    s.assert_nothing_beside();
+    assert!(!s.opt().exists());
+    // The lock is free: a plan (which takes no lock) and a second apply's lock both work.
+    let again = s.run("plan", config, &[]);
+    assert_eq!(again.status.code(), Some(3));
+}
+
+/// A tar.zst of one file of `size` zero bytes: quick to make, slow enough to unpack.
+fn big_zero_file(path: &Path, size: u64) {
+    use std::io::Write;
+    let mut z = Command::new("zstd")
+        .args(["-q", "-1", "-f", "-o"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut w = std::io::BufWriter::new(z.stdin.take().unwrap());
+    w.write_all(&header("big", b'0', size)).unwrap();
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..size >> 20 {
+        w.write_all(&zeros).unwrap();
+    }
+    w.write_all(&[0u8; 1024]).unwrap();
+    drop(w);
+    assert!(z.wait().unwrap().success());
+}
+
+#[test]
+fn sigterm_mid_unpack_removes_staging_and_reports() {
+    let s = support::Scratch::new();
+    let archive = s.dir.path().join("big.tar.zst");
+    big_zero_file(&archive, 1 << 30);
+    let config = s.config(
+        &[format!("file://{}", archive.display())],
+        None,
+        "",
+        "symlink",
+    );
+    let big = s.staging().join("big");
+    sigterm_when(&s, &config, || {
+        std::fs::metadata(&big).is_ok_and(|m| m.len() > 16 << 20)
+    });
+}
+
+#[test]
+fn sigterm_mid_fetch_removes_staging_and_reports() {
+    let data = std::fs::read(corpus().join("gnu.tar")).unwrap();
+    let data = zstd::encode_all(&data[..], 3).unwrap();
+    let sha: String = Sha256::digest(&data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let server = support::Server::start(data, vec![support::Fault::Trickle(40)]);
+    let s = support::Scratch::new();
+    let config = s.config(&[server.url("opt.tar.zst")], Some(&sha), "", "symlink");
+    sigterm_when(&s, &config, || !server.requests().is_empty());
+}
+
+/// Unmounts on drop, even when the test fails.
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn xattrs_a_filesystem_refuses_are_warnings_naming_the_entry() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    sh(&format!(
+        "cd '{}' && printf x > f && setfattr -n user.comment -v hi f && \
+         setfacl -m u:4321:r-x f && printf y > plain",
+        src.display()
+    ));
+    let archive = work.path().join("a.tar");
+    sh(&format!(
+        "cd '{}' && tar --format=pax --xattrs --xattrs-include=* --acls -cf '{}' .",
+        src.display(),
+        archive.display()
+    ));
+    let s = support::Scratch::new();
+    // ramfs has no xattrs at all: every setxattr answers EOPNOTSUPP.
+    sh(&format!(
+        "mount -t ramfs ramfs '{}'",
+        s.root().join("1").display()
+    ));
+    let _m = Mounted(s.root().join("1"));
+    let zst = s.dir.path().join("a.tar.zst");
+    sh(&format!(
+        "zstd -q -f -o '{}' '{}'",
+        zst.display(),
+        archive.display()
+    ));
+    let config = s.config(&[format!("file://{}", zst.display())], None, "", "symlink");
+    let out = s.apply(&config);
+    assert!(out.status.success(), "{}", support::stderr(&out));
+    let warnings: Vec<String> = support::opt_step(&s.root())["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect();
+    for want in ["user.comment", "system.posix_acl_access"] {
+        assert!(
+            warnings
+                .iter()
+                .any(|w| w.contains("archive entry \"f\"") && w.contains(want)),
+            "no warning for {want} of f: {warnings:?}"
+        );
+    }
+    assert!(
+        !warnings.iter().any(|w| w.contains("plain")),
+        "{warnings:?}"
+    );
+    assert_eq!(std::fs::read(s.opt().join("f")).unwrap(), b"x");
+}
