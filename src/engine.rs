@@ -4,6 +4,7 @@
 use crate::config::HostConfig;
 use crate::report::{Outcome, StepReport};
 use crate::steps::{self, Ctx, Describe, Done, Step, Tense};
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 /// The `error` of a step the config does not mention.
@@ -68,20 +69,140 @@ impl std::str::FromStr for StepName {
 }
 
 /// Run the steps of `cfg` (all, or those in `only`) and return their reports in order.
+///
+/// Each step runs on its own thread, named after the step (log lines carry the name), and
+/// starts once the steps it must come after ([`after`]) have finished; under `apply`,
+/// independent steps (`opt` and `packages`, say) run at the same time. The reports are in the
+/// spec's order whatever the order they finished in.
 pub fn run(cfg: &HostConfig, ctx: &Ctx, mode: Mode, only: &[StepName]) -> Vec<StepReport> {
-    let mut reports: Vec<StepReport> = Vec::new();
-    for name in StepName::ALL {
-        if !only.is_empty() && !only.contains(&name) {
-            continue;
+    let names: Vec<StepName> = StepName::ALL
+        .into_iter()
+        .filter(|n| only.is_empty() || only.contains(n))
+        .collect();
+    let board = Board::new(names.len());
+    std::thread::scope(|s| {
+        for (i, &name) in names.iter().enumerate() {
+            let (board, names) = (&board, &names);
+            let work = move || {
+                let mut slot = Slot {
+                    board,
+                    i,
+                    name,
+                    report: None,
+                };
+                let before = board.wait_for(names, &after(cfg, name, mode));
+                // A signal stops what has not started yet.
+                let interrupted =
+                    crate::sys::signal::received().map(|s| format!("interrupted by {s}"));
+                slot.report = Some(
+                    match interrupted.or_else(|| blocker(cfg, name, &before, mode)) {
+                        Some(why) => skipped(name, why),
+                        None => run_named(cfg, ctx, mode, name),
+                    },
+                );
+            };
+            let spawned = std::thread::Builder::new()
+                .name(name.as_str().into())
+                .spawn_scoped(s, work);
+            if spawned.is_err() {
+                // No thread to be had: run it here. The steps it waits for come earlier in
+                // the list, so they are running already.
+                work();
+            }
         }
-        let interrupted = crate::sys::signal::received().map(|s| format!("interrupted by {s}"));
-        let report = match interrupted.or_else(|| blocker(cfg, name, &reports, mode)) {
-            Some(why) => skipped(name, why),
-            None => run_named(cfg, ctx, mode, name),
-        };
-        reports.push(report);
+    });
+    board.into_reports()
+}
+
+/// The steps `name` starts after. Under `plan`, all earlier ones: plan stays sequential.
+/// Under `apply`: the firewall comes first, so that nothing installed is ever reachable from
+/// outside; a step then waits for the steps it needs ([`needs`]); and `links` also waits for
+/// `packages`, because apt writes into `/etc` too and the links must have the last word.
+fn after(cfg: &HostConfig, name: StepName, mode: Mode) -> Vec<StepName> {
+    let earlier = StepName::ALL.into_iter().take_while(|&n| n != name);
+    if mode == Mode::Plan {
+        return earlier.collect();
     }
-    reports
+    earlier
+        .filter(|&n| {
+            n == StepName::Firewall
+                || needs(cfg, name) == Some(n)
+                || (name == StepName::Links && n == StepName::Packages)
+        })
+        .collect()
+}
+
+/// Where the threads of [`run`] leave their reports and wait for each other's.
+struct Board {
+    reports: Mutex<Vec<Option<StepReport>>>,
+    changed: Condvar,
+}
+
+impl Board {
+    fn new(n: usize) -> Board {
+        Board {
+            reports: Mutex::new(vec![None; n]),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Option<StepReport>>> {
+        // A step thread that panicked cannot leave a report half-written: keep going.
+        self.reports.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until every step of `wanted` that is in `names` has its report; return those.
+    fn wait_for(&self, names: &[StepName], wanted: &[StepName]) -> Vec<StepReport> {
+        let idx: Vec<usize> = (0..names.len())
+            .filter(|&i| wanted.contains(&names[i]))
+            .collect();
+        let mut reports = self.lock();
+        while idx.iter().any(|&i| reports[i].is_none()) {
+            reports = self
+                .changed
+                .wait(reports)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        idx.iter().filter_map(|&i| reports[i].clone()).collect()
+    }
+
+    fn put(&self, i: usize, report: StepReport) {
+        self.lock()[i] = Some(report);
+        self.changed.notify_all();
+    }
+
+    fn into_reports(self) -> Vec<StepReport> {
+        let reports = self.reports.into_inner().unwrap_or_else(|e| e.into_inner());
+        reports.into_iter().flatten().collect()
+    }
+}
+
+/// A step's place on the [`Board`]: filled when the step's thread ends, even by a panic, so
+/// that the steps waiting for it are not left waiting for ever.
+struct Slot<'a> {
+    board: &'a Board,
+    i: usize,
+    name: StepName,
+    report: Option<StepReport>,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let report = self.report.take().unwrap_or_else(|| StepReport {
+            result: Outcome::Failed,
+            ..skipped(self.name, "the step's thread panicked".into())
+        });
+        self.board.put(self.i, report);
+    }
+}
+
+/// A thread builder whose thread carries the calling thread's name, so that the log lines of
+/// a step's helper threads (fetching, decompressing) name the step too.
+pub fn same_step() -> std::thread::Builder {
+    match std::thread::current().name() {
+        Some(n) => std::thread::Builder::new().name(n.into()),
+        None => std::thread::Builder::new(),
+    }
 }
 
 fn run_named(cfg: &HostConfig, ctx: &Ctx, mode: Mode, name: StepName) -> StepReport {
@@ -105,13 +226,12 @@ fn run_named(cfg: &HostConfig, ctx: &Ctx, mode: Mode, name: StepName) -> StepRep
     }
 }
 
-/// Why `name` cannot run given the reports of the steps before it, if it cannot.
-/// `opt` needs `volumes` when its path is on a volume; `links` needs `opt`; `packages` needs
-/// `firewall`, so that a machine whose firewall failed gets no new services listening (the
-/// firewall runs first for that reason). Under `plan`, a step whose prerequisite has pending
-/// changes cannot be planned truthfully yet.
-fn blocker(cfg: &HostConfig, name: StepName, before: &[StepReport], mode: Mode) -> Option<String> {
-    let needs = match name {
+/// The step that `name` needs: if it failed or was skipped, `name` is skipped. `opt` needs
+/// `volumes` when its path is on a volume; `links` needs `opt`; `packages` needs `firewall`,
+/// so that a machine whose firewall failed gets no new services listening (the firewall runs
+/// first for that reason).
+fn needs(cfg: &HostConfig, name: StepName) -> Option<StepName> {
+    match name {
         StepName::Opt => {
             let on_volume = cfg.opt.as_ref().is_some_and(|o| {
                 cfg.volumes
@@ -123,7 +243,13 @@ fn blocker(cfg: &HostConfig, name: StepName, before: &[StepReport], mode: Mode) 
         StepName::Links => cfg.opt.as_ref().map(|_| StepName::Opt),
         StepName::Packages => cfg.firewall.as_ref().map(|_| StepName::Firewall),
         _ => None,
-    }?;
+    }
+}
+
+/// Why `name` cannot run given the reports of the steps it came after, if it cannot. Under
+/// `plan`, a step whose prerequisite has pending changes cannot be planned truthfully yet.
+fn blocker(cfg: &HostConfig, name: StepName, before: &[StepReport], mode: Mode) -> Option<String> {
+    let needs = needs(cfg, name)?;
     // opt looks at what volumes mounted, links at what opt unpacked; packages only waits.
     let observes = needs != StepName::Firewall;
     let dep = before.iter().find(|r| r.name == needs.as_str())?;
@@ -148,6 +274,8 @@ fn skipped(name: StepName, why: String) -> StepReport {
         name: name.as_str().into(),
         result: Outcome::Skipped,
         duration_ms: 0,
+        started: None,
+        finished: None,
         changes: Vec::new(),
         warnings: Vec::new(),
         error: Some(why),
@@ -161,6 +289,8 @@ pub fn run_step<S: Step>(step: &S, ctx: &Ctx, mode: Mode) -> StepReport {
         name: S::NAME.into(),
         result: Outcome::Unchanged,
         duration_ms: 0,
+        started: Some(crate::report::now_ms()),
+        finished: None,
         changes: Vec::new(),
         warnings: Vec::new(),
         error: None,
@@ -217,5 +347,6 @@ pub fn run_step<S: Step>(step: &S, ctx: &Ctx, mode: Mode) -> StepReport {
         log::error!("{}: {e}", S::NAME);
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
+    report.finished = Some(crate::report::now_ms());
     report
 }

@@ -7,12 +7,20 @@ fn main() -> ExitCode {
     // Plain lines with a timestamp: stderr is usually cloud-init-output.log, not a terminal.
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|f, r| {
+            // Steps run at the same time on threads named after them: every line names its
+            // step, unless the message does already.
+            let msg = r.args().to_string();
+            let step = std::thread::current()
+                .name()
+                .filter(|n| n.parse::<olboot::engine::StepName>().is_ok())
+                .filter(|n| !msg.strip_prefix(n).is_some_and(|m| m.starts_with(": ")))
+                .map(|n| format!("{n}: "))
+                .unwrap_or_default();
             writeln!(
                 f,
-                "{} olboot {:<5} {}",
+                "{} olboot {:<5} {step}{msg}",
                 olboot::report::now(),
                 r.level(),
-                r.args()
             )
         })
         .init();

@@ -34,6 +34,13 @@ pub struct StepReport {
     pub result: Outcome,
     /// Wall time of observe + apply.
     pub duration_ms: u64,
+    /// When the step started, RFC 3339, UTC, to the millisecond (steps may overlap); absent
+    /// for a step that did not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started: Option<String>,
+    /// When the step finished, as `started`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished: Option<String>,
     /// Changes made (`apply`) or that would be made (`plan`).
     pub changes: Vec<String>,
     /// Things an operator should know that olboot does not change.
@@ -154,4 +161,9 @@ fn word(o: Outcome) -> &'static str {
 /// The current time as RFC 3339 in UTC, to the second.
 pub fn now() -> String {
     humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// The current time as RFC 3339 in UTC, to the millisecond.
+pub fn now_ms() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }

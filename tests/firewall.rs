@@ -7,6 +7,8 @@
 //! namespace behind the server at 10.200.2.2 for published (DNAT'd) ports.
 
 mod common;
+#[path = "firewall/docker.rs"]
+mod docker;
 #[path = "firewall/ns.rs"]
 mod ns;
 
@@ -155,10 +157,15 @@ fn allow_rules_filter_by_set_port_and_family() {
     assert_eq!(step["result"], "changed", "{step}");
     let done = changes(&step);
     assert!(
-        done.contains(&"loaded table inet olboot into the running kernel".to_string()),
+        done.iter().any(|l| {
+            l
+            == "loaded table inet olboot into the running kernel (table inet olboot is not loaded)"
+        }),
         "{done:?}"
     );
-    assert!(done.contains(&"wrote /etc/nftables.d/olboot.nft".to_string()));
+    assert!(done
+        .iter()
+        .any(|l| l.starts_with("wrote /etc/nftables.d/olboot.nft: ")));
 
     // Forget the neighbours learnt before the firewall: IPv6 must now find them through it
     // (neighbour discovery), IPv4 through ARP.
@@ -204,7 +211,7 @@ fn established_connections_survive_and_plan_shows_the_diff() {
     assert_eq!(step["result"], "pending");
     let text = changes(&step).join("\n");
     assert!(
-        text.contains("load table inet olboot into the running kernel (the rules changed)"),
+        text.contains("replace table inet olboot in the running kernel (the rules changed)"),
         "{text}"
     );
     assert!(
@@ -227,7 +234,9 @@ fn established_connections_survive_and_plan_shows_the_diff() {
 
     let step = lab.apply(CONFIG_B);
     assert!(
-        changes(&step).contains(&"replaced table inet olboot in the running kernel".to_string()),
+        changes(&step)
+            .iter()
+            .any(|l| l == "replaced table inet olboot in the running kernel (the rules changed)"),
         "{step}"
     );
     ns::echoes(&mut v4).expect("the established IPv4 connection survives");
@@ -332,8 +341,19 @@ fn the_persisted_file_loads_at_boot_and_twice() {
         "{conf}"
     );
     if let Ok(orig) = std::fs::read_to_string("/etc/nftables.conf") {
-        assert!(conf.starts_with(&orig), "the rest of nftables.conf is kept");
+        let kept = orig.lines().filter(|l| l.trim() != "flush ruleset");
+        let mut rest = conf.as_str();
+        for line in kept {
+            let at = rest
+                .find(line)
+                .unwrap_or_else(|| panic!("{line:?} kept in {conf}"));
+            rest = &rest[at + line.len()..];
+        }
     }
+    assert!(
+        !conf.lines().any(|l| l.trim() == "flush ruleset"),
+        "a reload flushes nothing: {conf}"
+    );
     let record =
         std::fs::read_to_string(lab.sandbox.var_lib("olboot/firewall.listing")).expect("record");
     let (_, listing) = record.split_once('\n').expect("header");
@@ -356,10 +376,25 @@ fn the_persisted_file_loads_at_boot_and_twice() {
     if Path::new("/lib/systemd/systemd").exists() {
         let link = lab
             .sandbox
-            .etc("systemd/system/sysinit.target.wants/nftables.service");
-        assert!(
-            std::fs::read_link(link).is_ok(),
-            "nftables.service is enabled"
+            .etc("systemd/system/sysinit.target.wants/olboot-firewall.service");
+        assert_eq!(
+            std::fs::read_link(link).expect("olboot-firewall.service is enabled"),
+            Path::new("/etc/systemd/system/olboot-firewall.service")
+        );
+        // What the unit runs at boot loads the table olboot loaded.
+        let unit =
+            std::fs::read_to_string(lab.sandbox.etc("systemd/system/olboot-firewall.service"))
+                .expect("unit");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("ExecStart");
+        let argv: Vec<&str> = exec.split_whitespace().collect();
+        let unit_boot = Netns::new();
+        ns::must(lab.sandbox.command(&unit_boot, argv[0]).args(&argv[1..]));
+        assert_eq!(
+            unit_boot.nft(&["-s", "list", "table", "inet", "olboot"]),
+            listing
         );
     }
     // The include is added once, whatever the number of runs.
@@ -474,7 +509,7 @@ fn under_root_only_files_change() {
     common::write(&root.join("lib/systemd/systemd"), "");
     common::write(&root.join("lib/systemd/system/nftables.service"), UNIT);
     common::write(&root.join("etc/nftables.conf"), DEBIAN_CONF);
-    common::write(&root.join("usr/bin/dockerd"), "");
+    common::write(&root.join("usr/sbin/dockerd"), "");
     let cfg = t.path().join("olboot.yaml");
     std::fs::write(&cfg, CONFIG_A).expect("config");
     let run = |verb: &str| {
@@ -492,9 +527,10 @@ fn under_root_only_files_change() {
 
     let out = run("plan");
     assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
-    let step = common::step(&common::report(&out), "firewall").clone();
+    let plan = common::report(&out);
+    let step = common::step(&plan, "firewall").clone();
     let planned = changes(&step);
-    assert_eq!(planned.len(), 3, "{planned:?}");
+    assert_eq!(planned.len(), 4, "{planned:?}");
     assert!(planned[0].starts_with("write /etc/nftables.d/olboot.nft: "));
     assert!(
         planned[0].contains("\n    + table inet olboot {}"),
@@ -503,39 +539,45 @@ fn under_root_only_files_change() {
     );
     assert_eq!(
         planned[1],
-        "add include \"/etc/nftables.d/*.nft\" to /etc/nftables.conf"
+        "comment out `flush ruleset` in /etc/nftables.conf (on every reload it would drop every \
+         table, Docker's too) and replace only the file's own tables there (inet filter); add \
+         include \"/etc/nftables.d/*.nft\" to /etc/nftables.conf"
     );
-    assert_eq!(planned[2], "enable nftables.service for boot");
+    assert_eq!(
+        planned[2],
+        "write /etc/systemd/system/olboot-firewall.service (it loads /etc/nftables.d/olboot.nft at boot, before the network)"
+    );
+    assert_eq!(
+        planned[3],
+        "enable olboot-firewall.service for boot (/etc/systemd/system/sysinit.target.wants/olboot-firewall.service -> /etc/systemd/system/olboot-firewall.service)"
+    );
+    let warnings = step["warnings"].to_string();
     assert!(
-        step["warnings"][0]
-            .as_str()
-            .is_some_and(|w| w.contains("flush ruleset")),
-        "Docker is installed and nftables.conf flushes: {step}"
+        warnings.contains("nftables.service stops with `nft flush ruleset`")
+            && warnings.contains("Docker is installed: /usr/sbin/dockerd"),
+        "Docker is installed and nftables.service flushes on stop: {step}"
     );
 
     let out = run("apply");
     assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
-    let step = common::step(&common::report(&out), "firewall").clone();
-    assert_eq!(
-        changes(&step),
-        [
-            "wrote /etc/nftables.d/olboot.nft",
-            "added include \"/etc/nftables.d/*.nft\" to /etc/nftables.conf",
-            "enabled nftables.service (/etc/systemd/system/sysinit.target.wants/nftables.service -> /lib/systemd/system/nftables.service)",
-        ]
-    );
+    common::assert_apply_did_what_plan_said(&plan, &common::report(&out), "firewall");
     assert_eq!(
         srv.nft(&["list", "ruleset"]),
         before,
         "the kernel is untouched"
     );
     let conf = std::fs::read_to_string(root.join("etc/nftables.conf")).expect("conf");
-    assert!(conf.starts_with(DEBIAN_CONF));
+    assert!(conf.starts_with("#!/usr/sbin/nft -f\n\n# flush ruleset  # commented out by olboot"));
+    assert!(
+        conf.contains("\ntable inet filter {}\ndelete table inet filter\n\ntable inet filter {\n")
+    );
     assert!(conf.ends_with("include \"/etc/nftables.d/*.nft\"\n"));
     assert_eq!(
-        std::fs::read_link(root.join("etc/systemd/system/sysinit.target.wants/nftables.service"))
-            .expect("link"),
-        Path::new("/lib/systemd/system/nftables.service")
+        std::fs::read_link(
+            root.join("etc/systemd/system/sysinit.target.wants/olboot-firewall.service")
+        )
+        .expect("link"),
+        Path::new("/etc/systemd/system/olboot-firewall.service")
     );
     assert!(!root.join("var/lib/olboot/firewall.listing").exists());
 
@@ -568,21 +610,22 @@ fn plan_under_root(root: &std::path::Path, cfg: &std::path::Path) -> std::proces
 }
 
 #[test]
-fn a_target_without_nft_plans_to_install_it() {
+fn a_target_without_nft_or_dpkg_fails_loudly() {
+    // Without nft the firewall step plans the packages step's install of nftables; a target
+    // whose packages cannot even be listed fails the step, naming the command.
     let t = tempfile::tempdir().expect("tempdir");
     let root = t.path().join("root");
     std::fs::create_dir_all(&root).expect("root");
     let cfg = t.path().join("olboot.yaml");
     std::fs::write(&cfg, CONFIG_A).expect("config");
     let out = plan_under_root(&root, &cfg);
-    assert_eq!(common::code(&out), 3, "{}", common::stderr(&out));
+    assert_eq!(common::code(&out), 1, "{}", common::stderr(&out));
     let step = common::step(&common::report(&out), "firewall").clone();
-    let planned = changes(&step);
-    assert_eq!(planned[0], "install nftables (nft is missing)");
-    assert!(planned[1].starts_with("write /etc/nftables.d/olboot.nft"));
-    assert_eq!(
-        planned[2],
-        "create /etc/nftables.conf with include \"/etc/nftables.d/*.nft\""
+    assert_eq!(step["result"], "failed");
+    let err = step["error"].as_str().expect("error");
+    assert!(
+        err.contains("cannot list the installed packages") && err.contains("dpkg-query"),
+        "{err}"
     );
     assert_eq!(common::snapshot(&root).len(), 0, "plan wrote nothing");
 }
@@ -643,6 +686,495 @@ fn a_broken_nftables_conf_is_reported() {
             .any(|w| w
                 .as_str()
                 .is_some_and(|w| w.contains("/etc/nftables.conf does not load"))),
+        "{step}"
+    );
+}
+
+/// The Docker lab's config: the published 8080 for `cli` only, the host's 7000 for the
+/// containers; 8081, 8082 and 8083 are unlisted; Docker's bridges and a custom-named one.
+const DOCKER_CONFIG: &str = "version: 1
+firewall:
+  sets:
+    cli: [10.200.1.2, \"fd00:200::2\"]
+  container_bridges: [docker0, \"br-*\", olcustom]
+  allow:
+    - { port: 22, from: cli }
+    - { port: 8080, from: cli }
+    - { port: 7000, from: containers }
+";
+
+/// A VM namespace running a real dockerd, with an allowed client (`cli`) and another one
+/// (`oth`), both routing the container networks through the VM, as a neighbour may.
+struct DockerLab {
+    cli: Netns,
+    oth: Netns,
+    vm: Netns,
+    dockerd: docker::Dockerd,
+    olboot: Sandbox,
+}
+
+impl DockerLab {
+    fn new() -> DockerLab {
+        let (cli, oth, vm) = (Netns::new(), Netns::new(), Netns::new());
+        link(
+            &cli,
+            "vc",
+            &["10.200.1.2/24", "fd00:200::2/64"],
+            &vm,
+            "vmc",
+            &["10.200.1.1/24", "fd00:200::1/64"],
+        );
+        link(
+            &oth,
+            "vo",
+            &["10.200.3.2/24", "fd00:203::2/64"],
+            &vm,
+            "vmo",
+            &["10.200.3.1/24", "fd00:203::1/64"],
+        );
+        for (ns, v4, v6) in [
+            (&cli, "10.200.1.1", "fd00:200::1"),
+            (&oth, "10.200.3.1", "fd00:203::1"),
+        ] {
+            ns.ip(&["route", "add", "172.16.0.0/12", "via", v4]);
+            ns.ip(&["route", "add", "fd00:dd::/62", "via", v6]);
+        }
+        vm.sysctl("net.ipv4.ip_forward", "1");
+        vm.sysctl("net.ipv6.conf.all.forwarding", "1");
+        let dockerd = docker::Dockerd::start(&vm, "fd00:dd::/64");
+        DockerLab {
+            cli,
+            oth,
+            vm,
+            dockerd,
+            olboot: Sandbox::new(),
+        }
+    }
+
+    /// `olboot VERB --only firewall` live in the VM, with the Docker lab's config.
+    fn olboot(&self, verb: &str, config: &str) -> std::process::Output {
+        let cfg = self.olboot.dir().join("olboot.yaml");
+        std::fs::write(&cfg, config).expect("config");
+        let cfg = cfg.display().to_string();
+        let mut args = vec![verb, "-c", &cfg, "--host", "lab", "--only", "firewall"];
+        if verb == "apply" {
+            args.push("--json");
+        }
+        self.olboot.olboot(&self.vm, &args)
+    }
+
+    /// The firewall step's result of `olboot VERB`, which must exit with `code`.
+    fn result(&self, verb: &str, config: &str, code: i32) -> Value {
+        let out = self.olboot(verb, config);
+        assert_eq!(common::code(&out), code, "{verb}: {}", common::stderr(&out));
+        common::step(&common::report(&out), "firewall").clone()
+    }
+
+    /// Whether `GET /` from `ns` to `addr` gets the page of a container.
+    fn page(ns: &Netns, addr: &str) -> bool {
+        docker::http_get(ns, addr).is_ok_and(|b| b == "hello from a container\n")
+    }
+
+    /// `GET URL` from inside container `name` (busybox wget, bounded by busybox timeout: its
+    /// wget's own `-T` crashes); whether it got `want`.
+    fn fetch_in(&self, name: &str, url: &str, want: &str) -> bool {
+        let (ok, out) = self.dockerd.try_docker(&[
+            "exec",
+            name,
+            "/bin/busybox",
+            "timeout",
+            "5",
+            "/bin/busybox",
+            "wget",
+            "-O",
+            "-",
+            url,
+        ]);
+        if !(ok && out.contains(want)) {
+            eprintln!("{name}: wget {url}: {out}");
+        }
+        ok && out.contains(want)
+    }
+}
+
+/// The containers: `web` on docker0 publishing 8080, `api` on the user-defined network
+/// `olnet` (a `br-*` bridge) publishing 8081, `cust` on network `custom` whose bridge is
+/// named `olcustom` publishing 8082, and `tool` on olnet for egress and
+/// container-to-container checks. Returns the direct addresses of web's and api's servers.
+fn run_containers(d: &docker::Dockerd) -> Vec<String> {
+    d.docker(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "172.30.0.0/16",
+        "--subnet",
+        "fd00:dd:0:1::/64",
+        "olnet",
+    ]);
+    let httpd = |name: &str, net: &str, publish: &str, port: &str| {
+        d.docker(&[
+            "run",
+            "-d",
+            "--restart",
+            "always",
+            "--name",
+            name,
+            "--network",
+            net,
+            "-p",
+            publish,
+            docker::IMAGE,
+            "/bin/busybox",
+            "httpd",
+            "-f",
+            "-p",
+            port,
+            "-h",
+            "/www",
+        ]);
+    };
+    httpd("web", "bridge", "8080:80", "80");
+    httpd("api", "olnet", "8081:81", "81");
+    d.docker(&[
+        "network",
+        "create",
+        "--ipv6",
+        "--subnet",
+        "172.31.0.0/16",
+        "--subnet",
+        "fd00:dd:0:2::/64",
+        "-o",
+        "com.docker.network.bridge.name=olcustom",
+        "custom",
+    ]);
+    httpd("cust", "custom", "8082:82", "82");
+    d.docker(&[
+        "run",
+        "-d",
+        "--restart",
+        "always",
+        "--name",
+        "tool",
+        "--network",
+        "olnet",
+        docker::IMAGE,
+        "/bin/busybox",
+        "sleep",
+        "100000",
+    ]);
+    direct_addresses(d)
+}
+
+/// The direct addresses of web's and api's servers (v4, v6 each): they may change when
+/// Docker restarts the containers.
+fn direct_addresses(d: &docker::Dockerd) -> Vec<String> {
+    let (web4, web6) = d.addresses("web");
+    let (api4, api6) = d.addresses("api");
+    let (cust4, cust6) = d.addresses("cust");
+    vec![
+        format!("{web4}:80"),
+        format!("[{web6}]:80"),
+        format!("{api4}:81"),
+        format!("[{api6}]:81"),
+        format!("{cust4}:82"),
+        format!("[{cust6}]:82"),
+    ]
+}
+
+/// The VM's addresses as `cli` and as `oth` see them.
+const VM_FOR_CLI: (&str, &str) = ("10.200.1.1", "[fd00:200::1]");
+const VM_FOR_OTH: (&str, &str) = ("10.200.3.1", "[fd00:203::1]");
+
+/// Wait until `f` holds (fresh veths and bridges take a moment), failing with `what`.
+fn wait_for(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// Whether `ns` gets the page of the port published at `port` of the VM (v4, v6).
+fn published(ns: &Netns, vm: (&str, &str), port: u16) -> (bool, bool) {
+    (
+        DockerLab::page(ns, &format!("{}:{port}", vm.0)),
+        DockerLab::page(ns, &format!("{}:{port}", vm.1)),
+    )
+}
+
+/// What must hold with olboot's table in place, whatever happened to Docker's rules since.
+fn assert_contained(lab: &DockerLab, direct: &[String]) {
+    assert_eq!(
+        published(&lab.cli, VM_FOR_CLI, 8080),
+        (true, true),
+        "8080 is published for cli"
+    );
+    assert_eq!(
+        published(&lab.oth, VM_FOR_OTH, 8080),
+        (false, false),
+        "8080 is not for oth"
+    );
+    assert_eq!(
+        published(&lab.cli, VM_FOR_CLI, 8081),
+        (false, false),
+        "8081 is unlisted"
+    );
+    assert_eq!(
+        published(&lab.oth, VM_FOR_OTH, 8081),
+        (false, false),
+        "8081 is unlisted"
+    );
+    assert_eq!(
+        published(&lab.cli, VM_FOR_CLI, 8082),
+        (false, false),
+        "8082 is unlisted"
+    );
+    for addr in direct {
+        assert!(
+            !DockerLab::page(&lab.cli, addr),
+            "the direct route to {addr} is closed"
+        );
+        assert!(
+            !DockerLab::page(&lab.oth, addr),
+            "the direct route to {addr} is closed"
+        );
+    }
+    assert!(
+        lab.fetch_in("tool", "http://10.200.1.2:7001/", "outside"),
+        "egress from olnet (br-*)"
+    );
+    assert!(
+        lab.fetch_in("web", "http://10.200.1.2:7001/", "outside"),
+        "egress from docker0"
+    );
+    let api = &direct[2];
+    assert!(
+        lab.fetch_in("tool", &format!("http://{api}/"), "hello from a container"),
+        "container to container"
+    );
+    assert!(
+        lab.fetch_in("tool", "http://172.30.0.1:7000/", "host service"),
+        "containers reach the host's 7000"
+    );
+    assert!(
+        lab.fetch_in("web", "http://172.17.0.1:7000/", "host service"),
+        "from docker0 too"
+    );
+    assert!(
+        lab.fetch_in("cust", "http://172.31.0.1:7000/", "host service"),
+        "from the custom-named bridge too"
+    );
+    assert!(
+        lab.fetch_in("cust", "http://10.200.1.2:7001/", "outside"),
+        "egress from the custom-named bridge"
+    );
+    assert!(
+        docker::http_get(&lab.cli, "10.200.1.1:7000").is_err(),
+        "7000 is only for containers"
+    );
+}
+
+#[test]
+fn docker_containers_are_reachable_only_as_allowed() {
+    let mut lab = DockerLab::new();
+    docker::http_server(&lab.vm, "[::]:7000", "host service");
+    docker::http_server(&lab.cli, "0.0.0.0:7001", "outside");
+    let direct = run_containers(&lab.dockerd);
+    // Before olboot, Docker 20.10 lets anyone reach published ports and, routed, the
+    // containers themselves: the checks that follow can fail.
+    wait_for("8080 before olboot", || {
+        published(&lab.oth, VM_FOR_OTH, 8080) == (true, true)
+    });
+    wait_for("8081 before olboot", || {
+        published(&lab.oth, VM_FOR_OTH, 8081) == (true, true)
+    });
+    for addr in &direct {
+        wait_for(&format!("{addr} before olboot"), || {
+            DockerLab::page(&lab.oth, addr)
+        });
+    }
+
+    let plan_out = lab.olboot("plan", DOCKER_CONFIG);
+    assert_eq!(common::code(&plan_out), 3, "{}", common::stderr(&plan_out));
+    let apply_out = lab.olboot("apply", DOCKER_CONFIG);
+    assert_eq!(
+        common::code(&apply_out),
+        0,
+        "{}",
+        common::stderr(&apply_out)
+    );
+    common::assert_apply_did_what_plan_said(
+        &common::report(&plan_out),
+        &common::report(&apply_out),
+        "firewall",
+    );
+    assert_contained(&lab, &direct);
+    assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "unchanged");
+
+    // A port published after apply is closed too.
+    lab.dockerd.docker(&[
+        "run",
+        "-d",
+        "--name",
+        "late",
+        "-p",
+        "8083:80",
+        docker::IMAGE,
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    wait_for("late runs", || {
+        lab.fetch_in("late", "http://127.0.0.1:80/", "hello")
+    });
+    assert_eq!(
+        published(&lab.cli, VM_FOR_CLI, 8083),
+        (false, false),
+        "8083 is unlisted"
+    );
+
+    // A direct route opens for the port an allow rule names, to that rule's sources only.
+    let web = direct[0].clone();
+    let open80 = format!("{DOCKER_CONFIG}    - {{ port: 80, from: cli }}\n");
+    lab.result("apply", &open80, 0);
+    assert!(DockerLab::page(&lab.cli, &web), "allowed: cli to {web}");
+    assert!(!DockerLab::page(&lab.oth, &web), "oth to {web}");
+    lab.result("apply", DOCKER_CONFIG, 0);
+
+    reloads_and_restarts(&mut lab, &direct);
+}
+
+/// A reload of /etc/nftables.conf, an iptables flush by another firewall and a Docker
+/// restart leave olboot's table and (after the restart) Docker's rules in place; a full
+/// flush is noticed.
+fn reloads_and_restarts(lab: &mut DockerLab, direct: &[String]) {
+    ns::must(
+        lab.olboot
+            .command(&lab.vm, "nft")
+            .args(["-f", "/etc/nftables.conf"]),
+    );
+    assert!(
+        lab.vm.nft(&["list", "tables"]).contains("table ip nat"),
+        "Docker's tables survive a reload"
+    );
+    assert_contained(lab, direct);
+    assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "unchanged");
+
+    // ferm's iptables-restore flushes the iptables-nft tables, Docker's chains with them.
+    for table in ["filter", "nat"] {
+        for prog in ["iptables", "ip6tables"] {
+            ns::must(lab.vm.command(prog).args(["-t", table, "-F"]));
+        }
+    }
+    assert_eq!(
+        lab.result("apply", DOCKER_CONFIG, 0)["result"],
+        "unchanged",
+        "olboot's table is intact"
+    );
+    lab.dockerd.restart(&lab.vm);
+    let direct = direct_addresses(&lab.dockerd);
+    let api = direct[2].clone();
+    wait_for("api back after the Docker restart", || {
+        lab.fetch_in("tool", &format!("http://{api}/"), "hello from a container")
+    });
+    wait_for("web back after the Docker restart", || {
+        lab.fetch_in("web", "http://127.0.0.1:80/", "hello")
+    });
+    wait_for("8080 back after the Docker restart", || {
+        published(&lab.cli, VM_FOR_CLI, 8080) == (true, true)
+    });
+    assert_contained(lab, &direct);
+    assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "unchanged");
+
+    // `systemctl restart nftables` runs `nft flush ruleset`: plan warns of it, apply notices.
+    lab.vm.nft(&["flush", "ruleset"]);
+    let plan = lab.result("plan", DOCKER_CONFIG, 3);
+    assert!(
+        changes(&plan).iter().any(|l| l
+            == "load table inet olboot into the running kernel (table inet olboot is not loaded)"),
+        "{plan}"
+    );
+    let warnings = plan["warnings"].to_string();
+    assert!(
+        warnings.contains("nftables.service stops with `nft flush ruleset`")
+            && warnings.contains("Docker is installed: package docker.io"),
+        "{plan}"
+    );
+    assert_eq!(lab.result("apply", DOCKER_CONFIG, 0)["result"], "changed");
+    assert_eq!(published(&lab.oth, VM_FOR_OTH, 8080), (false, false));
+}
+
+#[test]
+fn container_names_are_checked() {
+    for (yaml, says) in [
+        (
+            "  sets: { containers: [10.0.0.1] }\n  allow: [{ port: 22 }]\n",
+            "firewall.sets.containers: a reserved name",
+        ),
+        (
+            "  container_bridges: [\"br-*x\"]\n  allow: [{ port: 22 }]\n",
+            "firewall.container_bridges: \"br-*x\" is not an interface name",
+        ),
+        (
+            "  container_bridges: [docker0, a-much-too-long-name]\n  allow: [{ port: 22 }]\n",
+            "\"a-much-too-long-name\" is not an interface name",
+        ),
+        (
+            "  allow: [{ port: 22, from: containers }]\n",
+            "no rule allows SSH",
+        ),
+    ] {
+        let out = common::run(
+            &["validate", "-c", "-"],
+            Some(&format!("version: 1\nfirewall:\n{yaml}")),
+        );
+        assert_eq!(common::code(&out), 2, "{yaml}: {}", common::stderr(&out));
+        assert!(
+            common::stderr(&out).contains(says),
+            "{yaml}: {}",
+            common::stderr(&out)
+        );
+    }
+    // `containers` needs no definition.
+    let ok = "version: 1\nfirewall:\n  container_bridges: [docker0, \"br-*\", olnet]\n  allow: [{ port: 22 }, { port: 7000, from: containers }]\n";
+    let out = common::run(&["validate", "-c", "-"], Some(ok));
+    assert_eq!(common::code(&out), 0, "{}", common::stderr(&out));
+}
+
+#[test]
+fn a_bridge_of_the_machine_matched_by_a_wildcard_is_a_warning() {
+    let lab = Lab::new();
+    lab.srv.ip(&["link", "add", "br-lan", "type", "bridge"]);
+    lab.srv
+        .ip(&["link", "add", "br-0123456789ab", "type", "bridge"]);
+    let plan = lab.olboot("plan", CONFIG_A);
+    assert_eq!(common::code(&plan), 3, "{}", common::stderr(&plan));
+    let warnings: Vec<String> = common::step(&common::report(&plan), "firewall")["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .filter_map(|w| w.as_str().map(String::from))
+        .filter(|w| w.starts_with("bridge "))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("bridge br-lan matches firewall.container_bridges (docker0, br-*)"),
+        "{warnings:?}"
+    );
+    // Named in the config, it is meant.
+    let named = CONFIG_A.replace(
+        "firewall:\n",
+        "firewall:\n  container_bridges: [docker0, \"br-*\", br-lan]\n",
+    );
+    let plan = lab.olboot("plan", &named);
+    let step = common::step(&common::report(&plan), "firewall").clone();
+    assert!(
+        !step["warnings"].to_string().contains("bridge br-lan"),
         "{step}"
     );
 }

@@ -196,12 +196,33 @@ fn go_corpus(cmd: fn() -> Command) {
             "{n} is listed as refused but not in the corpus"
         );
     }
+    assert_no_problems(&problems);
+}
+
+fn assert_no_problems(problems: &[String]) {
     assert!(
         problems.is_empty(),
         "{} problems:\n{}",
         problems.len(),
         problems.join("\n")
     );
+}
+
+/// `zstd` compressing what is written to the returned writer into `path`.
+fn zstd_to(
+    path: &Path,
+) -> (
+    std::process::Child,
+    std::io::BufWriter<std::process::ChildStdin>,
+) {
+    let mut z = Command::new("zstd")
+        .args(["-q", "-1", "-f", "-o"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w = std::io::BufWriter::new(z.stdin.take().unwrap());
+    (z, w)
 }
 
 fn sh(cmd: &str) {
@@ -291,12 +312,7 @@ fn gnu_tar_and_bsdtar_archives_unpack_as_gnu_tar_does() {
             assert_features_kept(&archive);
         }
     }
-    assert!(
-        problems.is_empty(),
-        "{} problems:\n{}",
-        problems.len(),
-        problems.join("\n")
-    );
+    assert_no_problems(&problems);
 }
 
 /// The reference extraction of `archive` has the xattrs, ACLs and capability of the feature
@@ -344,13 +360,7 @@ fn header(name: &str, kind: u8, size: u64) -> [u8; 512] {
 /// small file: what bsdtar and Go refuse over 1 MiB.
 fn bomb(path: &Path, kind: u8, size: u64) {
     use std::io::Write;
-    let mut z = Command::new("zstd")
-        .args(["-q", "-1", "-f", "-o"])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut w = std::io::BufWriter::new(z.stdin.take().unwrap());
+    let (mut z, mut w) = zstd_to(path);
     w.write_all(&header("././@LongLink", kind, size)).unwrap();
     let chunk = if kind == b'x' {
         // One PAX record as long as the whole header.
@@ -503,13 +513,7 @@ fn sigterm_when(s: &support::Scratch, config: &Path, ready: impl Fn() -> bool) {
 /// A tar.zst of one file of `size` zero bytes: quick to make, slow enough to unpack.
 fn big_zero_file(path: &Path, size: u64) {
     use std::io::Write;
-    let mut z = Command::new("zstd")
-        .args(["-q", "-1", "-f", "-o"])
-        .arg(path)
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut w = std::io::BufWriter::new(z.stdin.take().unwrap());
+    let (mut z, mut w) = zstd_to(path);
     w.write_all(&header("big", b'0', size)).unwrap();
     let zeros = vec![0u8; 1 << 20];
     for _ in 0..size >> 20 {
@@ -612,4 +616,138 @@ fn xattrs_a_filesystem_refuses_are_warnings_naming_the_entry() {
         "{warnings:?}"
     );
     assert_eq!(std::fs::read(s.opt().join("f")).unwrap(), b"x");
+}
+
+#[test]
+fn a_directory_listed_twice_keeps_its_last_metadata_as_with_gnu_tar() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("twice.tar");
+    sh(&format!(
+        "cd '{w}' && mkdir -p src/d/e && printf x > src/d/e/f && cd src
+        touch -d '2001-01-01 00:00:00.5 UTC' d d/e && chmod 755 d
+        tar --format=pax -cf '{a}' d
+        chmod 700 d && chown 42:43 d && touch -d '1999-09-09 09:09:09.123456789 UTC' d
+        tar --format=pax -rf '{a}' --no-recursion d",
+        w = work.path().display(),
+        a = archive.display()
+    ));
+    let problems = compare(&archive, support::olboot(), &[]);
+    assert_no_problems(&problems);
+    let s_ref = tempfile::tempdir().unwrap();
+    gnu_tar(&archive, s_ref.path()).unwrap();
+    let d = common::tree_manifest(s_ref.path());
+    assert!(
+        d.iter()
+            .any(|e| e.path == Path::new("d") && e.mode == 0o700 && e.uid == 42),
+        "GNU tar did not keep the last entry's metadata: {d:?}"
+    );
+}
+
+#[test]
+fn a_v7_directory_is_a_directory_as_with_gnu_tar() {
+    assert_root();
+    use std::io::Write;
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("v7dir.tar");
+    let mut f = std::fs::File::create(&archive).unwrap();
+    let mut dir = header("v7dir/", b'0', 0);
+    // V7: no magic; the checksum again without it.
+    dir[257..265].fill(0);
+    dir[148..156].fill(b' ');
+    let sum: u32 = dir.iter().map(|&b| u32::from(b)).sum();
+    dir[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+    f.write_all(&dir).unwrap();
+    f.write_all(&header("v7dir/file", b'0', 0)).unwrap();
+    f.write_all(&[0u8; 1024]).unwrap();
+    drop(f);
+    assert_no_problems(&compare(&archive, support::olboot(), &[]));
+    let reference = tempfile::tempdir().unwrap();
+    gnu_tar(&archive, reference.path()).unwrap();
+    assert!(reference.path().join("v7dir").is_dir());
+}
+
+#[test]
+fn a_file_put_in_a_setgid_directory_after_it_was_left_keeps_its_group() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("setgid.tar");
+    // The directory comes, is left (GNU tar sets its mode then), and a file is put in it
+    // later: the file would take the directory's group if olboot did not chown it.
+    sh(&format!(
+        "cd '{w}' && mkdir -p src/shared src/other && cd src
+        chown 0:1000 shared && chmod 2775 shared && printf x > f && chown 0:0 f
+        tar --format=pax -cf '{a}' --no-recursion shared other
+        mv f shared/f && tar --format=pax -rf '{a}' shared/f",
+        w = work.path().display(),
+        a = archive.display()
+    ));
+    assert_no_problems(&compare(&archive, support::olboot(), &[]));
+    let reference = tempfile::tempdir().unwrap();
+    gnu_tar(&archive, reference.path()).unwrap();
+    let m = std::fs::metadata(reference.path().join("shared/f")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::gid(&m),
+        0,
+        "GNU tar keeps the file's group"
+    );
+}
+
+/// One PAX record `KEY=VALUE` with its length prefix.
+fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
+    let mut len = body + 1;
+    while len != body + len.to_string().len() {
+        len = body + len.to_string().len();
+    }
+    let mut r = format!("{len} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+#[test]
+fn nested_directories_with_big_xattrs_are_refused_in_bounded_memory() {
+    use std::io::Write;
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("deep-xattrs.tar.zst");
+    let (mut z, mut w) = zstd_to(&archive);
+    let mut name = String::new();
+    for _ in 0..24 {
+        name.push_str("d/");
+        let rec = pax_record("SCHILY.xattr.user.big", &vec![b'v'; 900 << 10]);
+        w.write_all(&header("PaxHeader", b'x', rec.len() as u64))
+            .unwrap();
+        w.write_all(&rec).unwrap();
+        w.write_all(&vec![0u8; (512 - rec.len() % 512) % 512])
+            .unwrap();
+        w.write_all(&header(&name, b'5', 0)).unwrap();
+    }
+    w.write_all(&[0u8; 1024]).unwrap();
+    drop(w);
+    assert!(z.wait().unwrap().success());
+    let s = support::Scratch::new();
+    let config = s.config(
+        &[format!("file://{}", archive.display())],
+        None,
+        "",
+        "symlink",
+    );
+    let mut c = Command::new("/usr/bin/time");
+    c.arg("-v").arg(env!("CARGO_BIN_EXE_olboot"));
+    let out = s.run_with(c, "apply", &config, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let rss = peak_rss_kib(&String::from_utf8_lossy(&out.stderr));
+    eprintln!("deep xattrs: peak RSS {rss} KiB");
+    assert!(rss <= 32 * 1024, "peak RSS {rss} KiB over 32 MiB");
+    let error = support::opt_step(&s.root())["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("directories waiting for their metadata"),
+        "{error}"
+    );
+    assert!(!s.opt().exists() && !s.staging().exists());
 }

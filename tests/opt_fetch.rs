@@ -2,6 +2,7 @@
 //! after a cut or a stalled transfer, restart when Range is ignored, retry on 503, a lying Content-Length, 404 → next mirror,
 //! a wrong sha256, a kill in the middle of a fetch, and HTTPS with a CA made in the test.
 
+mod common;
 #[path = "opt/support.rs"]
 mod support;
 

@@ -1,25 +1,35 @@
-//! The packages step against real apt and dpkg: a Debian bookworm root made with `mmdebstrap
-//! --variant=minbase`, and a flat repository of `hello` and `tree` served over HTTP on
-//! 127.0.0.1 by a server in this file that counts requests and can fail the first ones.
+//! The packages step against real apt and dpkg: Debian bookworm (and, for the signed-source
+//! tests, trixie) roots made with `mmdebstrap --variant=minbase`, and a flat repository of
+//! `hello`, `tree` and two packages made here, signed with throwaway gpg keys made here (two
+//! copies, one per key), served over HTTP on 127.0.0.1 by a server in this file that counts
+//! requests and can fail the first ones.
 //!
-//! The root and the `.deb`s are built once and cached under `target/test-cache/packages/`;
-//! each test unpacks its own copy. Building needs mmdebstrap, apt-utils (apt-ftparchive),
-//! perl (for the lock holder) and Debian's mirror; without them the tests fail, never skip.
+//! The roots, keys and repositories are built once and cached under
+//! `target/test-cache/packages/`; each test unpacks its own root. Building needs mmdebstrap,
+//! apt-utils (apt-ftparchive), gnupg, perl (for the lock holder) and Debian's mirror; without
+//! them the tests fail, never skip.
 
 mod common;
-use common::{code, olboot, report, stderr, step};
+use common::{assert_apply_did_what_plan_said, code, olboot, report, stderr, step};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// The cached root tarball and repository.
+/// The cached root tarball and the two copies of the repository, each signed by its own key.
 struct Cache {
     root_tar: PathBuf,
+    /// Signed with key A.
     repo: PathBuf,
+    /// The same packages, signed with key B.
+    repo_b: PathBuf,
+    /// Key A, ASCII-armored.
+    key_a: String,
+    /// Key B, ASCII-armored.
+    key_b: String,
 }
 
 fn must(cmd: &mut Command, what: &str) -> Vec<u8> {
@@ -36,59 +46,189 @@ fn must(cmd: &mut Command, what: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// Build (once per cache directory) the Debian root tarball and the flat repository.
+/// Build (once per cache directory) the Debian root tarball, the throwaway keys and the
+/// signed flat repositories.
 fn cache() -> &'static Cache {
     static CACHE: OnceLock<Cache> = OnceLock::new();
     CACHE.get_or_init(|| {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-cache/packages");
         std::fs::create_dir_all(&dir).unwrap();
-        let root_tar = dir.join("bookworm-minbase.tar");
-        if !root_tar.exists() {
-            let tmp = dir.join("bookworm-minbase.tmp.tar");
-            must(
-                Command::new("nice").args([
-                    "mmdebstrap",
-                    "--variant=minbase",
-                    "--format=tar",
-                    "--quiet",
-                    "bookworm",
-                    tmp.to_str().unwrap(),
-                ]),
-                "building the Debian root with mmdebstrap (needs the mmdebstrap package and \
-                 Debian's mirror)",
-            );
-            std::fs::rename(&tmp, &root_tar).unwrap();
-        }
-        let repo = dir.join("repo");
-        if !repo.join("Release").exists() {
-            let tmp = dir.join("repo.tmp");
+        let root_tar = debian_root(&dir, "bookworm");
+        let repos = dir.join("signed-2");
+        if !repos.join("b/key.asc").exists() {
+            let tmp = dir.join("signed.tmp");
             let _ = std::fs::remove_dir_all(&tmp);
-            std::fs::create_dir_all(&tmp).unwrap();
-            must(
-                Command::new("apt-get")
-                    .args(["download", "hello", "tree"])
-                    .current_dir(&tmp),
-                "downloading hello and tree with the host's apt (apt-get update on the host?)",
-            );
-            let packages = must(
-                Command::new("apt-ftparchive")
-                    .args(["packages", "."])
-                    .current_dir(&tmp),
-                "indexing the repository (needs apt-utils)",
-            );
-            std::fs::write(tmp.join("Packages"), packages).unwrap();
-            let release = must(
-                Command::new("apt-ftparchive")
-                    .args(["release", "."])
-                    .current_dir(&tmp),
-                "writing the repository's Release file",
-            );
-            std::fs::write(tmp.join("Release"), release).unwrap();
-            let _ = std::fs::remove_dir_all(&repo);
-            std::fs::rename(&tmp, &repo).unwrap();
+            build_repos(&tmp);
+            let _ = std::fs::remove_dir_all(&repos);
+            std::fs::rename(&tmp, &repos).unwrap();
         }
-        Cache { root_tar, repo }
+        let read = |f: &str| std::fs::read_to_string(repos.join(f)).unwrap();
+        Cache {
+            root_tar,
+            repo: repos.join("a"),
+            repo_b: repos.join("b"),
+            key_a: read("key-a.asc"),
+            key_b: read("key-b.asc"),
+        }
     })
+}
+
+/// A Debian `suite` root tarball in `dir`, made with mmdebstrap once.
+fn debian_root(dir: &Path, suite: &str) -> PathBuf {
+    let tar = dir.join(format!("{suite}-minbase.tar"));
+    if !tar.exists() {
+        let tmp = dir.join(format!("{suite}-minbase.tmp.tar"));
+        must(
+            Command::new("nice").args([
+                "mmdebstrap",
+                "--variant=minbase",
+                "--format=tar",
+                "--quiet",
+                suite,
+                tmp.to_str().unwrap(),
+            ]),
+            "building the Debian root with mmdebstrap (needs the mmdebstrap package and \
+             Debian's mirror)",
+        );
+        std::fs::rename(&tmp, &tar).unwrap();
+    }
+    tar
+}
+
+/// The trixie root tarball (apt 3, which verifies signatures with sqv, not gpgv).
+fn trixie_tar() -> &'static Path {
+    static TAR: OnceLock<PathBuf> = OnceLock::new();
+    TAR.get_or_init(|| {
+        debian_root(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-cache/packages"),
+            "trixie",
+        )
+    })
+}
+
+/// In `dir`: `a/` and `b/`, flat repositories of hello, tree and olboot-test-conf (a package
+/// with a config file, made here), signed with the keys `key-a.asc` and `key-b.asc` made
+/// here with gpg.
+fn build_repos(dir: &Path) {
+    let pool = dir.join("pool");
+    std::fs::create_dir_all(&pool).unwrap();
+    must(
+        Command::new("apt-get")
+            .args(["download", "hello", "tree"])
+            .current_dir(&pool),
+        "downloading hello and tree with the host's apt (apt-get update on the host?)",
+    );
+    build_package(
+        dir,
+        &pool,
+        "olboot-test-conf",
+        "",
+        &[("etc/olboot-test.conf", "setting = 1\n")],
+    );
+    build_package(dir, &pool, "olboot-test-needs-tree", "Depends: tree\n", &[]);
+    let gnupg = dir.join("gnupg");
+    std::fs::create_dir_all(&gnupg).unwrap();
+    std::fs::set_permissions(&gnupg, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let gpg = || {
+        let mut c = Command::new("gpg");
+        c.arg("--homedir").arg(&gnupg).args(["--batch", "--quiet"]);
+        c
+    };
+    for which in ["a", "b"] {
+        let uid = format!("olboot test key {which} <{which}@olboot.test>");
+        must(
+            gpg().args([
+                "--passphrase",
+                "",
+                "--quick-gen-key",
+                &uid,
+                "ed25519",
+                "sign",
+                "never",
+            ]),
+            "making a throwaway signing key (needs gnupg)",
+        );
+        let key = must(
+            gpg().args(["--armor", "--export", &uid]),
+            "exporting the key",
+        );
+        std::fs::write(dir.join(format!("key-{which}.asc")), &key).unwrap();
+        let repo = dir.join(which);
+        std::fs::create_dir(&repo).unwrap();
+        // The key served beside the repository, for key_url.
+        std::fs::write(repo.join("key.asc"), &key).unwrap();
+        for e in std::fs::read_dir(&pool).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), repo.join(e.file_name())).unwrap();
+        }
+        let ftp = |what: &str| {
+            must(
+                Command::new("apt-ftparchive")
+                    .args([what, "."])
+                    .current_dir(&repo),
+                "indexing the repository (needs apt-utils)",
+            )
+        };
+        let packages = ftp("packages");
+        std::fs::write(repo.join("Packages"), packages).unwrap();
+        let release = ftp("release");
+        std::fs::write(repo.join("Release"), release).unwrap();
+        let sign = |args: &[&str]| {
+            must(
+                gpg()
+                    .args(["--yes", "--local-user", &uid])
+                    .args(args)
+                    .current_dir(&repo),
+                "signing the repository",
+            )
+        };
+        sign(&["--clearsign", "-o", "InRelease", "Release"]);
+        sign(&["--armor", "--detach-sign", "-o", "Release.gpg", "Release"]);
+    }
+    // gpg started an agent for this home: stop it, the tests leave nothing running.
+    must(
+        Command::new("gpgconf")
+            .arg("--homedir")
+            .arg(&gnupg)
+            .args(["--kill", "all"]),
+        "stopping the test gpg-agent",
+    );
+}
+
+/// `NAME_1.0_all.deb` in `pool`, with `fields` added to its control file and `files` (paths
+/// below `/etc` become config files): `olboot-test-conf` has `/etc/olboot-test.conf`, so that
+/// remove (keeps it) and purge (deletes it) can be told apart; `olboot-test-needs-tree`
+/// depends on tree.
+fn build_package(dir: &Path, pool: &Path, name: &str, fields: &str, files: &[(&str, &str)]) {
+    let tree = dir.join(name);
+    std::fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    let mut conffiles = String::new();
+    for (path, text) in files {
+        common::write(&tree.join(path), text);
+        if path.starts_with("etc/") {
+            conffiles.push_str(&format!("/{path}\n"));
+        }
+    }
+    std::fs::write(
+        tree.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: 1.0\nArchitecture: all\n{fields}\
+             Maintainer: olboot tests <tests@olboot.test>\n\
+             Description: a package made for olboot's tests\n"
+        ),
+    )
+    .unwrap();
+    if !conffiles.is_empty() {
+        std::fs::write(tree.join("DEBIAN/conffiles"), conffiles).unwrap();
+    }
+    must(
+        Command::new("dpkg-deb")
+            .args(["--root-owner-group", "--build"])
+            .arg(&tree)
+            .arg(pool.join(format!("{name}_1.0_all.deb"))),
+        "building a test package",
+    );
+    std::fs::remove_dir_all(&tree).unwrap();
 }
 
 /// The version of `name` in the test repository.
@@ -116,6 +256,8 @@ struct Mirror {
     port: u16,
     requests: Arc<AtomicUsize>,
     failures_left: Arc<AtomicUsize>,
+    /// The directory it serves.
+    repo: Arc<Mutex<PathBuf>>,
 }
 
 impl Mirror {
@@ -126,11 +268,11 @@ impl Mirror {
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(AtomicUsize::new(0));
         let failures_left = Arc::new(AtomicUsize::new(fail_first));
-        let repo = cache().repo.clone();
-        let (req, fail) = (requests.clone(), failures_left.clone());
+        let repo = Arc::new(Mutex::new(cache().repo.clone()));
+        let (req, fail, served) = (requests.clone(), failures_left.clone(), repo.clone());
         std::thread::spawn(move || {
             for conn in listener.incoming().flatten() {
-                let (repo, req, fail) = (repo.clone(), req.clone(), fail.clone());
+                let (repo, req, fail) = (served.clone(), req.clone(), fail.clone());
                 std::thread::spawn(move || serve(conn, &repo, &req, &fail, (fault, which)));
             }
         });
@@ -138,7 +280,23 @@ impl Mirror {
             port,
             requests,
             failures_left,
+            repo,
         }
+    }
+
+    /// A mirror that always answers.
+    fn good() -> Mirror {
+        Mirror::start(Fault::Unavailable, 0, "")
+    }
+
+    /// Serve `dir` from now on.
+    fn serve_dir(&self, dir: &Path) {
+        *self.repo.lock().unwrap() = dir.to_path_buf();
+    }
+
+    /// Its URI, as a source names it.
+    fn uri(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
     }
 
     fn requests(&self) -> usize {
@@ -154,7 +312,7 @@ impl Mirror {
 /// Answer the requests of one (keep-alive, possibly pipelined) connection.
 fn serve(
     conn: TcpStream,
-    repo: &Path,
+    repo: &Mutex<PathBuf>,
     req: &AtomicUsize,
     fail: &AtomicUsize,
     (fault, which): (Fault, &str),
@@ -176,6 +334,7 @@ fn serve(
             }
         }
         req.fetch_add(1, Ordering::SeqCst);
+        let repo = repo.lock().unwrap().clone();
         let path = line.split(' ').nth(1).unwrap_or("");
         let name = path.trim_start_matches('/').trim_start_matches("./");
         let body = (!name.is_empty() && !name.contains('/') && !name.starts_with('.'))
@@ -220,7 +379,31 @@ struct Scratch {
 }
 
 impl Scratch {
+    /// A root whose only source is `mirror`, trusted without a key (`[trusted=yes]`), and a
+    /// config that installs `packages`.
     fn new(mirror: &Mirror, packages: &[&str]) -> Scratch {
+        let s = Scratch::bare();
+        std::fs::write(
+            s.root.join("etc/apt/sources.list"),
+            format!("deb [trusted=yes] {} ./\n", mirror.uri()),
+        )
+        .unwrap();
+        s.configure(&format!("  install: [{}]\n", packages.join(", ")));
+        s
+    }
+
+    /// Write the config: `packages` is the body of its `packages:` key.
+    fn configure(&self, packages: &str) {
+        std::fs::write(&self.config, format!("version: 1\npackages:\n{packages}")).unwrap();
+    }
+
+    /// A root with no apt source at all.
+    fn bare() -> Scratch {
+        Scratch::bare_from(&cache().root_tar)
+    }
+
+    /// A root unpacked from `tar`, with no apt source at all.
+    fn bare_from(tar: &Path) -> Scratch {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         std::fs::create_dir(&root).unwrap();
@@ -230,18 +413,13 @@ impl Scratch {
                 .arg(&root)
                 .arg("--numeric-owner")
                 .arg("-xf")
-                .arg(&cache().root_tar),
+                .arg(tar),
             "unpacking the Debian root",
         );
         let apt = root.join("etc/apt");
         let _ = std::fs::remove_file(apt.join("sources.list"));
         let _ = std::fs::remove_dir_all(apt.join("sources.list.d"));
         std::fs::create_dir(apt.join("sources.list.d")).unwrap();
-        std::fs::write(
-            apt.join("sources.list"),
-            format!("deb [trusted=yes] http://127.0.0.1:{}/ ./\n", mirror.port),
-        )
-        .unwrap();
         // apt ≥ 2.3 retries failed fetches itself; turn that off so that the retries these
         // tests see are olboot's.
         std::fs::write(
@@ -250,14 +428,6 @@ impl Scratch {
         )
         .unwrap();
         let config = dir.path().join("olboot.yaml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 1\npackages:\n  install: [{}]\n",
-                packages.join(", ")
-            ),
-        )
-        .unwrap();
         Scratch {
             dir: Some(dir),
             root,
@@ -269,6 +439,7 @@ impl Scratch {
     /// host's package database is left alone and that nothing of the apt session remains.
     fn olboot(&self, cmd: &str) -> Output {
         let status = std::fs::read("/var/lib/dpkg/status").unwrap();
+        let host_apt = host_apt_sources();
         let mut c = olboot();
         c.arg(cmd)
             .arg("-c")
@@ -287,6 +458,10 @@ impl Scratch {
         assert!(
             std::fs::read("/var/lib/dpkg/status").unwrap() == status,
             "the host's /var/lib/dpkg/status changed"
+        );
+        assert!(
+            host_apt_sources() == host_apt,
+            "the host's apt sources or keyrings changed"
         );
         assert_eq!(
             self.mounts(),
@@ -322,6 +497,18 @@ impl Scratch {
         text.strip_prefix("install ok installed\t")
             .map(String::from)
     }
+}
+
+/// The host's own apt sources and keys, to prove a test leaves them alone.
+fn host_apt_sources() -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    for dir in ["/etc/apt/sources.list.d", "/etc/apt/keyrings"] {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            out.push((e.path(), std::fs::read(e.path()).unwrap_or_default()));
+        }
+    }
+    out.sort();
+    out
 }
 
 impl Drop for Scratch {
@@ -360,6 +547,7 @@ fn installs_then_rerun_changes_nothing() {
     );
     assert_eq!(mirror.requests(), 0, "plan fetched something");
 
+    let planned = report(&o);
     let o = s.olboot("apply");
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let r = report(&o);
@@ -367,11 +555,14 @@ fn installs_then_rerun_changes_nothing() {
     let (hello, tree) = (repo_version("hello"), repo_version("tree"));
     assert_eq!(
         changes(&r),
-        [
-            "updated package lists".to_string(),
-            format!("installed hello {hello}"),
-            format!("installed tree {tree}"),
-        ]
+        ["updated package lists", "installed hello, tree"]
+    );
+    assert_apply_did_what_plan_said(&planned, &r, "packages");
+    // The versions go to the log.
+    assert!(
+        stderr(&o).contains(&format!("packages: hello {hello} is installed")),
+        "{}",
+        stderr(&o)
     );
     assert_eq!(s.installed("hello"), Some(hello));
     assert_eq!(s.installed("tree"), Some(tree));
@@ -559,10 +750,10 @@ fn interrupted_dpkg_is_repaired_first() {
 }
 
 #[test]
-fn ensure_installed_is_the_same_code() {
+fn plan_install_and_apply_changes_are_the_same_code() {
     use olboot::root::Root;
     use olboot::steps::{packages, Ctx, Done};
-    let mirror = Mirror::start(Fault::Unavailable, 0, "");
+    let mirror = Mirror::good();
     let s = Scratch::new(&mirror, &[]);
     let root = Root::at(&s.root);
     let tuning = olboot::tuning::Tuning {
@@ -574,28 +765,23 @@ fn ensure_installed_is_the_same_code() {
         root: &root,
         tuning: &tuning,
     };
-    let mut done = Done::new("firewall");
-    packages::ensure_installed(&ctx, &["tree"], &mut done).unwrap();
+    let install = |names: &[&str]| {
+        let changes = packages::plan_install(&ctx, names).unwrap();
+        let mut done = Done::new("firewall");
+        packages::apply_changes(&ctx, &changes, &mut done).unwrap();
+        done.lines
+    };
     assert_eq!(
-        done.lines,
-        [
-            "updated package lists".to_string(),
-            format!("installed tree {}", repo_version("tree"))
-        ]
+        install(&["tree"]),
+        ["updated package lists", "installed tree"]
     );
+    assert_eq!(s.installed("tree"), Some(repo_version("tree")));
     assert!(s.mounts().is_empty());
     mirror.reset();
-    let mut done = Done::new("firewall");
-    packages::ensure_installed(&ctx, &["tree"], &mut done).unwrap();
-    assert!(done.lines.is_empty());
+    assert!(install(&["tree"]).is_empty());
     assert_eq!(mirror.requests(), 0);
     // Lists written minutes ago are fresh: no update before installing from them.
-    let mut done = Done::new("firewall");
-    packages::ensure_installed(&ctx, &["tree", "hello"], &mut done).unwrap();
-    assert_eq!(
-        done.lines,
-        [format!("installed hello {}", repo_version("hello"))]
-    );
+    assert_eq!(install(&["tree", "hello"]), ["installed hello"]);
     assert!(s.mounts().is_empty());
 }
 
@@ -634,4 +820,409 @@ fn session_binds_and_policy_are_undone_and_a_policy_kept() {
         "#!/bin/sh\nexit 0\n"
     );
     assert!(!root.join("usr/sbin/policy-rc.d.olboot-saved").exists());
+}
+
+/// The config body of one source `olboot-test` on `mirror`, its key given as `key` (a YAML
+/// mapping entry such as `key: |` + the text, or `key_file: /path`).
+fn source_config(mirror: &Mirror, key: &str, rest: &str) -> String {
+    format!(
+        "  sources:\n    olboot-test:\n      uris: [{}]\n      suites: [./]\n{key}{rest}",
+        mirror.uri()
+    )
+}
+
+/// `key: |` with `text` indented below it.
+fn inline_key(text: &str) -> String {
+    let body: String = text.lines().map(|l| format!("        {l}\n")).collect();
+    format!("      key: |\n{body}")
+}
+
+const SOURCE_FILE: &str = "etc/apt/sources.list.d/olboot-test.sources";
+const KEY_FILE: &str = "etc/apt/keyrings/olboot-test.asc";
+
+impl Scratch {
+    fn read(&self, path: &str) -> Option<String> {
+        std::fs::read_to_string(self.root.join(path)).ok()
+    }
+
+    /// The modification times of apt's list files: `apt-get update` rewrites them.
+    fn lists_mtimes(&self) -> Vec<(PathBuf, std::time::SystemTime)> {
+        let mut out: Vec<_> = std::fs::read_dir(self.root.join("var/lib/apt/lists"))
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("Packages"))
+            .map(|e| (e.path(), e.metadata().unwrap().modified().unwrap()))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// `plan` (pending) then `apply`: apply must report what plan printed. Returns apply's
+    /// output.
+    fn plan_then_apply(&self, expect: &[&str]) -> Output {
+        let o = self.olboot("plan");
+        assert_eq!(code(&o), 3, "{}", stderr(&o));
+        let planned = report(&o);
+        assert_eq!(changes(&planned), expect);
+        let o = self.olboot("apply");
+        assert_eq!(code(&o), 0, "{}", stderr(&o));
+        assert_apply_did_what_plan_said(&planned, &report(&o), "packages");
+        o
+    }
+}
+
+#[test]
+fn signed_source_with_an_inline_key_then_a_rerun_without_update() {
+    signed_source_then_a_rerun(Scratch::bare());
+}
+
+#[test]
+fn trixie_signed_source_and_a_wrong_key() {
+    signed_source_then_a_rerun(Scratch::bare_from(trixie_tar()));
+    wrong_key_restores(Scratch::bare_from(trixie_tar()));
+}
+
+fn signed_source_then_a_rerun(s: Scratch) {
+    let mirror = Mirror::good();
+    s.configure(&source_config(
+        &mirror,
+        &inline_key(&cache().key_a),
+        "  install: [hello]\n",
+    ));
+    s.plan_then_apply(&[
+        "add the key of apt source olboot-test at /etc/apt/keyrings/olboot-test.asc",
+        "add apt source olboot-test at /etc/apt/sources.list.d/olboot-test.sources",
+        "update package lists",
+        "install hello",
+    ]);
+    assert_eq!(s.installed("hello"), Some(repo_version("hello")));
+    assert_eq!(s.read(KEY_FILE).as_deref(), Some(cache().key_a.as_str()));
+    assert_eq!(
+        s.read(SOURCE_FILE).unwrap(),
+        format!(
+            "# Written by olboot from packages.sources.olboot-test; changes here are undone.\n\
+             Types: deb\nURIs: {}\nSuites: ./\nSigned-By: /etc/apt/keyrings/olboot-test.asc\n",
+            mirror.uri()
+        )
+    );
+    // No `trusted=yes` anywhere: apt took the repository because the key verified its
+    // InRelease, which it keeps.
+    let inrelease = s.root.join(format!(
+        "var/lib/apt/lists/127.0.0.1:{}_._InRelease",
+        mirror.port
+    ));
+    assert!(inrelease.exists(), "{} missing", inrelease.display());
+
+    let lists = s.lists_mtimes();
+    assert!(!lists.is_empty());
+    mirror.reset();
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(step(&report(&o), "packages")["result"], "unchanged");
+    assert_eq!(mirror.requests(), 0, "the rerun fetched from the mirror");
+    assert_eq!(s.lists_mtimes(), lists, "the rerun rewrote apt's lists");
+    let o = s.olboot("plan");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn key_by_file_then_a_key_change_runs_the_update() {
+    use std::os::unix::fs::PermissionsExt;
+    let mirror = Mirror::good();
+    let s = Scratch::bare();
+    let key = s.root.join("etc/olboot/test.asc");
+    common::write(&key, &cache().key_a);
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o664)).unwrap();
+    s.configure(&source_config(
+        &mirror,
+        "      key_file: /etc/olboot/test.asc\n",
+        "  install: [tree]\n",
+    ));
+    // Whoever can write the key decides what gets installed: refused.
+    let o = s.olboot("plan");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let error = step(&report(&o), "packages")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("packages.sources.olboot-test.key_file")
+            && error.contains("not writable by group or others"),
+        "{error}"
+    );
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    s.plan_then_apply(&[
+        "add the key of apt source olboot-test at /etc/apt/keyrings/olboot-test.asc",
+        "add apt source olboot-test at /etc/apt/sources.list.d/olboot-test.sources",
+        "update package lists",
+        "install tree",
+    ]);
+    assert_eq!(s.installed("tree"), Some(repo_version("tree")));
+
+    // The repository is re-signed with key B, and the key file follows.
+    mirror.serve_dir(&cache().repo_b);
+    common::write(&key, &cache().key_b);
+    mirror.reset();
+    s.plan_then_apply(&[
+        "replace the key of apt source olboot-test at /etc/apt/keyrings/olboot-test.asc",
+        "update package lists",
+    ]);
+    assert!(
+        mirror.requests() > 0,
+        "no apt-get update ran for the new key"
+    );
+    assert_eq!(s.read(KEY_FILE).as_deref(), Some(cache().key_b.as_str()));
+}
+
+#[test]
+fn a_wrong_key_fails_naming_the_source_and_restores_the_previous_files() {
+    wrong_key_restores(Scratch::bare());
+}
+
+fn wrong_key_restores(s: Scratch) {
+    let mirror = Mirror::good();
+    let good = source_config(&mirror, &inline_key(&cache().key_a), "  install: [hello]\n");
+    s.configure(&good);
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let (source, key) = (s.read(SOURCE_FILE), s.read(KEY_FILE));
+
+    // Key B does not verify the repository signed with key A.
+    s.configure(&source_config(
+        &mirror,
+        &inline_key(&cache().key_b),
+        "  install: [hello, tree]\n",
+    ));
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let r = report(&o);
+    let error = step(&r, "packages")["error"].as_str().unwrap().to_string();
+    assert!(
+        error.starts_with("apt source olboot-test (packages.sources.olboot-test) does not update")
+            && ["NO_PUBKEY", "not signed", "Missing key"]
+                .iter()
+                .any(|w| error.contains(w)),
+        "{error}"
+    );
+    assert!(
+        error.contains("restored the previous /etc/apt/keyrings/olboot-test.asc"),
+        "{error}"
+    );
+    assert_eq!(changes(&r), Vec::<String>::new(), "nothing of it held");
+    assert_eq!(s.read(KEY_FILE), key);
+    assert_eq!(s.read(SOURCE_FILE), source);
+    assert_eq!(s.installed("tree"), None);
+
+    // A new source with a wrong key is removed again.
+    let other = Mirror::good();
+    s.configure(&format!(
+        "{}    other:\n      uris: [{}]\n      suites: [./]\n{}  install: [hello]\n",
+        source_config(&mirror, &inline_key(&cache().key_a), ""),
+        other.uri(),
+        inline_key(&cache().key_b)
+    ));
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let error = step(&report(&o), "packages")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(error.starts_with("apt source other "), "{error}");
+    assert!(
+        error.contains("removed the new /etc/apt/sources.list.d/other.sources"),
+        "{error}"
+    );
+    assert!(s.read("etc/apt/sources.list.d/other.sources").is_none());
+    assert!(s.read("etc/apt/keyrings/other.asc").is_none());
+
+    // apt is as usable as before: back on the good config, it is converged, and installs.
+    s.configure(&good);
+    let o = s.olboot("plan");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    s.configure(&good.replace("install: [hello]", "install: [hello, tree]"));
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(s.installed("tree"), Some(repo_version("tree")));
+}
+
+#[test]
+fn remove_keeps_config_files_and_purge_deletes_them() {
+    let mirror = Mirror::good();
+    let s = Scratch::new(&mirror, &["hello", "olboot-test-conf"]);
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let conf = s.root.join("etc/olboot-test.conf");
+    assert!(conf.exists());
+
+    s.configure("  install: [hello]\n  remove: [olboot-test-conf, tree]\n");
+    s.plan_then_apply(&["remove olboot-test-conf"]);
+    assert_eq!(s.installed("olboot-test-conf"), None);
+    assert_eq!(s.status("olboot-test-conf"), "deinstall ok config-files");
+    assert!(conf.exists(), "remove deleted the config file");
+    let o = s.olboot("plan");
+    assert_eq!(
+        code(&o),
+        0,
+        "not installed: nothing to remove\n{}",
+        stderr(&o)
+    );
+
+    s.configure("  install: [olboot-test-conf]\n");
+    s.plan_then_apply(&["install olboot-test-conf"]);
+    s.configure("  remove: [olboot-test-conf]\n  purge: true\n");
+    s.plan_then_apply(&["purge olboot-test-conf"]);
+    assert!(!conf.exists(), "purge kept the config file");
+    assert_eq!(s.status("olboot-test-conf"), "");
+    assert_eq!(s.installed("hello"), Some(repo_version("hello")));
+}
+
+impl Scratch {
+    /// dpkg's status of `name` in the root, empty when it knows nothing of it.
+    fn status(&self, name: &str) -> String {
+        let out = Command::new("chroot")
+            .arg(&self.root)
+            .args(["dpkg-query", "-W", "-f=${Status}", name])
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&out.stdout).into_owned();
+        if status == "unknown ok not-installed" {
+            String::new()
+        } else {
+            status
+        }
+    }
+}
+
+#[test]
+fn bad_package_configs_are_refused_naming_the_key() {
+    let key = "      key: |\n        -----BEGIN PGP PUBLIC KEY BLOCK-----\n        x\n        -----END PGP PUBLIC KEY BLOCK-----\n";
+    let source = |extra: &str| {
+        format!(
+            "version: 1\npackages:\n  sources:\n    docker:\n      uris: [https://m/docker/debian]\n      suites: [trixie]\n      components: [stable]\n{extra}"
+        )
+    };
+    let cases: [(String, &str); 7] = [
+        (
+            source(&format!("{key}      key_file: /etc/k.asc\n")),
+            "packages.sources.docker.key: give only one of key, key_file or key_url",
+        ),
+        (source(""), "packages.sources.docker.key: missing"),
+        (
+            source("      key_url: https://m/k.asc\n"),
+            "packages.sources.docker.key_sha256: missing: required with key_url",
+        ),
+        (
+            source("      key: not a key\n"),
+            "not an ASCII-armored public key",
+        ),
+        (
+            source(key).replace("suites: [trixie]", "suites: [./]"),
+            "packages.sources.docker.components: a flat repository",
+        ),
+        (
+            source(key).replace("docker:", "Docker:"),
+            "packages.sources.Docker: a source name",
+        ),
+        (
+            format!(
+                "{}  install: [docker-ce, runc]\n  remove: [runc=1.0]\n",
+                source(key)
+            ),
+            "packages.remove: runc is also in packages.install",
+        ),
+    ];
+    for (text, want) in &cases {
+        let o = common::run(&["validate", "-c", "-"], Some(text));
+        assert_eq!(code(&o), 2, "{text}\n{}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains(want), "want {want:?} in:\n{e}");
+    }
+    let o = common::run(&["validate", "-c", "-"], Some(&source(key)));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+}
+
+#[test]
+fn roles_merge_sources_by_name_and_remove_as_a_union() {
+    let fleet = "version: 1\nhosts:\n  ol-web1: [base, web]\nroles:\n  base:\n    packages:\n      sources:\n        a: { uris: [http://a/], suites: [./], key_file: /a.asc }\n        b: { uris: [http://b/], suites: [./], key_file: /b.asc }\n      remove: [runc]\n  web:\n    packages:\n      sources:\n        a: { uris: [http://a2/], suites: [./], key_file: /a.asc }\n      remove: [containerd, runc]\n      install: [runc]\n";
+    let c = olboot::config::Config::parse("fleet.yaml", fleet).unwrap();
+    let e = format!("{:#}", c.for_host("ol-web1").unwrap_err());
+    assert!(
+        e.contains("packages.remove: runc is also in packages.install"),
+        "{e}"
+    );
+    let fixed = fleet.replace("      install: [runc]\n", "");
+    let c = olboot::config::Config::parse("fleet.yaml", &fixed).unwrap();
+    let p = c.for_host("ol-web1").unwrap().packages.unwrap();
+    let names: Vec<&str> = p.sources.keys().map(|k| k.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(p.sources["a"].uris[0].0, "http://a2/");
+    let remove: Vec<&str> = p.remove.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(remove, ["runc", "containerd"]);
+}
+
+#[test]
+fn key_by_url_is_checked_against_its_sha256() {
+    use sha2::Digest;
+    let mirror = Mirror::good();
+    let s = Scratch::bare();
+    let sha = olboot::config::hex(&sha2::Sha256::digest(cache().key_a.as_bytes()));
+    let url = format!("{}key.asc", mirror.uri());
+    let wrong = "0".repeat(64);
+    s.configure(&source_config(
+        &mirror,
+        &format!("      key_url: {url}\n      key_sha256: {wrong}\n"),
+        "  install: [hello]\n",
+    ));
+    let o = s.olboot("plan");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let error = step(&report(&o), "packages")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains(&format!(
+            "packages.sources.olboot-test.key_url: {url} has sha256 {sha}, not the key_sha256 {wrong}"
+        )),
+        "{error}"
+    );
+    s.configure(&source_config(
+        &mirror,
+        &format!("      key_url: {url}\n      key_sha256: {sha}\n"),
+        "  install: [hello]\n",
+    ));
+    s.plan_then_apply(&[
+        "add the key of apt source olboot-test at /etc/apt/keyrings/olboot-test.asc",
+        "add apt source olboot-test at /etc/apt/sources.list.d/olboot-test.sources",
+        "update package lists",
+        "install hello",
+    ]);
+    assert_eq!(s.read(KEY_FILE).as_deref(), Some(cache().key_a.as_str()));
+    assert_eq!(s.installed("hello"), Some(repo_version("hello")));
+    // The key in place has the digest: a converged rerun fetches nothing, not even the key.
+    mirror.reset();
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(step(&report(&o), "packages")["result"], "unchanged");
+    assert_eq!(mirror.requests(), 0);
+}
+
+#[test]
+fn an_install_that_brings_back_a_removed_package_fails() {
+    let mirror = Mirror::good();
+    let s = Scratch::new(&mirror, &["tree"]);
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    // tree must go, but olboot-test-needs-tree needs it: apt would put it back on every run.
+    s.configure("  remove: [tree]\n  install: [olboot-test-needs-tree]\n");
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 1, "{}", stderr(&o));
+    let error = step(&report(&o), "packages")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        error,
+        "installing olboot-test-needs-tree brought back tree, which packages.remove says must \
+         not be installed"
+    );
 }

@@ -23,6 +23,8 @@ struct Lab {
     dir: tempfile::TempDir,
     loops: Vec<String>,
     pvs: Vec<String>,
+    /// Processes a test started (a mount namespace kept alive), killed on drop.
+    kids: Vec<std::process::Child>,
 }
 
 /// A loop device over a sparse image file in the lab.
@@ -59,6 +61,7 @@ impl Lab {
             dir: tempfile::tempdir().unwrap(),
             loops: Vec::new(),
             pvs: Vec::new(),
+            kids: Vec::new(),
         };
         write(&lab.root().join("etc/fstab"), FSTAB);
         lab
@@ -142,6 +145,10 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        for k in &mut self.kids {
+            let _ = k.kill();
+            let _ = k.wait();
+        }
         for _ in 0..3 {
             for t in self.mounts() {
                 if olboot::sys::mount::unmount(&t).is_err() {
@@ -156,7 +163,19 @@ impl Drop for Lab {
                 .stdin(Stdio::null())
                 .output();
         }
-        for l in &self.loops {
+        // Loop devices made over other loop devices go first. Partitions added with
+        // addpart outlive the loop device: delete them first.
+        for l in self.loops.iter().rev() {
+            let name = l.trim_start_matches("/dev/");
+            let parts = std::fs::read_dir(format!("/sys/block/{name}"))
+                .map(|d| d.flatten().map(|e| e.file_name()).collect::<Vec<_>>())
+                .unwrap_or_default();
+            for p in parts {
+                let p = p.to_string_lossy();
+                if let Some(n) = p.strip_prefix(&format!("{name}p")) {
+                    let _ = Command::new("delpart").args([l.as_str(), n]).output();
+                }
+            }
             let _ = Command::new("losetup").args(["-d", l]).output();
         }
     }
@@ -685,4 +704,693 @@ fn disk_mounted_elsewhere_is_not_mounted_again() {
     );
     assert!(mounted_at(&lab.root().join("1")).is_none());
     assert_eq!(lab.fstab(), FSTAB);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The blank proof (issue 11): disks that carry data without a signature this blkid knows, disks
+// the kernel still uses, writers racing olboot, and blank disks that must still be formatted.
+
+/// The peers' corpus: `OLBOOT_CORPUS`, else `../shared/corpus` beside the repository, else
+/// `/work/shared/corpus`.
+fn corpus() -> PathBuf {
+    if let Some(p) = std::env::var_os("OLBOOT_CORPUS") {
+        return PathBuf::from(p);
+    }
+    let beside = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus");
+    if beside.is_dir() {
+        return beside;
+    }
+    PathBuf::from("/work/shared/corpus")
+}
+
+/// Decompress the xz file `src` into each of `dsts` (path, length to pad to with zeros),
+/// leaving all-zero 64 KiB blocks as holes. Returns the image's length and sha256.
+fn unxz(src: &Path, dsts: &[(&Path, Option<u64>)]) -> (u64, String) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut r = liblzma::read::XzDecoder::new(std::fs::File::open(src).unwrap());
+    let mut ws: Vec<std::fs::File> = dsts
+        .iter()
+        .map(|(p, _)| std::fs::File::create(p).unwrap())
+        .collect();
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 << 10];
+    let zeros = vec![0u8; 64 << 10];
+    let mut len = 0u64;
+    loop {
+        let mut n = 0;
+        while n < buf.len() {
+            let got = r.read(&mut buf[n..]).unwrap();
+            if got == 0 {
+                break;
+            }
+            n += got;
+        }
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        for w in &mut ws {
+            // A slice comparison is a memcmp, fast in a debug build too.
+            if buf[..n] == zeros[..n] {
+                w.seek(SeekFrom::Current(n as i64)).unwrap();
+            } else {
+                w.write_all(&buf[..n]).unwrap();
+            }
+        }
+        len += n as u64;
+    }
+    for (w, (_, size)) in ws.iter().zip(dsts) {
+        w.set_len(size.unwrap_or(len).max(len)).unwrap();
+    }
+    (len, format!("{:x}", h.finalize()))
+}
+
+/// sha256 of the first `len` bytes of the file `img`.
+fn digest_prefix(img: &Path, len: u64) -> String {
+    let f = std::fs::File::open(img).unwrap();
+    let mut r = f.take(len);
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    format!("{:x}", h.finalize())
+}
+
+/// Flush what was written through `dev` to its backing file.
+fn flush(dev: &str) {
+    std::fs::File::open(dev).unwrap().sync_all().unwrap();
+}
+
+/// Whether the file `img` holds no data at or after byte `from` (only holes: nothing was
+/// written there, not even zeros).
+fn holes_after(img: &Path, from: u64) -> bool {
+    let f = std::fs::File::open(img).unwrap();
+    matches!(
+        rustix::fs::seek(&f, rustix::fs::SeekFrom::Data(from)),
+        Err(rustix::io::Errno::NXIO)
+    )
+}
+
+/// A volume of filesystem `fs` on `dev` at `mountpoint`, found at once or never.
+fn volume_fs(dev: &str, mountpoint: &str, fs: &str) -> String {
+    format!(
+        "  - device: [{dev}]\n    wait: 0s\n    filesystem: {fs}\n    label: ol-data\n    mountpoint: {mountpoint}\n"
+    )
+}
+
+#[test]
+fn no_corpus_image_is_formatted_as_is_or_padded_to_256_mib() {
+    let started = Instant::now();
+    let mut lab = Lab::new();
+    let mut images: Vec<PathBuf> = std::fs::read_dir(corpus().join("blkid"))
+        .unwrap_or_else(|e| panic!("no corpus at {}: {e}", corpus().display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".img.xz"))
+        .collect();
+    images.sort();
+    assert!(images.len() >= 100, "only {} images", images.len());
+    // (device, image file, image length, sha256)
+    let mut disks = Vec::new();
+    let mut vols = String::new();
+    for (i, src) in images.iter().enumerate() {
+        let name = src.file_name().unwrap().to_string_lossy().into_owned();
+        // The configured filesystem is never the image's, so olboot never mounts one either.
+        let fs = if name.contains("ext") || name.contains("jbd") {
+            "xfs"
+        } else {
+            "ext4"
+        };
+        let as_is = lab.path().join(format!("{i}-as-is.img"));
+        let padded = lab.path().join(format!("{i}-padded.img"));
+        let (len, sha) = unxz(src, &[(&as_is, None), (&padded, Some(256 << 20))]);
+        for (kind, img) in [("as-is", as_is), ("padded", padded)] {
+            let dev = lab.attach(&img);
+            vols.push_str(&volume_fs(&dev, &format!("/v{i}-{kind}"), fs));
+            disks.push((dev, img, len, sha.clone(), name.clone()));
+        }
+    }
+    let cfg = lab.config(&vols);
+    let prepared = started.elapsed();
+    for verb in ["plan", "apply"] {
+        let out = lab.olboot(verb, &cfg);
+        assert_eq!(code(&out), 1, "{verb}: {}", stderr(&out));
+        assert!(changes(&out).is_empty(), "{verb}: {:?}", changes(&out));
+        let e = error(&out);
+        for (dev, _, _, _, name) in &disks {
+            assert!(
+                e.contains(&format!("{dev} ")),
+                "{verb}: {name} on {dev}: {e}"
+            );
+        }
+    }
+    for (dev, img, len, sha, name) in &disks {
+        flush(dev);
+        // The image file, not the device: a loop device ends at a multiple of 512 bytes.
+        assert_eq!(&digest_prefix(img, *len), sha, "{name} on {dev} changed");
+        // From the file system block after the image's last byte on.
+        assert!(
+            holes_after(img, (len + 4095) & !4095),
+            "{name}: written after its end"
+        );
+    }
+    assert_eq!(lab.fstab(), FSTAB);
+    assert!(lab.mounts().is_empty());
+    eprintln!(
+        "{} images, {} loop devices: prepared in {prepared:?}, all in {:?}",
+        images.len(),
+        disks.len(),
+        started.elapsed()
+    );
+}
+
+/// Write `data` at `offset` of the file `img`.
+fn put(img: &Path, offset: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(data, offset).unwrap();
+}
+
+/// Zero `len` bytes at `offset` of the file `img`.
+fn zero(img: &Path, offset: u64, len: u64) {
+    put(img, offset, &vec![0u8; len as usize]);
+}
+
+/// `blkid -p` finds nothing on `dev` (exit 2 with nothing said), so only the rest of the proof
+/// can refuse it.
+fn assert_no_signature(dev: &str) {
+    let out = Command::new("blkid").args(["-p", dev]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "blkid still sees {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// olboot (plan, then apply) refuses `dev` with an error containing every one of `says`; the
+/// device, the fstab and the mountpoint are unchanged.
+fn assert_refused_saying(lab: &Lab, dev: &str, says: &[&str]) -> String {
+    let before = digest(dev);
+    let cfg = lab.config(&volume(dev, "/1", ""));
+    let mut last = String::new();
+    for verb in ["plan", "apply"] {
+        let out = lab.olboot(verb, &cfg);
+        assert_eq!(code(&out), 1, "{verb}: {}", stderr(&out));
+        assert!(changes(&out).is_empty(), "{verb}: {:?}", changes(&out));
+        last = error(&out);
+        assert!(last.contains(dev) && last.contains("refusing"), "{last}");
+        for s in says {
+            assert!(last.contains(s), "{verb}: no {s:?} in: {last}");
+        }
+        flush(dev);
+        assert_eq!(digest(dev), before, "{verb} changed {dev}");
+        assert_eq!(lab.fstab(), FSTAB);
+        assert!(!lab.root().join("1").exists());
+    }
+    last
+}
+
+/// The refusal of data without signature names the offset and the command that clears it.
+const DATA: &[&str] = &["not blank: non-zero bytes at byte", "blkdiscard -z"];
+
+#[test]
+fn ext4_after_wipefs_is_refused_by_its_backup_superblocks() {
+    let mut lab = Lab::new();
+    let d = lab.disk_with("wiped-ext4", 512, |img| {
+        sh("mkfs.ext4", &["-q", "-b", "4096", img.to_str().unwrap()]);
+        sh("wipefs", &["-a", "-q", img.to_str().unwrap()]);
+    });
+    assert_no_signature(&d.dev);
+    assert_refused_saying(&lab, &d.dev, DATA);
+}
+
+#[test]
+fn ext4_with_both_ends_zeroed_is_refused_by_what_lies_between() {
+    let mut lab = Lab::new();
+    let d = lab.disk_with("ends-zeroed", 512, |img| {
+        sh("mkfs.ext4", &["-q", "-b", "4096", img.to_str().unwrap()]);
+        zero(img, 0, 16 << 20);
+        zero(img, 496 << 20, 16 << 20);
+    });
+    assert_no_signature(&d.dev);
+    assert_refused_saying(&lab, &d.dev, DATA);
+}
+
+#[test]
+fn gpt_with_its_primary_header_zeroed_is_refused_by_the_backup_header() {
+    let mut lab = Lab::new();
+    let d = partitioned_disk(&mut lab, "gpt");
+    zero_through(&d.dev, 0, 1 << 20);
+    assert_no_signature(&d.dev);
+    let e = assert_refused_saying(&lab, &d.dev, DATA);
+    assert!(e.contains("the end of the device"), "{e}");
+}
+
+/// Zero `len` bytes at `offset` through the block device `dev`.
+fn zero_through(dev: &str, offset: u64, len: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
+    f.write_all_at(&vec![0u8; len as usize], offset).unwrap();
+    f.sync_all().unwrap();
+}
+
+#[test]
+fn lvm_label_zeroed_with_metadata_left_is_refused() {
+    let mut lab = Lab::new();
+    let d = lab.disk("pv-nolabel", 64);
+    lab.pvs.push(d.dev.clone());
+    sh("pvcreate", &["-q", "--config", &lvm_config(&d.dev), &d.dev]);
+    // The label sits in sector 1; the metadata area from 4 KiB on stays.
+    zero_through(&d.dev, 0, 4096);
+    assert_no_signature(&d.dev);
+    assert_refused_saying(&lab, &d.dev, DATA);
+}
+
+#[test]
+fn btrfs_without_its_primary_superblock_is_refused() {
+    let mut lab = Lab::new();
+    let d = lab.disk_with("btrfs", 256, |img| {
+        sh("mkfs.btrfs", &["-q", img.to_str().unwrap()]);
+        zero(img, 64 << 10, 4096);
+    });
+    assert_no_signature(&d.dev);
+    assert_refused_saying(&lab, &d.dev, DATA);
+}
+
+#[test]
+fn gpt_wiped_over_an_ext4_at_1_mib_is_refused() {
+    let mut lab = Lab::new();
+    let d = partitioned_disk(&mut lab, "gpt");
+    sh("mkfs.ext4", &["-q", "-E", "offset=1048576", &d.dev, "16M"]);
+    sh("wipefs", &["-a", "-q", &d.dev]);
+    assert_no_signature(&d.dev);
+    assert_refused_saying(&lab, &d.dev, DATA);
+}
+
+#[test]
+fn random_data_at_100_mib_behind_a_zeroed_start_is_refused() {
+    let mut lab = Lab::new();
+    let d = lab.disk_with("random", 2048, |img| {
+        let mut data = vec![0u8; 4 << 20];
+        std::fs::File::open("/dev/urandom")
+            .unwrap()
+            .read_exact(&mut data)
+            .unwrap();
+        put(img, 100 << 20, &data);
+    });
+    assert_no_signature(&d.dev);
+    let e = assert_refused_saying(&lab, &d.dev, DATA);
+    assert!(e.contains(&format!("byte {}", 100u64 << 20)), "{e}");
+}
+
+#[test]
+fn disk_under_a_loop_device_at_an_offset_is_refused() {
+    let mut lab = Lab::new();
+    let d = lab.disk("under-loop", 64);
+    let over = sh("losetup", &["-f", "--show", "-o", "1048576", &d.dev])
+        .trim()
+        .to_string();
+    lab.loops.push(over.clone());
+    // The disk is all zeros: only the kernel knows it is used.
+    assert_refused_saying(
+        &lab,
+        &d.dev,
+        &[&format!(
+            "loop device {over} is backed by it (offset 1048576)"
+        )],
+    );
+}
+
+#[test]
+fn filesystem_mounted_in_another_mount_namespace_is_not_mounted_again() {
+    let mut lab = Lab::new();
+    let d = lab.disk_with("other-ns", 64, |img| {
+        sh("mkfs.ext4", &["-q", img.to_str().unwrap()]);
+    });
+    let there = lab.path().join("there");
+    std::fs::create_dir_all(&there).unwrap();
+    let kid = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "600"])
+        .spawn()
+        .unwrap();
+    let pid = kid.id().to_string();
+    lab.kids.push(kid);
+    // Wait for the child to be in its own namespace before mounting there.
+    let mine = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_link(format!("/proc/{pid}/ns/mnt"))
+        .ok()
+        .as_ref()
+        == Some(&mine)
+    {
+        assert!(Instant::now() < deadline, "unshare did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    sh(
+        "nsenter",
+        // Read-only: a read-write ext4 writes to its disk by itself (lazy inode table init).
+        &[
+            "-t",
+            &pid,
+            "-m",
+            "mount",
+            "-o",
+            "ro",
+            &d.dev,
+            there.to_str().unwrap(),
+        ],
+    );
+    assert!(mounted_at(&there).is_none(), "the mount leaked here");
+    let e = assert_refused_saying(&lab, &d.dev, &["in mount namespace", &format!("pid {pid}")]);
+    assert!(e.contains("refusing to mount it"), "{e}");
+}
+
+/// A sparse image of `mib` MiB with an MBR of `(start, sectors)` entries written by hand
+/// (sfdisk refuses overlapping ones), attached; the kernel gets the partitions numbered in
+/// `kernel` (this kernel has no partition table parser: `addpart`, as partx does).
+fn disk_with_mbr(
+    lab: &mut Lab,
+    name: &str,
+    mib: u64,
+    parts: &[(u32, u32)],
+    kernel: &[usize],
+) -> Disk {
+    let img = lab.path().join(format!("{name}.img"));
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(mib << 20)
+        .unwrap();
+    let mut mbr = vec![0u8; 512];
+    for (i, (start, len)) in parts.iter().enumerate() {
+        let e = &mut mbr[446 + 16 * i..446 + 16 * (i + 1)];
+        e[4] = 0x83;
+        e[8..12].copy_from_slice(&start.to_le_bytes());
+        e[12..16].copy_from_slice(&len.to_le_bytes());
+    }
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    put(&img, 0, &mbr);
+    let dev = lab.attach(&img);
+    for n in kernel {
+        let (start, len) = parts[n - 1];
+        sh(
+            "addpart",
+            &[&dev, &n.to_string(), &start.to_string(), &len.to_string()],
+        );
+    }
+    Disk { dev }
+}
+
+/// A device node in the lab for partition `n` of the loop device `disk` (no udev here makes
+/// `/dev/loopNpM`), from the kernel's numbers in sysfs.
+fn partition_node(lab: &Lab, disk: &Disk, n: u32) -> String {
+    let name = format!("{}p{n}", disk.dev.trim_start_matches("/dev/"));
+    let sys = format!("/sys/class/block/{name}/dev");
+    let numbers = std::fs::read_to_string(&sys).unwrap_or_else(|e| panic!("{sys}: {e}"));
+    let (major, minor) = numbers.trim().split_once(':').unwrap();
+    let node = lab.path().join(&name);
+    sh("mknod", &[node.to_str().unwrap(), "b", major, minor]);
+    node.to_str().unwrap().to_string()
+}
+
+#[test]
+fn disk_the_kernel_has_partitions_on_is_refused_even_with_its_table_zeroed() {
+    let mut lab = Lab::new();
+    let d = disk_with_mbr(&mut lab, "stale-parts", 64, &[(2048, 32768)], &[1]);
+    partition_node(&lab, &d, 1);
+    zero_through(&d.dev, 0, 512);
+    assert_no_signature(&d.dev);
+    assert_refused_saying(&lab, &d.dev, &["the kernel has partitions on it"]);
+}
+
+#[test]
+fn partition_overlapping_a_partition_with_data_is_refused() {
+    let mut lab = Lab::new();
+    // p1: 1 MiB + 32 MiB, p2 from 17 MiB on: its first 16 MiB are p1's last.
+    // The kernel refuses overlapping partitions: it knows only p2, the table lists both.
+    let d = disk_with_mbr(
+        &mut lab,
+        "overlap",
+        64,
+        &[(2048, 65536), (34816, 40960)],
+        &[2],
+    );
+    let p2 = partition_node(&lab, &d, 2);
+    sh("mkfs.ext4", &["-q", "-E", "offset=1048576", &d.dev, "32M"]);
+    assert_refused_saying(
+        &lab,
+        &p2,
+        &[&format!("overlaps partition 1 of the table on {}", d.dev)],
+    );
+}
+
+#[test]
+fn blank_partition_beside_one_with_data_is_formatted_and_nothing_else_changes() {
+    let mut lab = Lab::new();
+    let d = disk_with_mbr(
+        &mut lab,
+        "beside",
+        96,
+        &[(2048, 32768), (36864, 32768)],
+        &[1, 2],
+    );
+    let p1 = partition_node(&lab, &d, 1);
+    let p2 = partition_node(&lab, &d, 2);
+    let src = lab.path().join("src");
+    write(&src.join("keep/me"), "data beside the target\n");
+    sh("mkfs.ext4", &["-q", "-d", src.to_str().unwrap(), &p1]);
+    let (start, end) = (36864u64 * 512, (36864u64 + 32768) * 512);
+    let size = 96u64 << 20;
+    let outside = |dev: &str| {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::File::open(dev).unwrap();
+        let mut h = Sha256::new();
+        for (a, b) in [(0, start), (end, size)] {
+            let mut buf = vec![0u8; (b - a) as usize];
+            f.read_exact_at(&mut buf, a).unwrap();
+            h.update(&buf);
+        }
+        format!("{:x}", h.finalize())
+    };
+    let before = outside(&d.dev);
+    let cfg = lab.config(&volume(&p2, "/1", ""));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        changes(&out)[0],
+        format!("formatted {p2} as ext4 (label ol-data)")
+    );
+    assert_eq!(tag(&p2, "TYPE").as_deref(), Some("ext4"));
+    for t in lab.mounts() {
+        olboot::sys::mount::unmount(&t).unwrap();
+    }
+    flush(&d.dev);
+    flush(&p2);
+    assert_eq!(outside(&d.dev), before, "bytes outside {p2} changed");
+    assert_eq!(tag(&p1, "TYPE").as_deref(), Some("ext4"));
+}
+
+#[test]
+fn a_read_only_disk_is_never_promised_a_format() {
+    let mut lab = Lab::new();
+    let img = lab.path().join("ro.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let dev = sh("losetup", &["-f", "--show", "-r", img.to_str().unwrap()])
+        .trim()
+        .to_string();
+    lab.loops.push(dev.clone());
+    assert_refused_saying(&lab, &dev, &["read-only"]);
+}
+
+#[test]
+fn plan_and_apply_say_the_same_changes_in_two_tenses() {
+    let mut lab = Lab::new();
+    let d = lab.disk("tenses", 64);
+    write(
+        &lab.root().join("etc/fstab"),
+        &format!("{FSTAB}/dev/sdz9 /1 ext4 defaults 0 2\n"),
+    );
+    let cfg = lab.config(&volume(&d.dev, "/1", ""));
+    let plan = lab.olboot("plan", &cfg);
+    assert_eq!(changes(&plan).len(), 3, "{:?}", changes(&plan));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    common::assert_apply_did_what_plan_said(&report(&plan), &report(&out), "volumes");
+}
+
+/// Nanoseconds since the epoch, as `date +%s%N` prints them.
+fn now_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// One race trial: olboot applies `cfg` while, `delay` after it starts, `writer` puts an ext4
+/// on `dev`. Returns (olboot formatted over a signature that existed before its mkfs began,
+/// olboot's mkfs ran, olboot exited 0).
+fn race_trial(
+    lab: &Lab,
+    cfg: &Path,
+    bin: &Path,
+    writer: Option<Command>,
+    delay: Duration,
+) -> (bool, bool, bool) {
+    let stamp = lab.path().join("mkfs-started");
+    let _ = std::fs::remove_file(&stamp);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let root = lab.root();
+    let child = common::olboot()
+        .args(["apply", "--json", "-c", cfg.to_str().unwrap()])
+        .args(["--root", root.to_str().unwrap(), "--host", "x"])
+        .env("PATH", path)
+        .env("OLBOOT_TEST_MKFS_STAMP", &stamp)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let wrote = writer.map(|mut w| {
+        std::thread::sleep(delay);
+        let ok = w
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+            .success();
+        (ok, now_ns())
+    });
+    let out = child.wait_with_output().unwrap();
+    let started: Option<u128> = std::fs::read_to_string(&stamp)
+        .ok()
+        .and_then(|s| s.lines().next()?.trim().parse().ok());
+    let over = match (wrote, started) {
+        (Some((true, end)), Some(start)) => end < start,
+        _ => false,
+    };
+    (over, started.is_some(), code(&out) == 0)
+}
+
+/// Back to a blank 32 MiB disk, nothing mounted, the original fstab.
+fn race_reset(lab: &Lab, dev: &str) {
+    for t in lab.mounts() {
+        olboot::sys::mount::unmount(&t).unwrap();
+    }
+    let _ = std::fs::remove_dir(lab.root().join("1"));
+    write(&lab.root().join("etc/fstab"), FSTAB);
+    zero_through(dev, 0, 32 << 20);
+}
+
+#[test]
+fn a_writer_racing_olboot_is_never_formatted_over() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut lab = Lab::new();
+    // On tmpfs: 100 trials must not write gigabytes to this machine's disk.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let img = shm.path().join("race.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    let dev = lab.attach(&img);
+    let theirs = shm.path().join("theirs.img");
+    std::fs::File::create(&theirs)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    sh("mkfs.ext4", &["-q", theirs.to_str().unwrap()]);
+    // olboot's mkfs.ext4 notes when it starts, then is the real one.
+    let bin = lab.path().join("bin");
+    write(
+        &bin.join("mkfs.ext4"),
+        "#!/bin/sh\ndate +%s%N >> \"$OLBOOT_TEST_MKFS_STAMP\"\nexec /usr/sbin/mkfs.ext4 \"$@\"\n",
+    );
+    std::fs::set_permissions(
+        bin.join("mkfs.ext4"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let cfg = lab.config(&volume(&dev, "/1", ""));
+    let t = Instant::now();
+    let (_, ran, ok) = race_trial(&lab, &cfg, &bin, None, Duration::ZERO);
+    let whole = t.elapsed();
+    assert!(ran && ok, "olboot does not format the blank disk alone");
+    let (mut over, mut formatted, mut refused) = (0, 0, 0);
+    for i in 0..100u32 {
+        race_reset(&lab, &dev);
+        let mut w = if i % 2 == 0 {
+            let mut c = Command::new("dd");
+            c.arg(format!("if={}", theirs.display()))
+                .arg(format!("of={dev}"))
+                .args(["bs=1M", "conv=fsync,notrunc", "status=none"]);
+            c
+        } else {
+            let mut c = Command::new("/usr/sbin/mkfs.ext4");
+            c.args(["-q", &dev]);
+            c
+        };
+        w.env_remove("OLBOOT_TEST_MKFS_STAMP");
+        // From olboot's start to twice its run alone: before its probe, during, after mkfs.
+        let delay = whole * 2 * i / 100;
+        let (o, ran, ok) = race_trial(&lab, &cfg, &bin, Some(w), delay);
+        over += o as u32;
+        formatted += (ran && ok) as u32;
+        refused += (!ran) as u32;
+    }
+    race_reset(&lab, &dev);
+    eprintln!(
+        "100 trials over {whole:?}: {over} formats over a signature, {formatted} formatted, {refused} refused before mkfs"
+    );
+    assert_eq!(over, 0, "olboot formatted over another writer's signature");
+    assert!(
+        formatted > 0 && refused > 0,
+        "the trials never raced: {formatted} formatted, {refused} refused"
+    );
+}
+
+/// The blank proof (kernel users, then the content read) of `dev`, timed.
+fn time_proof(dev: &str) -> Duration {
+    let d = olboot::sys::blockdev::present(Path::new(dev))
+        .unwrap()
+        .unwrap();
+    let t = Instant::now();
+    assert_eq!(olboot::sys::inuse::users(&d).unwrap(), Vec::<String>::new());
+    let f = std::fs::File::open(dev).unwrap();
+    let found = olboot::sys::blank::first_nonzero(&f, d.size().unwrap(), dev).unwrap();
+    assert_eq!(found, None, "{dev}");
+    t.elapsed()
+}
+
+#[test]
+fn blank_proof_of_a_100_gib_disk_takes_under_2_s() {
+    use std::io::Write;
+    let mut lab = Lab::new();
+    let sparse = lab.disk("sparse-100g", 100 << 10);
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let img = shm.path().join("zeroed-2g.img");
+    let mut f = std::fs::File::create(&img).unwrap();
+    let buf = vec![0u8; 1 << 20];
+    for _ in 0..2048 {
+        f.write_all(&buf).unwrap();
+    }
+    f.sync_all().unwrap();
+    let zeroed = lab.attach(&img);
+    let big = time_proof(&sparse.dev);
+    let small = time_proof(&zeroed);
+    eprintln!("blank proof: 100 GiB sparse {big:?}, 2 GiB zeroed {small:?}");
+    assert!(big < Duration::from_secs(2), "100 GiB took {big:?}");
+    assert!(small < Duration::from_secs(2), "2 GiB took {small:?}");
 }

@@ -17,6 +17,7 @@ pub mod fetch;
 pub mod pack;
 pub mod pipe;
 pub mod unpack;
+pub mod writer;
 
 use crate::config;
 use crate::tuning::Tuning;
@@ -205,28 +206,33 @@ fn pipeline(
     let (mut raw_w, raw_r) = pipe::pipe(PIPE_BUFFERS, PIPE_BUFFER_SIZE);
     let (mut tar_w, tar_r) = pipe::pipe(PIPE_BUFFERS, PIPE_BUFFER_SIZE);
     std::thread::scope(|s| {
-        let fetcher = s.spawn(move || -> Result<(u64, String)> {
-            let (src, total) = open(url, agent, tuning)?;
-            let what = format!("fetching {url}");
-            let mut src = fetch::Progress::new(
-                fetch::Hashing::new(src),
-                &what,
-                total,
-                tuning.progress_interval,
-            );
-            raw_w.copy_from(&mut src).map_err(unwrap_io)?;
-            raw_w.finish()?;
-            let bytes = src.done();
-            Ok((bytes, src.into_inner().hex()))
-        });
-        let decompressor = s.spawn(move || -> Result<decompress::Format> {
-            let (format, mut r) = decompress::reader(raw_r)?;
-            tar_w
-                .copy_from(&mut r)
-                .with_context(|| format!("cannot decompress the archive ({format:?})"))?;
-            tar_w.finish()?;
-            Ok(format)
-        });
+        // The helper threads carry the step's name, for the log.
+        let fetcher = crate::engine::same_step()
+            .spawn_scoped(s, move || -> Result<(u64, String)> {
+                let (src, total) = open(url, agent, tuning)?;
+                let what = format!("fetching {url}");
+                let mut src = fetch::Progress::new(
+                    fetch::Hashing::new(src),
+                    &what,
+                    total,
+                    tuning.progress_interval,
+                );
+                raw_w.copy_from(&mut src).map_err(unwrap_io)?;
+                raw_w.finish()?;
+                let bytes = src.done();
+                Ok((bytes, src.into_inner().hex()))
+            })
+            .context("cannot start the fetch thread")?;
+        let decompressor = crate::engine::same_step()
+            .spawn_scoped(s, move || -> Result<decompress::Format> {
+                let (format, mut r) = decompress::reader(raw_r)?;
+                tar_w
+                    .copy_from(&mut r)
+                    .with_context(|| format!("cannot decompress the archive ({format:?})"))?;
+                tar_w.finish()?;
+                Ok(format)
+            })
+            .context("cannot start the decompress thread")?;
         let started = std::time::Instant::now();
         let unpacked = unpack::unpack(tar_r, staging);
         log::info!(

@@ -281,8 +281,31 @@ impl Config {
                     ));
                 }
             }
+            if fw.sets.contains_key(steps::CONTAINERS) {
+                return Err(err(
+                    &format!("firewall.sets.{}", steps::CONTAINERS),
+                    "a reserved name: `from: containers` means the local container networks".into(),
+                ));
+            }
+            for b in fw.container_bridges.iter().flatten() {
+                let name = b.strip_suffix('*').unwrap_or(b);
+                let ok = (1..=15).contains(&b.len())
+                    && name
+                        .bytes()
+                        .all(|c| c.is_ascii_graphic() && !b"\"*/".contains(&c));
+                if !ok {
+                    return Err(err(
+                        "firewall.container_bridges",
+                        format!("{b:?} is not an interface name (up to 15 characters, `*` only at the end)"),
+                    ));
+                }
+            }
             for (a, key) in fw.allow.iter().zip(allow_keys) {
-                if let Some(s) = a.from.iter().find(|s| !fw.sets.contains_key(*s)) {
+                if let Some(s) = a
+                    .from
+                    .iter()
+                    .find(|s| !fw.sets.contains_key(*s) && *s != steps::CONTAINERS)
+                {
                     return Err(err(&format!("{key}.from"), format!("unknown set {s:?}")));
                 }
             }
@@ -291,7 +314,10 @@ impl Config {
             let ssh_open = fw.allow.iter().any(|a| {
                 a.proto == Proto::Tcp
                     && a.port.0.iter().any(|p| p.contains(22))
-                    && (a.from.is_empty() || a.from.iter().any(|s| !fw.sets[s].is_empty()))
+                    && (a.from.is_empty()
+                        || a.from
+                            .iter()
+                            .any(|s| fw.sets.get(s).is_some_and(|n| !n.is_empty())))
             });
             if !ssh_open && fw.ssh != Some(Ssh::Closed) {
                 return Err(err(
@@ -350,6 +376,9 @@ impl Config {
                 }
             }
         }
+        if let Some(p) = &cfg.packages {
+            p.check().map_err(|(key, msg)| err(&key, msg))?;
+        }
         for (i, l) in cfg.links.iter().enumerate() {
             if l.to.starts_with(&*l.from) || l.from.starts_with(&*l.to) {
                 return Err(err(
@@ -382,6 +411,9 @@ impl Role {
             if fw.ssh.is_some() {
                 cur.ssh = fw.ssh;
             }
+            if fw.container_bridges.is_some() {
+                cur.container_bridges = fw.container_bridges;
+            }
         }
         if let Some(vols) = later.volumes {
             let cur = self.volumes.get_or_insert_with(Vec::new);
@@ -401,6 +433,15 @@ impl Role {
                 if !cur.install.contains(&name) {
                     cur.install.push(name);
                 }
+            }
+            cur.sources.extend(p.sources);
+            for name in p.remove {
+                if !cur.remove.contains(&name) {
+                    cur.remove.push(name);
+                }
+            }
+            if p.purge.is_some() {
+                cur.purge = p.purge;
             }
             if p.recommends.is_some() {
                 cur.recommends = p.recommends;

@@ -1,6 +1,8 @@
 //! The keys of each step, as the config file spells them.
 
-use super::values::{one_or_many, AbsPath, ArchiveUrl, Cidr, Dur, PackageName, Ports, Sha256Hex};
+use super::values::{
+    one_or_many, AbsPath, AptWord, ArchiveUrl, ArmoredKey, Cidr, Dur, PackageName, Ports, Sha256Hex,
+};
 use indexmap::IndexMap;
 use serde::Deserialize;
 use std::fmt;
@@ -18,6 +20,26 @@ pub struct Firewall {
     pub allow: Vec<Allow>,
     /// `closed` allows a config with no rule for port 22.
     pub ssh: Option<Ssh>,
+    /// The bridges of the local container networks (a trailing `*` matches any rest of the
+    /// name); [`DEFAULT_CONTAINER_BRIDGES`] when absent.
+    pub container_bridges: Option<Vec<String>>,
+}
+
+/// Docker's bridge names: the default network, and user-defined ones (`br-` and 12 hex
+/// digits of the network's id).
+pub const DEFAULT_CONTAINER_BRIDGES: [&str; 2] = ["docker0", "br-*"];
+
+/// The set name that stands for the local container networks in `allow[].from`.
+pub const CONTAINERS: &str = "containers";
+
+impl Firewall {
+    /// The container bridge names in force: the config's, or [`DEFAULT_CONTAINER_BRIDGES`].
+    pub fn bridges(&self) -> Vec<String> {
+        match &self.container_bridges {
+            Some(b) => b.clone(),
+            None => DEFAULT_CONTAINER_BRIDGES.map(String::from).to_vec(),
+        }
+    }
 }
 
 /// `firewall.ssh`.
@@ -186,11 +208,125 @@ pub struct Archive {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Packages {
+    /// Extra apt sources by name: `/etc/apt/sources.list.d/NAME.sources`.
+    #[serde(default)]
+    pub sources: IndexMap<String, AptSource>,
+    /// Packages that must not be installed (removed before installing).
+    #[serde(default)]
+    pub remove: Vec<PackageName>,
+    /// Remove with purge (off by default).
+    pub purge: Option<bool>,
     /// Debian package names.
     #[serde(default)]
     pub install: Vec<PackageName>,
     /// Install recommended packages too (off by default).
     pub recommends: Option<bool>,
+}
+
+/// One `packages.sources.NAME`: a deb822 source and its signing key.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptSource {
+    /// Repository URIs (`http://`, `https://`, `file:///`).
+    #[serde(deserialize_with = "one_or_many")]
+    pub uris: Vec<ArchiveUrl>,
+    /// Suites; a flat repository has `./` and no components.
+    #[serde(deserialize_with = "one_or_many")]
+    pub suites: Vec<AptWord>,
+    /// Components (none for a flat repository).
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub components: Vec<AptWord>,
+    /// Architectures, if not all of apt's.
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub architectures: Vec<AptWord>,
+    /// The signing key, ASCII-armored, inline.
+    pub key: Option<ArmoredKey>,
+    /// The signing key in a root-owned file.
+    pub key_file: Option<AbsPath>,
+    /// The signing key at a URL, checked against `key_sha256`.
+    pub key_url: Option<ArchiveUrl>,
+    /// sha256 of the key served at `key_url`.
+    pub key_sha256: Option<Sha256Hex>,
+}
+
+impl Packages {
+    /// What can only be checked on the merged config: the key of each source, source names,
+    /// suites against components, and no package both installed and removed. The error is
+    /// the key path (below `packages.`) and the message.
+    pub(crate) fn check(&self) -> Result<(), (String, String)> {
+        for (name, s) in &self.sources {
+            let key = |k: &str| format!("packages.sources.{name}.{k}");
+            let ok_name = name.len() <= 64
+                && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+            if !ok_name {
+                return Err((
+                    format!("packages.sources.{name}"),
+                    "a source name is up to 64 lowercase letters, digits, `.`, `_` or `-` \
+                     (it names /etc/apt/sources.list.d/NAME.sources)"
+                        .into(),
+                ));
+            }
+            s.check().map_err(|(k, m)| (key(k), m))?;
+        }
+        for p in &self.install {
+            if self.remove.iter().any(|r| r.name() == p.name()) {
+                return Err((
+                    "packages.remove".into(),
+                    format!("{} is also in packages.install", p.name()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AptSource {
+    /// The checks of one source: the key (below the source) and the message.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        let given = [
+            self.key.is_some(),
+            self.key_file.is_some(),
+            self.key_url.is_some(),
+        ];
+        match given.iter().filter(|g| **g).count() {
+            0 => {
+                return Err((
+                    "key",
+                    "missing: give one of key, key_file or key_url".into(),
+                ))
+            }
+            1 => {}
+            _ => return Err(("key", "give only one of key, key_file or key_url".into())),
+        }
+        match (&self.key_url, &self.key_sha256) {
+            (Some(_), None) => return Err(("key_sha256", "missing: required with key_url".into())),
+            (None, Some(_)) => return Err(("key_sha256", "only goes with key_url".into())),
+            _ => {}
+        }
+        if self.uris.is_empty() {
+            return Err(("uris", "no URI".into()));
+        }
+        if self.suites.is_empty() {
+            return Err(("suites", "no suite".into()));
+        }
+        let flat = self.suites.iter().any(|s| s.0.ends_with('/'));
+        if flat && !self.components.is_empty() {
+            return Err((
+                "components",
+                "a flat repository (suite ending in /) has no components".into(),
+            ));
+        }
+        if !flat && self.components.is_empty() {
+            return Err((
+                "components",
+                "missing: a suite not ending in / needs components".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `links[]` — mirror the files below `from` as symlinks below `to`.

@@ -328,6 +328,61 @@ impl<'de> Deserialize<'de> for PackageName {
     }
 }
 
+impl PackageName {
+    /// The package's name without a pinned version or release.
+    pub fn name(&self) -> &str {
+        self.0.split(['=', '/']).next().unwrap_or(&self.0)
+    }
+}
+
+/// One word of a deb822 apt source (a suite, component or architecture): printable, no
+/// blanks, no `#`, so it cannot change the meaning of the file it is written into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptWord(pub String);
+
+impl<'de> Deserialize<'de> for AptWord {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+            Ok(AptWord(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "{s:?} is not one word of an apt source (printable, no blanks or #)"
+            )))
+        }
+    }
+}
+
+/// An ASCII-armored OpenPGP public key block, as `gpg --armor --export` writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArmoredKey(pub String);
+
+impl<'de> Deserialize<'de> for ArmoredKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match armored(&s) {
+            Ok(()) => Ok(ArmoredKey(s)),
+            Err(e) => Err(de::Error::custom(e)),
+        }
+    }
+}
+
+/// Whether `text` is one ASCII-armored public key block (and nothing else but blank lines).
+pub fn armored(text: &str) -> Result<(), String> {
+    let t = text.trim();
+    if t.starts_with("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        && t.ends_with("-----END PGP PUBLIC KEY BLOCK-----")
+    {
+        Ok(())
+    } else {
+        Err(
+            "not an ASCII-armored public key (-----BEGIN PGP PUBLIC KEY BLOCK----- ... \
+             -----END PGP PUBLIC KEY BLOCK-----)"
+                .into(),
+        )
+    }
+}
+
 impl fmt::Display for PackageName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

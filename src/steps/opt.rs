@@ -18,10 +18,9 @@
 use super::{Ctx, Describe, Done, Plan, Step, Tense, Verb};
 use crate::archive::{self, fetch::mib};
 use crate::config::{self, Expose};
-use crate::sys::{fs as sysfs, fstab, mount};
+use crate::sys::fs::{self as sysfs, look, Found};
+use crate::sys::{fstab, mount};
 use anyhow::{bail, Context, Result};
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 const OPT: &str = "/opt";
@@ -87,11 +86,14 @@ impl Describe for Change {
             Change::Fetch(f) => format!(
                 "{} {} and {} it into {}",
                 t.of(Verb::Fetch),
+                // Which mirror answers is known only then: the line names them all, in the
+                // plan as in the report, and the log says which one served.
                 f.archive
                     .urls
-                    .first()
+                    .iter()
                     .map(|u| u.0.as_str())
-                    .unwrap_or_default(),
+                    .collect::<Vec<_>>()
+                    .join(" or "),
                 t.of(Verb::Unpack),
                 f.shown
             ),
@@ -118,35 +120,6 @@ impl Describe for Change {
     }
 }
 
-/// What is at a path, seen without following a final symlink.
-enum Found {
-    Missing,
-    EmptyDir,
-    Tree,
-    Symlink(PathBuf),
-    Other,
-}
-
-fn look(p: &Path) -> Result<Found> {
-    let m = match fs::symlink_metadata(p) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
-        r => r.with_context(|| format!("cannot stat {}", p.display()))?,
-    };
-    if m.file_type().is_symlink() {
-        let t = fs::read_link(p).with_context(|| format!("cannot read {}", p.display()))?;
-        return Ok(Found::Symlink(t));
-    }
-    if !m.is_dir() {
-        return Ok(Found::Other);
-    }
-    let mut entries = fs::read_dir(p).with_context(|| format!("cannot list {}", p.display()))?;
-    Ok(if entries.next().is_some() {
-        Found::Tree
-    } else {
-        Found::EmptyDir
-    })
-}
-
 impl Opt<'_> {
     fn fstab_entry(&self) -> fstab::Entry {
         fstab::Entry {
@@ -163,8 +136,9 @@ impl Opt<'_> {
         match look(host)? {
             Found::Missing | Found::EmptyDir => Ok(false),
             Found::Tree => Ok(true),
-            Found::Symlink(_) => match fs::metadata(host) {
-                Ok(m) if m.is_dir() => Ok(fs::read_dir(host)?.next().is_some()),
+            Found::Symlink(_) => match sysfs::look_through(host)? {
+                Found::Tree => Ok(true),
+                Found::EmptyDir => Ok(false),
                 _ => bail!(
                     "{} is a symlink to something that is not a directory",
                     self.cfg.path
@@ -177,7 +151,7 @@ impl Opt<'_> {
     fn plan_bind(&self, ctx: &Ctx, fetching: bool, plan: &mut Plan<Change>) -> Result<()> {
         let opt = ctx.root.path(Path::new(OPT));
         let host = ctx.root.path(&self.cfg.path);
-        let bound = !fetching && same_inode(&opt, &host);
+        let bound = !fetching && sysfs::same_inode(&opt, &host);
         match look(&opt)? {
             Found::Missing => plan.changes.push(Change::CreateOpt(opt.clone())),
             Found::EmptyDir => {}
@@ -239,13 +213,6 @@ impl Opt<'_> {
     }
 }
 
-fn same_inode(a: &Path, b: &Path) -> bool {
-    match (fs::metadata(a), fs::metadata(b)) {
-        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
-        _ => false,
-    }
-}
-
 impl Step for Opt<'_> {
     const NAME: &'static str = "opt";
     type Change = Change;
@@ -254,7 +221,7 @@ impl Step for Opt<'_> {
         let mut plan = Plan::default();
         let host = ctx.root.path(&self.cfg.path);
         let staging = archive::staging_for(&host);
-        if fs::symlink_metadata(&staging).is_ok() {
+        if !matches!(look(&staging)?, Found::Missing) {
             plan.changes.push(Change::RemoveStaging(staging));
         }
         let fetching = !self.holds_tree(&host)?;

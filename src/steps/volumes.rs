@@ -1,15 +1,23 @@
-//! The volumes step: find each data disk, format it only if it is blank, mount it and persist
-//! the mount in `/etc/fstab`.
+//! The volumes step: find each data disk, format it only if it is provably blank, mount it and
+//! persist the mount in `/etc/fstab`.
 //!
 //! A data volume carries `/opt` (and a database's data) from one VM to the next, so the rule
-//! above all others is that a disk holding anything is never formatted. "Blank" is decided by
-//! libblkid (`blkid -p`, see [`crate::sys::blockdev`]): any filesystem, partition table, RAID
-//! member, LVM physical volume, LUKS header, swap or other known signature means "not blank".
-//! A disk holding exactly the configured filesystem is used as it is; a disk holding anything
-//! else, or in use (mounted elsewhere, held by device-mapper or md), makes the volume fail with
-//! what was found, and nothing is written to it. A blank disk is probed again right before
-//! `mkfs` runs, because `mkfs.ext4` overwrites a filesystem without asking when stdin is not a
-//! terminal: that check is the only guard.
+//! above all others is that a disk holding anything is never formatted. "Blank" is a proof in
+//! three parts, all of which must hold:
+//! - no signature: `blkid -p` finds no filesystem, partition table, RAID member, LVM physical
+//!   volume, LUKS header, swap or other signature ([`crate::sys::blockdev`]);
+//! - no user in the kernel: no partitions in sysfs, holders, loop devices over it, mounts in
+//!   any mount namespace, swap, open file handles, and an `O_EXCL` open succeeds; a partition
+//!   must not overlap another partition ([`crate::sys::inuse`]);
+//! - only zeros where data would be: both ends, the secondary headers of the common formats,
+//!   a sample across the disk ([`crate::sys::blank`]).
+//!
+//! `plan` makes the whole proof too, so it never promises a format that `apply` must refuse.
+//! `apply` makes it again under the whole-disk lock ([`crate::sys::mkfs::DiskLock`]), reads
+//! both ends once more, runs `mkfs` with a UUID chosen at plan time and, still under the lock,
+//! checks that the device now carries exactly that filesystem, UUID and label. A disk holding
+//! exactly the configured filesystem is used as it is; a disk holding anything else, or in use,
+//! makes the volume fail with what was found, and nothing is written to it.
 //!
 //! Each volume is handled on its own: one that fails does not stop the others; the step fails
 //! at the end with the errors of all failed volumes. `plan` finds and probes the devices
@@ -21,17 +29,13 @@
 //! (`opt` unpacking into `/1/opt`) write onto the volume, not into the target's root
 //! filesystem below it. The fstab line names the mountpoint as the target sees it (`/1`).
 
-use super::{Ctx, Describe, Done, Plan, Step, Tense};
+use super::{Ctx, Describe, Done, Plan, Step, Tense, Verb};
 use crate::config::{self, AbsPath, Filesystem, FormatPolicy};
-use crate::sys::blockdev::{self, Device};
-use crate::sys::{chroot, cmd, fs, fstab, mount};
+use crate::sys::blockdev::{self, Device, Probe};
+use crate::sys::{blank, cmd, fs, fstab, inuse, mkfs, mount};
 use anyhow::{anyhow, bail, Context, Result};
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Where the target keeps its mount table.
-const FSTAB: &str = "/etc/fstab";
+use std::time::{Duration, Instant};
 
 /// The volumes step.
 pub struct Volumes<'a> {
@@ -39,48 +43,58 @@ pub struct Volumes<'a> {
     pub cfg: &'a [config::Volume],
 }
 
-/// One change to one volume (`vol` is its index in the config).
+/// One change to one volume; the volume is named by its mountpoint. Each carries everything
+/// `apply` needs.
 #[derive(Debug, Clone)]
 pub enum Change {
-    /// Put the configured filesystem on a blank device.
+    /// Put the configured filesystem on a device proven blank.
     Format {
         /// The volume.
-        vol: usize,
+        mountpoint: AbsPath,
         /// The blank device.
         dev: Device,
         /// Filesystem to create.
         fs: Filesystem,
         /// Its label.
         label: Option<String>,
+        /// The UUID to give it, chosen by `plan`, so the fstab line can name it.
+        uuid: String,
     },
     /// Mount the device at the mountpoint, creating the directory.
     Mount {
-        /// The volume.
-        vol: usize,
+        /// Where, as the target sees it (and the volume's name).
+        mountpoint: AbsPath,
+        /// Where, on this machine.
+        target: PathBuf,
         /// The device.
         dev: Device,
-        /// Where, as the target sees it.
-        mountpoint: AbsPath,
+        /// Its filesystem.
+        fs: Filesystem,
+        /// The UUID the filesystem must have.
+        uuid: String,
+        /// fstab-style mount options.
+        options: Vec<String>,
     },
     /// Add the fstab line, or replace the lines for the mountpoint that differ.
     Fstab {
         /// The volume.
-        vol: usize,
-        /// The device, whose UUID the line names.
-        dev: Device,
-        /// The mountpoint.
         mountpoint: AbsPath,
-        /// The old lines for the mountpoint that get commented out (none: the line is added).
-        replaces: Vec<String>,
+        /// The fstab file on this machine.
+        file: PathBuf,
+        /// The line to hold.
+        entry: fstab::Entry,
+        /// What `plan` found it takes: [`fstab::Edit::Add`] or [`fstab::Edit::Replace`].
+        edit: fstab::Edit,
     },
 }
 
 impl Change {
-    fn vol(&self) -> usize {
+    /// The mountpoint of the volume this change belongs to.
+    fn volume(&self) -> &AbsPath {
         match self {
-            Change::Format { vol, .. } | Change::Mount { vol, .. } | Change::Fstab { vol, .. } => {
-                *vol
-            }
+            Change::Format { mountpoint, .. }
+            | Change::Mount { mountpoint, .. }
+            | Change::Fstab { mountpoint, .. } => mountpoint,
         }
     }
 }
@@ -93,29 +107,36 @@ fn label_note(label: &Option<String>) -> String {
         .unwrap_or_default()
 }
 
-impl fmt::Display for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Describe for Change {
+    fn describe(&self, tense: Tense) -> String {
+        let t = |v| tense.of(v);
+        let table = fstab::PATH;
         match self {
             Change::Format { dev, fs, label, .. } => {
-                write!(f, "format {dev} as {}{}", fs.name(), label_note(label))
+                format!(
+                    "{} {dev} as {}{}",
+                    t(Verb::Format),
+                    fs.name(),
+                    label_note(label)
+                )
             }
             Change::Mount {
                 dev, mountpoint, ..
-            } => write!(f, "mount {dev} at {mountpoint}"),
+            } => format!("{} {dev} at {mountpoint}", t(Verb::Mount)),
             Change::Fstab {
                 mountpoint,
-                replaces,
+                edit: fstab::Edit::Replace(old),
                 ..
-            } if replaces.is_empty() => write!(f, "add {mountpoint} to {FSTAB}"),
-            Change::Fstab {
-                mountpoint,
-                replaces,
-                ..
-            } => write!(
-                f,
-                "replace the {FSTAB} line for {mountpoint} (commenting out: {})",
-                replaces.join(" | ")
+            } => format!(
+                "{} the {table} line for {mountpoint} and {} the old {}: {}",
+                t(Verb::Replace),
+                t(Verb::Comment),
+                if old.len() == 1 { "line" } else { "lines" },
+                old.join(" | ")
             ),
+            Change::Fstab { mountpoint, .. } => {
+                format!("{} {mountpoint} to {table}", t(Verb::Add))
+            }
         }
     }
 }
@@ -126,8 +147,8 @@ impl Step for Volumes<'_> {
 
     fn plan(&self, ctx: &Ctx) -> Result<Plan<Change>> {
         let mut plan = Plan::default();
-        for (i, v) in self.cfg.iter().enumerate() {
-            match observe(ctx, i, v, &mut plan.warnings) {
+        for v in self.cfg {
+            match observe(ctx, v, &mut plan.warnings) {
                 Ok(changes) => plan.changes.extend(changes),
                 Err(e) => plan.failures.push(format!("{}: {e:#}", v.mountpoint)),
             }
@@ -136,42 +157,62 @@ impl Step for Volumes<'_> {
     }
 
     fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
-        let mut failed: Vec<(usize, AbsPath, String)> = Vec::new();
+        let mut failed: Vec<(AbsPath, String)> = Vec::new();
         for c in changes {
-            let vol = c.vol();
-            if failed.iter().any(|(i, _, _)| *i == vol) {
+            if failed.iter().any(|(m, _)| m == c.volume()) {
                 continue;
             }
-            let v = self
-                .cfg
-                .get(vol)
-                .with_context(|| format!("no volume number {vol} in the config"))?;
-            let r = match &c {
-                Change::Format { dev, .. } => format(ctx, dev, v, done),
-                Change::Mount { dev, .. } => mount_volume(ctx, dev, v, done),
-                Change::Fstab { dev, .. } => persist(ctx, dev, v, done),
-            };
-            if let Err(e) = r {
-                failed.push((vol, v.mountpoint.clone(), format!("{e:#}")));
+            if let Err(e) = make(ctx, c, done) {
+                failed.push((c.volume().clone(), format!("{e:#}")));
             }
         }
         if failed.is_empty() {
             return Ok(());
         }
-        failed.sort_by_key(|(i, _, _)| *i);
-        Err(combined(
-            failed.into_iter().map(|(_, m, e)| (m, e)).collect(),
-        ))
+        let lines: Vec<String> = failed.iter().map(|(m, e)| format!("{m}: {e}")).collect();
+        if lines.len() == 1 {
+            Err(anyhow!("{}", lines[0]))
+        } else {
+            Err(anyhow!(
+                "{} volumes failed: {}",
+                lines.len(),
+                lines.join("; ")
+            ))
+        }
     }
 }
 
-/// One error naming every failed volume.
-fn combined(errors: Vec<(AbsPath, String)>) -> anyhow::Error {
-    let lines: Vec<String> = errors.iter().map(|(m, e)| format!("{m}: {e}")).collect();
-    if lines.len() == 1 {
-        anyhow!("{}", lines[0])
-    } else {
-        anyhow!("{} volumes failed: {}", lines.len(), lines.join("; "))
+/// Make one change, recording it in `done` once it is made (not when it turns out to be made
+/// already).
+fn make(ctx: &Ctx, c: &Change, done: &mut Done<Change>) -> Result<()> {
+    match c {
+        Change::Format {
+            dev,
+            fs,
+            label,
+            uuid,
+            ..
+        } => {
+            format(ctx, dev, *fs, label.as_deref(), uuid)?;
+            done.record(c);
+            Ok(())
+        }
+        Change::Mount {
+            target,
+            dev,
+            fs,
+            uuid,
+            options,
+            ..
+        } => mount_volume(ctx, dev, *fs, uuid, target, options, || done.record(c)),
+        Change::Fstab {
+            file, entry, edit, ..
+        } => {
+            if persist(file, entry, edit)? {
+                done.record(c);
+            }
+            Ok(())
+        }
     }
 }
 
@@ -195,11 +236,6 @@ fn entry(v: &config::Volume, uuid: &str) -> fstab::Entry {
         options: options.join(","),
         passno: 2,
     }
-}
-
-/// Where the mountpoint is on this machine.
-fn target_of(ctx: &Ctx, v: &config::Volume) -> PathBuf {
-    ctx.root.path(&v.mountpoint)
 }
 
 /// Whether `dev` is mounted at `target`. An error when it is held (device-mapper, md), when a
@@ -252,14 +288,63 @@ fn check_target_free(dev: &Device, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// How long a device must stay in use before olboot calls it busy: udev, `blkid` or
+/// `losetup` run by someone else open a new disk for a moment.
+const BUSY_FOR: Duration = Duration::from_secs(1);
+
+/// Fail when anything in the kernel uses `dev` for longer than [`BUSY_FOR`], naming every
+/// user; `doing` is what olboot refuses ("format", "mount"). `then` runs after each look that
+/// found nothing, and is itself retried: it re-reads what a user that just left may have
+/// written.
+fn check_unused(dev: &Device, doing: &str, mut then: impl FnMut() -> Result<()>) -> Result<()> {
+    let deadline = Instant::now() + BUSY_FOR;
+    loop {
+        let users = inuse::users(dev)?;
+        if users.is_empty() {
+            return then();
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "{dev} is in use: {}; refusing to {doing} it",
+                users.join("; ")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Fail unless every byte of `regions` of `dev` is zero; the error says where data was found
+/// and how an operator who does not need it clears the disk.
+fn check_zeros(dev: &Device, regions: &[blank::Region]) -> Result<()> {
+    let f = std::fs::File::open(&dev.path).with_context(|| format!("cannot open {dev}"))?;
+    if let Some(found) = blank::first_nonzero_in(&f, regions, &dev.to_string())? {
+        bail!(
+            "{dev} carries no signature blkid knows, but it is not blank: non-zero bytes at \
+             byte {} ({}); refusing to format it. If nothing on it is needed, zero it \
+             (`blkdiscard -z {dev}`, or `dd if=/dev/zero of={dev} bs=1M oflag=direct`; \
+             `wipefs -a` removes signatures only) and run olboot again",
+            found.offset,
+            found.why
+        );
+    }
+    Ok(())
+}
+
+/// The rest of the blank proof of a device `blkid` found no signature on: the kernel (cheap),
+/// then the content.
+fn prove_blank(dev: &Device) -> Result<()> {
+    let size = dev.size()?;
+    check_unused(dev, "format", || {
+        let t = Instant::now();
+        check_zeros(dev, &blank::regions(size))?;
+        log::debug!("{dev}: {size} bytes, zero where read, in {:?}", t.elapsed());
+        Ok(())
+    })
+}
+
 /// The changes one volume needs; an error when it cannot be converged.
-fn observe(
-    ctx: &Ctx,
-    vol: usize,
-    v: &config::Volume,
-    warnings: &mut Vec<String>,
-) -> Result<Vec<Change>> {
-    let target = target_of(ctx, v);
+fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<Vec<Change>> {
+    let target = ctx.root.path(&v.mountpoint);
     let (candidate, dev) = blockdev::wait_for(&v.device, v.wait.0)?;
     if candidate != dev.path {
         log::info!("{}: {} is {dev}", v.mountpoint, candidate.display());
@@ -267,138 +352,187 @@ fn observe(
     let probe = blockdev::probe(&dev, ctx.root)?;
     let mounted_here = mounted_at_target(&dev, &target, &probe.to_string())?;
     check_target_free(&dev, &target)?;
-    let fs = v.filesystem.name();
     let mut changes = Vec::new();
     let uuid = if probe.is_blank() {
-        if mounted_here {
-            bail!(
-                "{dev} is mounted at {} but carries no signature",
-                target.display()
-            );
-        }
-        if v.format == FormatPolicy::Never {
-            bail!("{dev} is blank and the volume says `format: never`; not formatting it");
-        }
-        let mkfs = format!("mkfs.{fs}");
-        if !cmd::exists(&mkfs) {
-            bail!("{dev} is blank but {mkfs} is not installed, so it cannot be formatted");
-        }
-        changes.push(Change::Format {
-            vol,
-            dev: dev.clone(),
-            fs: v.filesystem,
-            label: v.label.clone(),
-        });
-        // Known only once formatted; an empty UUID matches no existing fstab line.
-        String::new()
+        let format = blank_volume(v, &dev, &target, mounted_here)?;
+        let uuid = format.1.clone();
+        changes.push(format.0);
+        uuid
     } else {
-        match probe.filesystem() {
-            Some(t) if t == fs => probe
-                .uuid()
-                .with_context(|| format!("{dev} holds {probe} but blkid reports no UUID"))?
-                .to_string(),
-            _ => bail!(
-                "{dev} is not blank: it holds {probe}, not an {fs} filesystem; \
-                 refusing to format or mount it (nothing was written to it)"
-            ),
-        }
+        existing_volume(v, &dev, &probe, mounted_here)?
     };
     if !mounted_here {
-        match std::fs::symlink_metadata(&target) {
-            Ok(m) if !m.is_dir() => bail!(
-                "the mountpoint {} exists and is not a directory",
-                target.display()
-            ),
-            Ok(_) => {
-                let mut entries = std::fs::read_dir(&target)
-                    .with_context(|| format!("cannot read {}", target.display()))?;
-                if entries.next().is_some() {
-                    warnings.push(format!(
-                        "{} is not empty: its files will be hidden under the mount of {dev}",
-                        v.mountpoint
-                    ));
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot stat {}", target.display())),
-        }
+        check_mountpoint(&target, v, &dev, warnings)?;
         changes.push(Change::Mount {
-            vol,
-            dev: dev.clone(),
             mountpoint: v.mountpoint.clone(),
+            target,
+            dev,
+            fs: v.filesystem,
+            uuid: uuid.clone(),
+            options: v.options.clone(),
         });
     }
-    let fstab_path = ctx.root.path(Path::new(FSTAB));
-    let content = fs::read_optional(&fstab_path)?.unwrap_or_default();
-    let replaces = match fstab::plan(&content, &entry(v, &uuid)) {
-        fstab::Edit::Unchanged => None,
-        fstab::Edit::Add => Some(Vec::new()),
-        fstab::Edit::Replace(old) => Some(old),
-    };
-    if let Some(replaces) = replaces {
+    let file = ctx.root.path(Path::new(fstab::PATH));
+    let content = fs::read_optional(&file)?.unwrap_or_default();
+    let entry = entry(v, &uuid);
+    let edit = fstab::plan(&content, &entry);
+    if edit != fstab::Edit::Unchanged {
         changes.push(Change::Fstab {
-            vol,
-            dev,
             mountpoint: v.mountpoint.clone(),
-            replaces,
+            file,
+            entry,
+            edit,
         });
     }
     Ok(changes)
 }
 
-/// Format `dev`, after checking once more, right before `mkfs`, that it is blank and unused.
-fn format(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done<Change>) -> Result<()> {
+/// The format of a device without signature, once it is proven blank, and its new UUID.
+fn blank_volume(
+    v: &config::Volume,
+    dev: &Device,
+    target: &Path,
+    mounted_here: bool,
+) -> Result<(Change, String)> {
+    if mounted_here {
+        bail!(
+            "{dev} is mounted at {} but carries no signature",
+            target.display()
+        );
+    }
+    prove_blank(dev)?;
+    if v.format == FormatPolicy::Never {
+        bail!("{dev} is blank and the volume says `format: never`; not formatting it");
+    }
+    let mkfs = format!("mkfs.{}", v.filesystem.name());
+    if !cmd::exists(&mkfs) {
+        bail!("{dev} is blank but {mkfs} is not installed, so it cannot be formatted");
+    }
+    let uuid = mkfs::new_uuid()?;
+    let change = Change::Format {
+        mountpoint: v.mountpoint.clone(),
+        dev: dev.clone(),
+        fs: v.filesystem,
+        label: v.label.clone(),
+        uuid: uuid.clone(),
+    };
+    Ok((change, uuid))
+}
+
+/// The UUID of a device that already holds the configured filesystem, unused by anyone else;
+/// an error for anything else.
+fn existing_volume(
+    v: &config::Volume,
+    dev: &Device,
+    probe: &Probe,
+    mounted_here: bool,
+) -> Result<String> {
+    let fs = v.filesystem.name();
+    if probe.filesystem() != Some(fs) {
+        bail!(
+            "{dev} is not blank: it holds {probe}, not an {fs} filesystem; \
+             refusing to format or mount it (nothing was written to it)"
+        );
+    }
+    if !mounted_here {
+        // Mounted in another mount namespace, under a loop device, open: not ours to mount.
+        check_unused(dev, "mount", || Ok(()))?;
+    }
+    Ok(probe
+        .uuid()
+        .with_context(|| format!("{dev} holds {probe} but blkid reports no UUID"))?
+        .to_string())
+}
+
+/// Fail when the mountpoint exists and is not a directory; warn when it is not empty.
+fn check_mountpoint(
+    target: &Path,
+    v: &config::Volume,
+    dev: &Device,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if !m.is_dir() => bail!(
+            "the mountpoint {} exists and is not a directory",
+            target.display()
+        ),
+        Ok(_) => {
+            let mut entries = std::fs::read_dir(target)
+                .with_context(|| format!("cannot read {}", target.display()))?;
+            if entries.next().is_some() {
+                warnings.push(format!(
+                    "{} is not empty: its files will be hidden under the mount of {dev}",
+                    v.mountpoint
+                ));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot stat {}", target.display())),
+    }
+}
+
+/// Format `dev` under the whole-disk lock, after proving once more that it is blank, and
+/// confirm, still under the lock, that it now holds the filesystem with `uuid` and `label`.
+fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &str) -> Result<()> {
     match blockdev::present(&dev.path)? {
         Some(d) if d == *dev => {}
         _ => bail!("{dev} is gone or changed since it was probed; not formatting it"),
     }
+    let lock = mkfs::DiskLock::take(dev)?;
     let probe = blockdev::probe(dev, ctx.root)?;
     if !probe.is_blank() {
-        bail!("{dev} is no longer blank (it holds {probe}); not formatting it");
+        bail!("{dev} is no longer blank (it holds {probe}); refusing to format it");
     }
-    if !blockdev::usage(dev)?.is_unused() {
-        bail!("{dev} is in use; not formatting it");
+    prove_blank(dev)?;
+    // A writer usually starts at one end: read both ends again, ask the kernel for users,
+    // and read the first and last MiB a last time, right before mkfs opens the device.
+    let size = dev.size()?;
+    check_zeros(dev, &blank::ends(size, blank::END))?;
+    let edges = blank::ends(size, 1 << 20);
+    check_unused(dev, "format", || check_zeros(dev, &edges))?;
+    mkfs::make(ctx.root, fs.name(), dev, label, uuid)?;
+    let after = blockdev::probe(dev, ctx.root)?;
+    let ok = after.filesystem() == Some(fs.name())
+        && after.uuid() == Some(uuid)
+        && after.tags.get("LABEL").map(String::as_str) == label;
+    if !ok {
+        bail!(
+            "after mkfs, {dev} holds {after}, not the {} filesystem with UUID {uuid}{} that \
+             olboot made; not mounting it",
+            fs.name(),
+            label_note(&label.map(str::to_string))
+        );
     }
-    blockdev::ensure_exclusive(dev)?;
-    let fs = v.filesystem.name();
-    // No -F / -f: a blank device needs no force, and without it mkfs keeps its own refusals
-    // (mkfs.xfs refuses a device with a signature, mkfs.ext4 a mounted one).
-    let mut c = Command::new(format!("mkfs.{fs}"));
-    c.arg("-q");
-    if let Some(l) = &v.label {
-        c.arg("-L").arg(l);
-    }
-    c.arg(&dev.path);
-    let out = chroot::output_here_or_in(ctx.root, &mut c)?;
-    if !out.status.success() {
-        bail!("cannot format {dev} as {fs}: {}", cmd::failure(&c, &out));
-    }
-    done.record_line(format!("formatted {dev} as {fs}{}", label_note(&v.label)));
+    drop(lock);
     Ok(())
 }
 
-/// Mount `dev` at the volume's mountpoint and check it is mounted there and nowhere else.
+/// Mount `dev` at `target` and check it is mounted there and nowhere else; `made` records
+/// the change once it is mounted. Nothing to do when it is mounted there already.
 fn mount_volume(
     ctx: &Ctx,
     dev: &Device,
-    v: &config::Volume,
-    done: &mut Done<Change>,
+    fs: Filesystem,
+    uuid: &str,
+    target: &Path,
+    options: &[String],
+    made: impl FnOnce(),
 ) -> Result<()> {
-    let target = target_of(ctx, v);
-    let fs = v.filesystem.name();
+    let fs = fs.name();
     let probe = blockdev::probe(dev, ctx.root)?;
-    if probe.filesystem() != Some(fs) {
-        bail!("{dev} holds {probe}, not an {fs} filesystem; not mounting it");
+    if probe.filesystem() != Some(fs) || probe.uuid() != Some(uuid) {
+        bail!("{dev} holds {probe}, not the {fs} filesystem with UUID {uuid}; not mounting it");
     }
-    if mounted_at_target(dev, &target, &probe.to_string())? {
+    if mounted_at_target(dev, target, &probe.to_string())? {
         // Mounted since `plan` looked (by someone else): nothing left to do.
         return Ok(());
     }
-    check_target_free(dev, &target)?;
-    std::fs::create_dir_all(&target)
+    check_target_free(dev, target)?;
+    std::fs::create_dir_all(target)
         .with_context(|| format!("cannot create the mountpoint {}", target.display()))?;
-    mount::mount_with(&dev.path, &target, fs, &v.options)?;
-    match mount::at(&target)? {
+    mount::mount_with(&dev.path, target, fs, options)?;
+    match mount::at(target)? {
         Some(m) if m.dev == dev.dev() => {}
         other => bail!(
             "{dev} is not mounted at {} after mounting it (found {:?})",
@@ -406,7 +540,7 @@ fn mount_volume(
             other.map(|m| m.source)
         ),
     }
-    done.record_line(format!("mounted {dev} at {}", v.mountpoint));
+    made();
     // It was mounted nowhere before; any other mount now is a copy made by mount propagation
     // (a shared subtree), which would leave the volume reachable where nobody expects it.
     let others: Vec<String> = blockdev::usage(dev)?
@@ -425,43 +559,28 @@ fn mount_volume(
     Ok(())
 }
 
-/// Write the volume's fstab line, by the UUID the device carries now.
-fn persist(ctx: &Ctx, dev: &Device, v: &config::Volume, done: &mut Done<Change>) -> Result<()> {
-    let probe = blockdev::probe(dev, ctx.root)?;
-    let uuid = match (probe.filesystem(), probe.uuid()) {
-        (Some(t), Some(u)) if t == v.filesystem.name() => u.to_string(),
-        _ => bail!(
-            "{dev} holds {probe}, not an {} filesystem with a UUID; not adding it to {FSTAB}",
-            v.filesystem.name()
-        ),
-    };
-    let path = ctx.root.path(Path::new(FSTAB));
-    let content = fs::read_optional(&path)?.unwrap_or_default();
-    let e = entry(v, &uuid);
-    let line = match fstab::plan(&content, &e) {
-        fstab::Edit::Unchanged => return Ok(()),
-        fstab::Edit::Add => format!("added {} to {FSTAB}", v.mountpoint),
-        fstab::Edit::Replace(old) => format!(
-            "replaced the {FSTAB} line for {} (commented out: {})",
-            v.mountpoint,
-            old.join(" | ")
-        ),
-    };
-    fs::write_atomic(&path, fstab::apply(&content, &e).as_bytes(), 0o644)?;
-    done.record_line(line);
-    Ok(())
-}
-
-// Transitional: both tenses from the plan text until this step describes its changes itself.
-impl Describe for Change {
-    fn describe(&self, _tense: Tense) -> String {
-        self.to_string()
+/// Bring `file` to hold `entry` as `plan` found it takes (`edit`); whether it was written.
+/// A file that changed since `plan` read it in a way that asks for another edit is an error.
+fn persist(file: &Path, entry: &fstab::Entry, edit: &fstab::Edit) -> Result<bool> {
+    let content = fs::read_optional(file)?.unwrap_or_default();
+    let now = fstab::plan(&content, entry);
+    if now == fstab::Edit::Unchanged {
+        return Ok(false);
     }
+    if now != *edit {
+        bail!(
+            "{} changed since it was read (it now needs {now:?}, not {edit:?}); not editing it",
+            file.display()
+        );
+    }
+    fs::write_atomic(file, fstab::apply(&content, entry).as_bytes(), 0o644)?;
+    Ok(true)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::steps::in_done_tense;
 
     fn volume(options: &[&str]) -> config::Volume {
         config::Volume {
@@ -487,33 +606,72 @@ mod tests {
         );
     }
 
-    #[test]
-    fn changes_read_as_the_spec_writes_them() {
+    fn all_changes() -> Vec<Change> {
         let dev = Device {
             path: "/dev/vdb".into(),
             major: 254,
             minor: 16,
         };
         let v = volume(&[]);
-        let f = Change::Format {
-            vol: 0,
-            dev: dev.clone(),
-            fs: Filesystem::Ext4,
-            label: v.label.clone(),
-        };
-        assert_eq!(f.to_string(), "format /dev/vdb as ext4 (label ol-data)");
-        let m = Change::Mount {
-            vol: 0,
-            dev: dev.clone(),
+        let fstab = |edit| Change::Fstab {
             mountpoint: v.mountpoint.clone(),
+            file: "/etc/fstab".into(),
+            entry: entry(&v, "u-1"),
+            edit,
         };
-        assert_eq!(m.to_string(), "mount /dev/vdb at /1");
-        let a = Change::Fstab {
-            vol: 0,
-            dev,
-            mountpoint: v.mountpoint.clone(),
-            replaces: vec![],
-        };
-        assert_eq!(a.to_string(), "add /1 to /etc/fstab");
+        vec![
+            Change::Format {
+                mountpoint: v.mountpoint.clone(),
+                dev: dev.clone(),
+                fs: Filesystem::Ext4,
+                label: v.label.clone(),
+                uuid: "u-1".into(),
+            },
+            Change::Mount {
+                mountpoint: v.mountpoint.clone(),
+                target: "/1".into(),
+                dev,
+                fs: Filesystem::Ext4,
+                uuid: "u-1".into(),
+                options: vec![],
+            },
+            fstab(fstab::Edit::Add),
+            fstab(fstab::Edit::Replace(vec![
+                "/dev/sdb1 /1 ext4 defaults 0 2".into()
+            ])),
+        ]
+    }
+
+    #[test]
+    fn changes_read_as_the_spec_writes_them() {
+        let lines: Vec<String> = all_changes()
+            .iter()
+            .map(|c| c.describe(Tense::Plan))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "format /dev/vdb as ext4 (label ol-data)",
+                "mount /dev/vdb at /1",
+                "add /1 to /etc/fstab",
+                "replace the /etc/fstab line for /1 and comment out the old line: \
+                 /dev/sdb1 /1 ext4 defaults 0 2",
+            ]
+        );
+    }
+
+    #[test]
+    fn report_lines_are_plan_lines_in_the_done_tense() {
+        for c in all_changes() {
+            let done = c.describe(Tense::Done);
+            assert_eq!(in_done_tense(&c.describe(Tense::Plan)), done);
+            assert_ne!(c.describe(Tense::Plan), done);
+        }
+        let mut d = Done::new("volumes");
+        for c in &all_changes() {
+            d.record(c);
+        }
+        assert_eq!(d.lines[0], "formatted /dev/vdb as ext4 (label ol-data)");
+        assert_eq!(d.lines[2], "added /1 to /etc/fstab");
     }
 }

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, SystemTime};
 
 /// `PATH` for the target's tools; cloud-init's `runcmd` may have a shorter one, and dpkg's
@@ -73,6 +73,14 @@ pub fn install(root: &Root, lock_timeout: Duration, names: &[String], recommends
         cmd.arg("--no-install-recommends");
     }
     cmd.arg("install").args(names);
+    cmd
+}
+
+/// `apt-get remove` (or `purge`) of exactly `names`. Packages that depend on them go too, as
+/// apt decides; the caller logs what went.
+pub fn remove(root: &Root, lock_timeout: Duration, names: &[String], purge: bool) -> Command {
+    let mut cmd = apt_get(root, lock_timeout);
+    cmd.arg(if purge { "purge" } else { "remove" }).args(names);
     cmd
 }
 
@@ -217,6 +225,17 @@ const TRANSIENT: &[&str] = &[
     "Undetermined Error",
 ];
 
+/// Message fragments of fetch failures that trying again will not mend: a repository whose
+/// signature the configured key does not verify. (A 404 is not among them: when a mirror
+/// fails InRelease and Release with 5xx, apt reports the 404 of an index name it probed.)
+/// gpgv (bookworm) says NO_PUBKEY, sqv (trixie) "Missing key".
+const PERMANENT: &[&str] = &[
+    "is not signed",
+    "NO_PUBKEY",
+    "couldn't be verified",
+    "Missing key",
+];
+
 /// Message fragments of apt's and dpkg's lock errors.
 const LOCKED: &[&str] = &[
     "Could not get lock",
@@ -259,6 +278,13 @@ impl Ran {
         if errors.iter().any(|l| LOCKED.iter().any(|p| l.contains(p))) {
             return Some(Failure::Locked);
         }
+        // Errors only: for a `[trusted=yes]` source apt warns about the key and goes on.
+        if errors
+            .iter()
+            .any(|l| PERMANENT.iter().any(|p| l.contains(p)))
+        {
+            return Some(Failure::Other);
+        }
         if let Some(l) = diag
             .iter()
             .find(|l| TRANSIENT.iter().any(|p| l.contains(p)))
@@ -279,12 +305,14 @@ impl Ran {
                 .map(|l| l.trim())
                 .collect();
         }
-        format!(
-            "{} failed ({}): {}",
-            self.cmd,
-            self.status,
-            said.join(" / ")
-        )
+        super::cmd::failed(&self.cmd, self.status, &said)
+    }
+
+    /// The error and warning lines that name `uri` (apt names a source by its URI, without
+    /// a trailing `/`).
+    pub fn about(&self, uri: &str) -> Vec<&str> {
+        let uri = uri.trim_end_matches('/');
+        self.diagnostics().filter(|l| l.contains(uri)).collect()
     }
 }
 
@@ -311,13 +339,7 @@ fn not_found(line: &str) -> Option<String> {
 /// exit status through [`Ran::failure`].
 pub fn run(cmd: &mut Command, what: &str) -> Result<Ran> {
     let shown = super::cmd::display(cmd);
-    log::info!("running {shown}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {shown}"))?;
+    let mut child = super::cmd::spawn_piped(cmd)?;
     let stderr = child.stderr.take().context("no stderr pipe")?;
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let (mut lines, err_lines) = std::thread::scope(|s| {
@@ -415,6 +437,13 @@ mod tests {
         // A lock wait that ended before an unrelated failure is not a lock failure.
         let f = ran(100, "Waiting for cache lock: Could not get lock /var/lib/dpkg/lock-frontend\nE: Sub-process /usr/bin/dpkg returned an error code (1)").failure();
         assert_eq!(f, Some(Failure::Other));
+        // A key that does not verify the repository: final, and about its URI.
+        let r = ran(100, "Err:1 http://127.0.0.1:5 ./ InRelease\n  The following signatures couldn't be verified because the public key is not available: NO_PUBKEY 0123\nW: GPG error: http://127.0.0.1:5 ./ InRelease: The following signatures couldn't be verified because the public key is not available: NO_PUBKEY 0123\nE: The repository 'http://127.0.0.1:5 ./ InRelease' is not signed.");
+        assert_eq!(r.failure(), Some(Failure::Other));
+        assert_eq!(r.about("http://127.0.0.1:5/").len(), 2);
+        assert!(r.about("http://127.0.0.1:6/").is_empty());
+        let r = ran(100, "E: Failed to fetch http://127.0.0.1:5/./InRelease  Sub-process /usr/bin/sqv returned an error code (1), error message is: Missing key 3E1F, which is needed to verify signature.");
+        assert_eq!(r.failure(), Some(Failure::Other));
         // apt before 2.1 exits 0 when an index could not be fetched.
         let f = ran(0, "W: Failed to fetch http://x/InRelease  Could not resolve 'x'\nW: Some index files failed to download.").failure();
         assert!(matches!(f, Some(Failure::Transient(_))));

@@ -14,7 +14,6 @@ use super::mount::{self, MountInfo};
 use super::{chroot, cmd};
 use crate::root::Root;
 use anyhow::{bail, Context, Result};
-use rustix::fs::{Mode, OFlags};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -46,6 +45,18 @@ impl Device {
     /// `major:minor`, as mountinfo and sysfs spell it.
     pub fn dev(&self) -> String {
         format!("{}:{}", self.major, self.minor)
+    }
+
+    /// Its size in bytes, from sysfs.
+    pub fn size(&self) -> Result<u64> {
+        let p = self.sysfs().join("size");
+        let text =
+            std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let sectors: u64 = text
+            .trim()
+            .parse()
+            .with_context(|| format!("{} is not a number: {text:?}", p.display()))?;
+        Ok(sectors * 512)
     }
 
     /// The device's directory in sysfs.
@@ -332,8 +343,45 @@ pub fn parse_export(text: &str) -> Vec<BTreeMap<String, String>> {
     out
 }
 
-/// Undo blkid's export escaping: a backslash makes the next character literal.
+/// Undo blkid's export escaping: a backslash makes the next character literal, `M-x` is a
+/// byte with the high bit set and `^x` a control character (blkid's `safe_print`). A literal
+/// `M-` or `^` in a label is printed unescaped, so when undoing the escapes does not give
+/// UTF-8 text, the value is kept as printed.
 fn unescape(v: &str) -> String {
+    let b = v.as_bytes();
+    let mut o = Vec::with_capacity(b.len());
+    let mut meta = false;
+    let mut i = 0;
+    while i < b.len() {
+        let (c, step) = match (b[i], b.get(i + 1), b.get(i + 2)) {
+            (b'\\', Some(n), _) => (*n, 2),
+            (b'M', Some(b'-'), Some(_)) => {
+                meta = true;
+                // The escaped character may itself be `^x` or `\x`.
+                match (b[i + 2], b.get(i + 3)) {
+                    (b'^', Some(n)) => ((n ^ 0x40) | 0x80, 4),
+                    (b'\\', Some(n)) => (n | 0x80, 4),
+                    (n, _) => (n | 0x80, 3),
+                }
+            }
+            (b'^', Some(n), _) if (b'?'..=b'_').contains(n) => {
+                meta = true;
+                (n ^ 0x40, 2)
+            }
+            (c, _, _) => (c, 1),
+        };
+        o.push(c);
+        i += step;
+    }
+    match String::from_utf8(o) {
+        Ok(s) => s,
+        Err(_) if meta => unescape_backslashes(v),
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// Only the backslash escapes undone.
+fn unescape_backslashes(v: &str) -> String {
     let mut o = String::with_capacity(v.len());
     let mut chars = v.chars();
     while let Some(c) = chars.next() {
@@ -400,24 +448,6 @@ pub fn usage(dev: &Device) -> Result<Usage> {
     Ok(usage)
 }
 
-/// Fail unless the kernel lets olboot open `dev` exclusively: an `O_EXCL` open of a block
-/// device fails with `EBUSY` while it is mounted, held by device-mapper or md, or used as
-/// swap. The device is closed again at once.
-pub fn ensure_exclusive(dev: &Device) -> Result<()> {
-    match rustix::fs::open(
-        &dev.path,
-        OFlags::RDONLY | OFlags::EXCL | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(_fd) => Ok(()),
-        Err(rustix::io::Errno::BUSY) => bail!(
-            "{} is in use (mounted, held by device-mapper or md, or swap)",
-            dev
-        ),
-        Err(e) => Err(e).with_context(|| format!("cannot open {}", dev)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,6 +470,16 @@ mod tests {
         assert_eq!(b[1]["PTTYPE"], "gpt");
         assert_eq!(parse_export(""), Vec::<BTreeMap<String, String>>::new());
         assert_eq!(parse_export("A=x\\\\y\\$z")[0]["A"], "x\\y$z");
+    }
+
+    #[test]
+    fn labels_with_non_ascii_characters_read_as_written() {
+        // blkid -o export prints "Õ-data" (C3 95) as M-CM-^U-data.
+        assert_eq!(parse_export("LABEL=M-CM-^U-data")[0]["LABEL"], "Õ-data");
+        assert_eq!(parse_export("LABEL=caf^?")[0]["LABEL"], "caf\u{7f}");
+        // A literal "M-" that does not decode to text is kept as printed.
+        assert_eq!(parse_export("LABEL=M-DATA")[0]["LABEL"], "M-DATA");
+        assert_eq!(parse_export("LABEL=ol\\ data")[0]["LABEL"], "ol data");
     }
 
     #[test]

@@ -123,3 +123,57 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
         .and_then(|d| d.sync_all())
         .with_context(|| format!("cannot sync {}", dir.display()))
 }
+
+/// What is at a path.
+#[derive(Debug)]
+pub enum Found {
+    /// Nothing.
+    Missing,
+    /// A directory with nothing in it.
+    EmptyDir,
+    /// A directory with something in it.
+    Tree,
+    /// A symlink (not followed), and its target.
+    Symlink(std::path::PathBuf),
+    /// Anything else.
+    Other,
+}
+
+/// What is at `p`, a final symlink not followed.
+pub fn look(p: &Path) -> Result<Found> {
+    found(p, fs::symlink_metadata(p))
+}
+
+/// What is at `p`, symlinks followed (a dangling one is [`Found::Missing`]).
+pub fn look_through(p: &Path) -> Result<Found> {
+    found(p, fs::metadata(p))
+}
+
+fn found(p: &Path, m: std::io::Result<fs::Metadata>) -> Result<Found> {
+    let m = match m {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Found::Missing),
+        r => r.with_context(|| format!("cannot stat {}", p.display()))?,
+    };
+    if m.file_type().is_symlink() {
+        let t = fs::read_link(p).with_context(|| format!("cannot read {}", p.display()))?;
+        return Ok(Found::Symlink(t));
+    }
+    if !m.is_dir() {
+        return Ok(Found::Other);
+    }
+    let mut entries = fs::read_dir(p).with_context(|| format!("cannot list {}", p.display()))?;
+    Ok(if entries.next().is_some() {
+        Found::Tree
+    } else {
+        Found::EmptyDir
+    })
+}
+
+/// Whether `a` and `b` (symlinks followed) are the same inode: a bind mount of one on the other.
+pub fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (fs::metadata(a), fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}

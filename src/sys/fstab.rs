@@ -8,6 +8,9 @@
 use super::mount::unescape;
 use std::fmt;
 
+/// Where a system keeps its mount table.
+pub const PATH: &str = "/etc/fstab";
+
 /// One fstab entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

@@ -2,10 +2,9 @@
 //! standard input, so no temporary file can be left behind or read by the boot-time loader.
 
 use super::cmd;
-use anyhow::{bail, Context, Result};
-use std::io::Write;
+use anyhow::Result;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 /// Check `ruleset` against the running kernel (`nft -c -f -`) without changing anything.
 pub fn check(ruleset: &str) -> Result<()> {
@@ -34,34 +33,8 @@ pub fn list_table(family: &str, name: &str) -> Result<Option<String>> {
     cmd::run(Command::new("nft").args(["-s", "list", "table", family, name])).map(Some)
 }
 
-/// Run `nft ARGS` with `input` on its standard input; fail with nft's first error lines,
+/// Run `nft ARGS` with `input` on its standard input; a failure carries nft's last lines,
 /// which name the offending line of the input.
 fn feed(args: &[&str], input: &str) -> Result<()> {
-    let mut command = Command::new("nft");
-    command.args(args);
-    let shown = cmd::display(&command);
-    log::debug!("running {shown}");
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("cannot run {shown}"))?;
-    // A broken pipe here means nft stopped reading early; its exit status says why.
-    let written = child
-        .stdin
-        .take()
-        .map(|mut stdin| stdin.write_all(input.as_bytes()));
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("cannot run {shown}"))?;
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        let head: Vec<&str> = stderr.trim().lines().take(3).collect();
-        bail!("{shown} failed ({}): {}", out.status, head.join(" / "));
-    }
-    if let Some(Err(e)) = written {
-        return Err(e).with_context(|| format!("cannot write the ruleset to {shown}"));
-    }
-    Ok(())
+    cmd::run_with_input(Command::new("nft").args(args), input.as_bytes()).map(drop)
 }

@@ -3,7 +3,7 @@
 //! scratch root.
 #![allow(dead_code)]
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -270,8 +270,10 @@ pub fn make_tree(dir: &Path, big: usize) {
     fs::set_permissions(pb.join("ro"), fs::Permissions::from_mode(0o555)).unwrap();
     chown(&ol.join("olsystem"), 999, 999);
     // Fixed mtimes, children before parents so that setting them does not move the parent's.
-    let mut all = Vec::new();
-    walk(dir, Path::new(""), &mut all);
+    let mut all: Vec<PathBuf> = crate::common::tree_manifest(dir)
+        .into_iter()
+        .map(|e| e.path)
+        .collect();
     all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for (i, rel) in all.iter().enumerate() {
         set_mtime(&dir.join(rel), 1_600_000_000 + i as i64 * 37);
@@ -279,116 +281,38 @@ pub fn make_tree(dir: &Path, big: usize) {
     set_mtime(dir, 1_700_000_000);
 }
 
-fn walk(dir: &Path, rel: &Path, out: &mut Vec<PathBuf>) {
-    let mut names: Vec<_> = fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    names.sort();
-    for n in names {
-        let p = dir.join(&n);
-        let r = rel.join(&n);
-        out.push(r.clone());
-        if fs::symlink_metadata(&p).unwrap().is_dir() {
-            walk(&p, &r, out);
-        }
-    }
-}
-
-/// Everything about one file that must survive pack and unpack.
-#[derive(Debug, PartialEq, Eq)]
-struct Facts {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: i64,
-    size: u64,
-    content: Option<Vec<u8>>,
-    target: Option<PathBuf>,
-}
-
-fn facts(p: &Path, with_symlink_mtime: bool) -> Facts {
-    let m = fs::symlink_metadata(p).unwrap();
-    let ft = m.file_type();
-    let kind = if ft.is_dir() {
-        "dir"
-    } else if ft.is_symlink() {
-        "symlink"
-    } else if ft.is_file() {
-        "file"
-    } else {
-        "other"
-    };
-    Facts {
-        kind,
-        mode: if ft.is_symlink() {
-            0
-        } else {
-            m.mode() & 0o7777
-        },
-        uid: m.uid(),
-        gid: m.gid(),
-        mtime: if ft.is_symlink() && !with_symlink_mtime {
-            0
-        } else {
-            m.mtime()
-        },
-        size: if ft.is_file() { m.len() } else { 0 },
-        content: ft.is_file().then(|| fs::read(p).unwrap()),
-        target: ft.is_symlink().then(|| fs::read_link(p).unwrap()),
-    }
-}
-
-/// Assert that trees `a` and `b` are the same file by file: type, mode, owner, mtime, size,
-/// content, link target, and which files are hard links of each other (the top directories'
-/// own metadata included).
+/// Assert that trees `a` and `b` are the same file by file ([`crate::common::tree_manifest`]:
+/// type, mode, owner, mtime to the second, size, content, link target, hard links, xattrs;
+/// the top directories' own metadata included).
 pub fn assert_same_tree(a: &Path, b: &Path, with_symlink_mtime: bool) {
-    let (mut ra, mut rb) = (Vec::new(), Vec::new());
-    walk(a, Path::new(""), &mut ra);
-    walk(b, Path::new(""), &mut rb);
-    assert_eq!(ra, rb, "different file lists");
-    assert_eq!(facts(a, true), facts(b, true), "the top directories differ");
-    for rel in &ra {
-        assert_eq!(
-            facts(&a.join(rel), with_symlink_mtime),
-            facts(&b.join(rel), with_symlink_mtime),
-            "{} differs",
-            rel.display()
-        );
-    }
-    assert_eq!(
-        link_groups(a, &ra),
-        link_groups(b, &rb),
-        "hard-link groups differ"
-    );
-}
-
-fn link_groups(root: &Path, rels: &[PathBuf]) -> Vec<Vec<PathBuf>> {
-    let mut by_ino: HashMap<(u64, u64), Vec<PathBuf>> = HashMap::new();
-    for r in rels {
-        let m = fs::symlink_metadata(root.join(r)).unwrap();
-        if m.is_file() && m.nlink() > 1 {
-            by_ino
-                .entry((m.dev(), m.ino()))
-                .or_default()
-                .push(r.clone());
+    let top = |p: &Path| {
+        let m = fs::metadata(p).unwrap();
+        (m.mode() & 0o7777, m.uid(), m.gid(), m.mtime())
+    };
+    assert_eq!(top(a), top(b), "the top directories differ");
+    let facts = |p: &Path| {
+        let mut v = crate::common::tree_manifest(p);
+        for e in &mut v {
+            // pack keeps whole seconds (ustar), and only symlinks that were given one.
+            e.mtime_ns = e.mtime_ns.div_euclid(1_000_000_000);
+            if e.kind == "symlink" && !with_symlink_mtime {
+                e.mtime_ns = 0;
+            }
         }
-    }
-    let mut g: Vec<Vec<PathBuf>> = by_ino.into_values().collect();
-    g.sort();
-    g
+        v
+    };
+    let diff = crate::common::manifest_diff(&facts(a), &facts(b), u64::MAX, i128::MAX);
+    assert!(diff.is_empty(), "the trees differ:\n{}", diff.join("\n"));
 }
 
-/// The olboot binary.
+/// The olboot binary ([`crate::common::olboot`]) with the fetch tuned for tests.
 pub fn olboot() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_olboot"));
+    let mut c = crate::common::olboot();
     c.env("OLBOOT_BACKOFF_MS", "10")
         .env("OLBOOT_BACKOFF_MAX_MS", "50")
         .env("OLBOOT_RETRIES", "3")
         .env("OLBOOT_CONNECT_TIMEOUT_MS", "2000")
-        .env("OLBOOT_STALL_TIMEOUT_MS", "5000")
-        .env("RUST_LOG", "info");
+        .env("OLBOOT_STALL_TIMEOUT_MS", "5000");
     c
 }
 
@@ -540,6 +464,4 @@ pub fn opt_step(root: &Path) -> serde_json::Value {
         .clone()
 }
 
-pub fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+pub use crate::common::stderr;

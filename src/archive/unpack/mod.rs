@@ -13,13 +13,16 @@
 //! [`stream`], which bounds every special header.
 //!
 //! Speed: a file owned by olboot's own user (most of a tree unpacked as root) is created with
-//! its final mode under a zero umask, so it costs open, write, futimens and close only; and
-//! a background thread starts the writeback every 64 MiB so the final sync is short.
+//! its final mode under a zero umask, so it costs open, write, futimens and close only; the
+//! contents of small ones are written (and the files stamped and closed) by writer threads
+//! while this thread goes on with the tree (writer.rs); and a background thread starts the
+//! writeback every 64 MiB so the final sync is short.
 
 mod beneath;
 mod stream;
 mod xattr;
 
+use super::writer::Writers;
 use anyhow::{bail, Context, Result};
 use beneath::{errno, open_dir};
 use rustix::fd::{AsFd, OwnedFd};
@@ -45,6 +48,18 @@ pub struct Stats {
 
 /// Warnings kept in [`Stats::warnings`]; more are counted in a last line.
 pub const MAX_WARNINGS: usize = 20;
+
+/// Writer threads for small files' contents (see writer.rs).
+const WRITERS: usize = 2;
+
+/// What the directories waiting for their metadata may hold (names, xattrs, ACLs): each
+/// xattr record may be up to 1 MiB, and a chain of nested directories must not add them up
+/// past the memory bound.
+const MAX_WAITING: usize = 4 << 20;
+
+fn attrs_len(m: &Meta) -> usize {
+    m.attrs.iter().map(|(k, v)| k.len() + v.len()).sum()
+}
 
 /// Names in error texts are cut to this many bytes.
 const SHOWN: usize = 200;
@@ -90,7 +105,7 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
         dirs: Vec::new(),
         chown: rustix::process::geteuid().is_root(),
         // New files get the process's ids unless the directory is setgid; the directories
-        // made here are setgid only if the staging root is (their modes come at the end).
+        // made here are not setgid until their metadata is set (see `set_dir_meta`).
         ids: (!setgid_root).then(|| {
             (
                 rustix::process::geteuid().as_raw(),
@@ -101,12 +116,14 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
         stats: Stats::default(),
         dropped_warnings: 0,
         flusher: Flusher::start(dir)?,
+        writers: Writers::start(WRITERS)?,
     };
     let mut ar = Stream::new(r);
     while let Some(e) = ar.next_entry().context("cannot read the tar stream")? {
         u.entry(&e, &mut ar)
             .with_context(|| format!("archive entry {}", shown(&e.name)))?;
     }
+    u.writers.finish()?;
     u.finish_dirs()?;
     io::copy(&mut ar.into_inner(), &mut io::sink()).context("cannot read the tar stream")?;
     if u.dropped_warnings > 0 {
@@ -141,6 +158,7 @@ struct Unpacker {
     stats: Stats,
     dropped_warnings: u64,
     flusher: Flusher,
+    writers: Writers,
 }
 
 /// Starts the writeback of what was unpacked while unpacking goes on: after every
@@ -274,6 +292,17 @@ impl Unpacker {
         // A directory listed again was left just before (see `leave_dirs`): its later
         // metadata is set after the earlier one, and so wins, as with GNU tar.
         self.dirs.push((path, meta));
+        let waiting: usize = self
+            .dirs
+            .iter()
+            .map(|(p, m)| p.as_os_str().len() + attrs_len(m))
+            .sum();
+        if waiting > MAX_WAITING {
+            bail!(
+                "directories waiting for their metadata hold over {MAX_WAITING} bytes of names \
+                 and xattrs: refused"
+            );
+        }
         Ok(())
     }
 
@@ -314,6 +343,9 @@ impl Unpacker {
             rustix::fs::openat(pfd, base, flags, Mode::from_raw_mode(mode))
         })?;
         let mut file = std::fs::File::from(fd);
+        if owned && e.sparse.is_none() && e.size <= Writers::SMALL {
+            return self.hand_over(ar, file, e.size, meta.mtime, path);
+        }
         match &e.sparse {
             None => self.copy(ar, &mut file, e.size)?,
             Some(sp) => self.sparse(ar, &mut file, e.size, sp)?,
@@ -324,6 +356,33 @@ impl Unpacker {
         } else {
             self.set_meta_fd(&file, &meta, path)
         }
+    }
+
+    /// Read the `n` bytes of a small file's data and hand them, with the file just created,
+    /// to the writer threads, which write them, set the mtime and close it (writer.rs).
+    fn hand_over<R: Read>(
+        &mut self,
+        ar: &mut Stream<R>,
+        file: std::fs::File,
+        n: u64,
+        mtime: Time,
+        path: &Path,
+    ) -> Result<()> {
+        crate::sys::signal::check()?;
+        let mut data = vec![0; n as usize];
+        let mut filled = 0;
+        while filled < data.len() {
+            match ar.read_data(&mut data[filled..]) {
+                Ok(0) => bail!("the archive ends in the middle of the file"),
+                Ok(got) => filled += got,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err).context("cannot read its content"),
+            }
+        }
+        self.stats.bytes += n;
+        self.flusher.wrote(filled);
+        self.writers
+            .submit(file, data, times(mtime), path.to_path_buf())
     }
 
     /// Copy `n` bytes of the entry's data to `file` at its current offset.
@@ -534,6 +593,11 @@ impl Unpacker {
     }
 
     fn set_dir_meta(&mut self, rel: &Path, meta: &Meta) -> Result<()> {
+        if meta.mode & 0o2000 != 0 {
+            // Files made in a setgid directory take its group: from now on the owner of a
+            // new file is no longer known without a chown.
+            self.ids = None;
+        }
         let fd = if rel.as_os_str().is_empty() {
             rustix::io::dup(&self.root).context("cannot dup the staging directory")?
         } else {

@@ -22,9 +22,13 @@ const BLOCK: usize = 512;
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file (`0`, NUL, `7`; `S` with a sparse map).
     File,
+    /// A directory (`5`, GNU `D`, or a V7 file entry whose name ends in `/`).
     Dir,
+    /// A symlink (`2`).
     Symlink,
+    /// A hard link to an earlier entry (`1`).
     HardLink,
     /// A device node or a FIFO (`3`, `4`, `6`).
     Special,
@@ -33,34 +37,46 @@ pub enum Kind {
 /// A time as seconds and nanoseconds since the epoch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Time {
+    /// Seconds, negative before 1970.
     pub sec: i64,
+    /// Nanoseconds, always forward from `sec`.
     pub nsec: u32,
 }
 
 /// The data regions of a sparse file: `(offset, length)` in order, and its full size.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sparse {
+    /// `(offset, length)` of each data region.
     pub map: Vec<(u64, u64)>,
+    /// The file's size, holes included.
     pub size: u64,
 }
 
 /// One entry with its special headers applied.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The path as the archive has it (long name and PAX path applied).
     pub name: Vec<u8>,
+    /// A link's target.
     pub link: Vec<u8>,
+    /// What it is.
     pub kind: Kind,
+    /// Numeric owner.
     pub uid: u32,
+    /// Numeric group.
     pub gid: u32,
+    /// Permission bits with setuid, setgid and sticky.
     pub mode: u32,
+    /// Modification time (PAX `mtime` with its fraction, else the header's).
     pub mtime: Time,
     /// Bytes of data that follow in the archive (for a sparse file: its regions, packed).
     pub size: u64,
     pub sparse: Option<Sparse>,
     /// Extended attributes, in archive order (ACLs are in `acl_access`/`acl_default`).
     pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-    /// `SCHILY.acl.access` and `SCHILY.acl.default`, as text.
+    /// `SCHILY.acl.access`, as text.
     pub acl_access: Option<String>,
+    /// `SCHILY.acl.default`, as text.
     pub acl_default: Option<String>,
 }
 

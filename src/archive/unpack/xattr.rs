@@ -5,7 +5,7 @@
 //! by commas or newlines); the kernel takes them as the `system.posix_acl_access` and
 //! `system.posix_acl_default` xattrs in their binary form, built here. A named entry needs a
 //! numeric id (olboot restores numeric owners, as `tar --numeric-owner` does): a name alone is
-//! refused. A filesystem that does not support an attribute (EOPNOTSUPP) gives a warning
+//! refused, unless the entry also carries the binary xattr (GNU tar writes both). A filesystem that does not support an attribute (EOPNOTSUPP) gives a warning
 //! naming the entry; any other failure is an error.
 
 use super::shown;
@@ -38,17 +38,19 @@ pub fn collect(
     for (k, v) in xattrs {
         put(k.clone(), v.clone());
     }
-    if let Some(t) = access {
-        put(
-            b"system.posix_acl_access".to_vec(),
-            acl(t).context("SCHILY.acl.access")?,
-        );
-    }
-    if let Some(t) = default {
-        put(
-            b"system.posix_acl_default".to_vec(),
-            acl(t).context("SCHILY.acl.default")?,
-        );
+    for (text, name, record) in [
+        (access, "system.posix_acl_access", "SCHILY.acl.access"),
+        (default, "system.posix_acl_default", "SCHILY.acl.default"),
+    ] {
+        let Some(text) = text else { continue };
+        let binary = xattrs.iter().any(|(k, _)| k == name.as_bytes());
+        match acl(text) {
+            Ok(v) => put(name.as_bytes().to_vec(), v),
+            // GNU tar stores an ACL twice: as text (with names where the archiving system
+            // had them) and as the binary xattr (numeric ids), which is then kept as it is.
+            Err(_) if binary => {}
+            Err(e) => return Err(e.context(record)),
+        }
     }
     Ok(out)
 }
@@ -155,5 +157,10 @@ mod tests {
         assert!(acl("user:bob:r--").is_err());
         assert_eq!(acl("user:bob:r--:77").unwrap()[8..12], 77u32.to_le_bytes());
         assert!(acl("bogus::r--").is_err());
+        let named = "user::rw-,user:bob:r--,group::r--,mask::r--,other::r--";
+        assert!(collect(&[], Some(named), None).is_err());
+        let binary = (b"system.posix_acl_access".to_vec(), b"\x02\0\0\0".to_vec());
+        let kept = collect(std::slice::from_ref(&binary), Some(named), None).unwrap();
+        assert_eq!(kept, vec![binary]);
     }
 }

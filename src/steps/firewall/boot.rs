@@ -1,12 +1,17 @@
-//! What brings the rules back after a reboot: `/etc/nftables.conf` including
-//! `/etc/nftables.d/*.nft`, and `nftables.service` enabled, which runs
-//! `nft -f /etc/nftables.conf` before `network-pre.target`, so before any interface is up and
-//! before Docker adds its own tables.
+//! What brings the rules back after a reboot, and what keeps a reload of somebody else's
+//! rules from removing them.
 //!
-//! The service is enabled by creating the `WantedBy=` symlinks its unit asks for (Debian:
-//! `sysinit.target.wants`), as `systemctl enable` does; that works without a running systemd
-//! and below `--root`. It is not started: starting it would run the whole of
-//! `/etc/nftables.conf`, whose Debian default begins with `flush ruleset`.
+//! - **olboot-firewall.service**, a unit of olboot's own (written to `/etc/systemd/system`,
+//!   enabled by the `WantedBy=` symlink, as `systemctl enable` does; that works without a
+//!   running systemd and below `--root`): it loads `/etc/nftables.d/olboot.nft` alone, before
+//!   `network-pre.target` (so before any interface is up and before Docker adds its tables)
+//!   and after nftables.service. It never flushes anything: no `ExecStop`.
+//! - **/etc/nftables.conf** includes the same file, so `nft -f /etc/nftables.conf` and
+//!   `systemctl reload nftables` reload olboot's table too; Debian's default file begins with
+//!   `flush ruleset`, which removes every table (Docker's too, as in Open Library's issue
+//!   #4706), so olboot comments that line out and puts in its place the replacement of the
+//!   tables the file itself declares (`table inet filter {}` + `delete table inet filter`):
+//!   a reload still replaces the file's own tables and leaves everybody else's alone.
 
 use crate::root::Root;
 use anyhow::{Context, Result};
@@ -16,12 +21,22 @@ use std::path::{Path, PathBuf};
 pub const CONF: &str = "/etc/nftables.conf";
 /// The include line olboot adds to [`CONF`].
 pub const INCLUDE: &str = "include \"/etc/nftables.d/*.nft\"";
-/// The unit's name.
-pub const SERVICE: &str = "nftables.service";
-/// Where the packaged unit may be, as the target sees it (Debian ≤ 12, then merged /usr).
-const UNIT_DIRS: [&str; 2] = ["/lib/systemd/system", "/usr/lib/systemd/system"];
+/// olboot's unit.
+pub const UNIT: &str = "olboot-firewall.service";
+/// Where olboot's unit is written, as the target sees it.
+pub const UNIT_PATH: &str = "/etc/systemd/system/olboot-firewall.service";
+/// The target that wants it.
+const WANTED_BY: &str = "sysinit.target";
 /// Where enablement symlinks go.
 const ETC_UNITS: &str = "/etc/systemd/system";
+/// Where Debian's nftables.service may be, as the target sees it.
+const NFTABLES_UNITS: [&str; 2] = [
+    "/lib/systemd/system/nftables.service",
+    "/usr/lib/systemd/system/nftables.service",
+];
+/// What olboot writes in place of a `flush ruleset` line of [`CONF`].
+const UNFLUSHED: &str =
+    "# flush ruleset  # commented out by olboot: it removed every table, Docker's and olboot's too";
 
 /// Include paths that load olboot's file.
 const INCLUDES_OURS: [&str; 3] = [
@@ -45,15 +60,16 @@ pub fn includes_ours(conf: &str) -> bool {
 /// Whether `conf` runs `flush ruleset`, which removes every table (Docker's too) whenever the
 /// file is loaded again (`systemctl reload` or `restart nftables`).
 pub fn flushes_ruleset(conf: &str) -> bool {
-    conf.lines().any(|line| {
-        let words: Vec<&str> = line
-            .split('#')
-            .next()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect();
-        words == ["flush", "ruleset"]
-    })
+    conf.lines().any(|line| words(line) == ["flush", "ruleset"])
+}
+
+/// The words of a line of nft text, without its comment.
+fn words(line: &str) -> Vec<&str> {
+    line.split('#')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect()
 }
 
 /// `conf` with the include line appended, or a new minimal file when there is none.
@@ -77,6 +93,48 @@ pub fn with_include(conf: Option<&str>) -> String {
     }
 }
 
+/// The top-level tables `conf` declares, as `FAMILY NAME` (nft's default family is `ip`).
+fn declared_tables(conf: &str) -> Vec<String> {
+    const FAMILIES: [&str; 6] = ["ip", "ip6", "inet", "arp", "bridge", "netdev"];
+    let mut out: Vec<String> = Vec::new();
+    for line in conf.lines() {
+        let table = match words(line).as_slice() {
+            ["table", f, n, ..] if FAMILIES.contains(f) => {
+                format!("{f} {}", n.trim_end_matches('{'))
+            }
+            ["table", n, ..] => format!("ip {}", n.trim_end_matches('{')),
+            _ => continue,
+        };
+        if !table.ends_with(' ') && !out.contains(&table) {
+            out.push(table);
+        }
+    }
+    out
+}
+
+/// `conf` with each `flush ruleset` line commented out and replaced by the replacement of
+/// the tables the file declares; also those tables. `None` when it does not flush.
+pub fn unflushed(conf: &str) -> Option<(String, Vec<String>)> {
+    if !flushes_ruleset(conf) {
+        return None;
+    }
+    let tables = declared_tables(conf);
+    let mut out = String::new();
+    for line in conf.lines() {
+        if flushes_ruleset(line) {
+            out.push_str(UNFLUSHED);
+            out.push('\n');
+            for t in &tables {
+                out.push_str(&format!("table {t} {{}}\ndelete table {t}\n"));
+            }
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    Some((out, tables))
+}
+
 /// Whether the target boots with systemd.
 pub fn has_systemd(root: &Root) -> bool {
     ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"]
@@ -84,84 +142,72 @@ pub fn has_systemd(root: &Root) -> bool {
         .any(|p| root.path(Path::new(p)).exists())
 }
 
-/// The packaged `nftables.service`: its path as the target sees it and its `WantedBy=`.
-pub struct Unit {
-    /// Where the unit file is, as the target sees it (what the symlinks point at).
-    pub path: PathBuf,
-    /// Targets that want it, from `[Install] WantedBy=`.
-    pub wanted_by: Vec<String>,
+/// olboot's unit, loading `file` with the target's `nft`.
+pub fn unit_text(nft: &Path, file: &str) -> String {
+    format!(
+        "# Written by olboot: loads olboot's firewall (table inet olboot) at boot.\n\
+         [Unit]\n\
+         Description=olboot firewall (table inet olboot)\n\
+         DefaultDependencies=no\n\
+         Wants=network-pre.target\n\
+         Before=network-pre.target shutdown.target\n\
+         After=nftables.service\n\
+         Conflicts=shutdown.target\n\
+         \n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         ExecStart={nft} -f {file}\n\
+         ExecReload={nft} -f {file}\n\
+         \n\
+         [Install]\n\
+         WantedBy={WANTED_BY}\n",
+        nft = nft.display()
+    )
 }
 
-/// Find and read the packaged unit, if the target has one.
-pub fn find_unit(root: &Root) -> Result<Option<Unit>> {
-    for dir in UNIT_DIRS {
-        let path = Path::new(dir).join(SERVICE);
-        let host = root.path(&path);
-        let Some(text) = crate::sys::fs::read_optional(&host)? else {
-            continue;
-        };
-        let wanted_by = wanted_by(&text);
-        if wanted_by.is_empty() {
-            anyhow::bail!("{}: no WantedBy= in [Install]", host.display());
-        }
-        return Ok(Some(Unit { path, wanted_by }));
-    }
-    Ok(None)
-}
-
-/// The `WantedBy=` targets of a unit file's `[Install]` section.
-fn wanted_by(unit: &str) -> Vec<String> {
-    let mut section = "";
-    let mut out = Vec::new();
-    for line in unit.lines().map(str::trim) {
-        if line.starts_with('[') {
-            section = line;
-        } else if section == "[Install]" {
-            if let Some(v) = line.strip_prefix("WantedBy=") {
-                out.extend(v.split_whitespace().map(String::from));
-            }
-        }
-    }
-    out
-}
-
-/// The enablement symlink for `target`, as the target system sees it.
-pub fn link_for(target: &str) -> PathBuf {
+/// The enablement symlink of olboot's unit, as the target sees it.
+pub fn unit_link() -> PathBuf {
     Path::new(ETC_UNITS)
-        .join(format!("{target}.wants"))
-        .join(SERVICE)
+        .join(format!("{WANTED_BY}.wants"))
+        .join(UNIT)
 }
 
-/// The enablement symlinks of `unit` that do not exist yet.
-pub fn missing_links(root: &Root, unit: &Unit) -> Vec<PathBuf> {
-    unit.wanted_by
-        .iter()
-        .map(|t| link_for(t))
-        .filter(|l| std::fs::symlink_metadata(root.path(l)).is_err())
-        .collect()
+/// Whether olboot's unit is enabled: its symlink points at it.
+pub fn enabled(root: &Root) -> bool {
+    std::fs::read_link(root.path(&unit_link())).is_ok_and(|t| t == Path::new(UNIT_PATH))
 }
 
-/// Create the missing enablement symlinks of `unit`; returns the links made.
-pub fn enable(root: &Root, unit: &Unit) -> Result<Vec<PathBuf>> {
-    let missing = missing_links(root, unit);
-    for link in &missing {
-        let host = root.path(link);
-        if let Some(dir) = host.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        std::os::unix::fs::symlink(&unit.path, &host).with_context(|| {
-            format!("cannot link {} -> {}", host.display(), unit.path.display())
-        })?;
+/// Link `link` (as the target sees it) to `dest`, replacing a wrong link.
+pub fn enable(root: &Root, link: &Path, dest: &Path) -> Result<()> {
+    let host = root.path(link);
+    if let Some(dir) = host.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    Ok(missing)
+    if std::fs::symlink_metadata(&host).is_ok() {
+        std::fs::remove_file(&host).with_context(|| format!("cannot remove {}", host.display()))?;
+    }
+    std::os::unix::fs::symlink(dest, &host)
+        .with_context(|| format!("cannot link {} -> {}", host.display(), dest.display()))
 }
 
-/// Whether an administrator masked the service (`/etc/systemd/system/nftables.service ->
-/// /dev/null`), so that it never runs whatever olboot enables.
-pub fn masked(root: &Root) -> bool {
-    std::fs::read_link(root.path(&Path::new(ETC_UNITS).join(SERVICE)))
-        .is_ok_and(|t| t == Path::new("/dev/null"))
+/// Whether the target's nftables.service flushes the whole ruleset when stopped (Debian's
+/// `ExecStop=/usr/sbin/nft flush ruleset`): `systemctl stop` or `restart nftables` then
+/// removes every table.
+pub fn service_stop_flushes(root: &Root) -> Result<bool> {
+    for unit in NFTABLES_UNITS {
+        if let Some(text) = crate::sys::fs::read_optional(&root.path(Path::new(unit)))? {
+            return Ok(text.lines().any(|l| {
+                l.trim().strip_prefix("ExecStop=").is_some_and(|cmd| {
+                    cmd.split_whitespace()
+                        .rev()
+                        .take(2)
+                        .eq(["ruleset", "flush"])
+                })
+            }));
+        }
+    }
+    Ok(false)
 }
 
 #[cfg(test)]
@@ -198,40 +244,38 @@ mod tests {
     }
 
     #[test]
-    fn unit_install_section_is_read() {
-        let unit = "[Unit]\nWantedBy=nope.target\n[Service]\nExecStart=/usr/sbin/nft -f /etc/nftables.conf\n[Install]\nWantedBy=sysinit.target\nWantedBy=a.target b.target\n";
-        assert_eq!(wanted_by(unit), ["sysinit.target", "a.target", "b.target"]);
-        assert_eq!(
-            link_for("sysinit.target"),
-            Path::new("/etc/systemd/system/sysinit.target.wants/nftables.service")
-        );
+    fn flush_is_replaced_by_the_files_own_tables() {
+        let conf = format!("{DEBIAN}table ip6 extra {{\n}}\ntable bare {{\n}}\n");
+        let (text, tables) = unflushed(&conf).expect("flushes");
+        assert_eq!(tables, ["inet filter", "ip6 extra", "ip bare"]);
+        assert!(!flushes_ruleset(&text), "{text}");
+        assert!(text.starts_with(
+            "#!/usr/sbin/nft -f\n\n# flush ruleset  # commented out by olboot: it removed every table, Docker's and olboot's too\ntable inet filter {}\ndelete table inet filter\ntable ip6 extra {}\ndelete table ip6 extra\n"
+        ), "{text}");
+        assert!(text.ends_with("table bare {\n}\n"));
+        assert!(unflushed(&text).is_none());
     }
 
     #[test]
-    fn enable_links_below_the_root_once() {
+    fn unit_loads_the_file_and_is_enabled_below_the_root() {
         let t = tempfile::tempdir().expect("tempdir");
         let root = Root::at(t.path());
-        std::fs::create_dir_all(t.path().join("lib/systemd/system")).expect("mkdir");
-        std::fs::write(
-            t.path().join("lib/systemd/system/nftables.service"),
-            "[Install]\nWantedBy=sysinit.target\n",
+        let text = unit_text(Path::new("/usr/sbin/nft"), "/etc/nftables.d/olboot.nft");
+        assert!(text.contains("\nExecStart=/usr/sbin/nft -f /etc/nftables.d/olboot.nft\n"));
+        assert!(text.contains("\nBefore=network-pre.target shutdown.target\n"));
+        assert!(!text.contains("ExecStop"), "never flushes");
+        assert!(!enabled(&root));
+        enable(&root, &unit_link(), Path::new(UNIT_PATH)).expect("enable");
+        assert!(enabled(&root));
+        enable(&root, &unit_link(), Path::new(UNIT_PATH)).expect("again");
+        assert!(enabled(&root));
+        assert!(!service_stop_flushes(&root).expect("read"));
+        crate::sys::fs::write_atomic(
+            &t.path().join("lib/systemd/system/nftables.service"),
+            b"[Service]\nExecStop=/usr/sbin/nft flush ruleset\n",
+            0o644,
         )
         .expect("write");
-        assert!(!has_systemd(&root));
-        let unit = find_unit(&root).expect("read").expect("unit");
-        assert_eq!(unit.path, Path::new("/lib/systemd/system/nftables.service"));
-        assert_eq!(missing_links(&root, &unit).len(), 1);
-        let made = enable(&root, &unit).expect("enable");
-        assert_eq!(made, [link_for("sysinit.target")]);
-        let link = t
-            .path()
-            .join("etc/systemd/system/sysinit.target.wants/nftables.service");
-        assert_eq!(
-            std::fs::read_link(link).expect("link"),
-            Path::new("/lib/systemd/system/nftables.service")
-        );
-        assert!(missing_links(&root, &unit).is_empty());
-        assert!(enable(&root, &unit).expect("again").is_empty());
-        assert!(!masked(&root));
+        assert!(service_stop_flushes(&root).expect("read"));
     }
 }

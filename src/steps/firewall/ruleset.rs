@@ -137,8 +137,9 @@ struct Source {
     what: String,
 }
 
-/// The sources of allow rule `a`: one per non-empty family of each `from` set, or anywhere.
-fn sources(a: &config::Allow, sets: &[(String, Split)]) -> Vec<Source> {
+/// The sources of allow rule `a`: one per non-empty family of each `from` set, one per
+/// container bridge for `containers`, or anywhere.
+fn sources(a: &config::Allow, sets: &[(String, Split)], bridges: &[String]) -> Vec<Source> {
     if a.from.is_empty() {
         return vec![Source {
             matcher: String::new(),
@@ -147,6 +148,14 @@ fn sources(a: &config::Allow, sets: &[(String, Split)]) -> Vec<Source> {
     }
     let mut out = Vec::new();
     for name in &a.from {
+        if name == config::CONTAINERS {
+            // By the interface the traffic comes in on: whatever the networks' addresses.
+            out.extend(bridges.iter().map(|b| Source {
+                matcher: format!("iifname \"{b}\" "),
+                what: name.clone(),
+            }));
+            continue;
+        }
         let Some((_, split)) = sets.iter().find(|(n, _)| n == name) else {
             continue;
         };
@@ -170,10 +179,11 @@ fn sources(a: &config::Allow, sets: &[(String, Split)]) -> Vec<Source> {
 /// a warning, since the port stays closed.
 pub fn empty_rules(cfg: &config::Firewall) -> Vec<String> {
     let sets = split_sets(cfg);
+    let bridges = cfg.bridges();
     cfg.allow
         .iter()
         .enumerate()
-        .filter(|(_, a)| sources(a, &sets).is_empty())
+        .filter(|(_, a)| sources(a, &sets, &bridges).is_empty())
         .map(|(i, a)| {
             format!(
                 "allow[{i}] ({} {}) allows nothing: its sets ({}) hold no address",
@@ -195,16 +205,26 @@ fn split_sets(cfg: &config::Firewall) -> Vec<(String, Split)> {
 /// Render `cfg` as the complete file: header, replace prologue, table.
 pub fn render(cfg: &config::Firewall) -> String {
     let sets = split_sets(cfg);
+    let bridges = cfg.bridges();
     let mut s = String::new();
     s.push_str(
         "# olboot's firewall, written by `olboot apply` from its config: change the config, not\n\
-         # this file. Loading it (`nft -f`, or at boot through /etc/nftables.conf) replaces table\n\
+         # this file. Loading it (`nft -f`, at boot by olboot-firewall.service) replaces table\n\
          # inet olboot in one transaction and leaves every other table alone.\n",
     );
     let _ = writeln!(s, "table {TABLE} {{}}");
     let _ = writeln!(s, "delete table {TABLE}");
     let _ = writeln!(s, "table {TABLE} {{");
-    for (name, split) in &sets {
+    render_sets(&mut s, &sets);
+    render_input(&mut s, cfg, &sets, &bridges);
+    render_forward(&mut s, cfg, &sets, &bridges);
+    s.push_str("}\n");
+    s
+}
+
+/// The named address sets, two per config set (one per family), empty ones left out.
+fn render_sets(s: &mut String, sets: &[(String, Split)]) {
+    for (name, split) in sets {
         for (suffix, ty, nets) in [
             ("v4", "ipv4_addr", &split.v4),
             ("v6", "ipv6_addr", &split.v6),
@@ -224,7 +244,15 @@ pub fn render(cfg: &config::Firewall) -> String {
             s.push('\n');
         }
     }
+}
 
+/// Traffic to the host itself: loopback, established, ICMP essentials, the allow rules.
+fn render_input(
+    s: &mut String,
+    cfg: &config::Firewall,
+    sets: &[(String, Split)],
+    bridges: &[String],
+) {
     s.push_str("\tchain input {\n");
     s.push_str("\t\ttype filter hook input priority filter; policy drop;\n");
     s.push_str("\t\tiif \"lo\" accept\n");
@@ -232,53 +260,93 @@ pub fn render(cfg: &config::Firewall) -> String {
     s.push_str("\t\tct state invalid drop\n");
     let _ = writeln!(s, "\t\ticmp type {{ {ICMP} }} accept");
     let _ = writeln!(s, "\t\ticmpv6 type {{ {ICMPV6} }} accept");
-    for (i, a) in cfg.allow.iter().enumerate() {
-        let ports = port_ranges(&a.port.0);
-        let expr = ports_expr(&ports);
-        for src in sources(a, &sets) {
-            let note = comment(format!("allow[{i}]: {} {expr} from {}", a.proto, src.what));
-            let _ = writeln!(
-                s,
-                "\t\t{}{} dport {expr} accept {note}",
-                src.matcher, a.proto
-            );
-        }
-    }
+    allow_rules(s, cfg, sets, bridges, |src, proto, expr, _| {
+        vec![format!("{}{proto} dport {expr}", src.matcher)]
+    });
     s.push_str("\t}\n\n");
+}
 
-    // Docker publishes a container port by DNAT in prerouting; the connection then passes the
-    // forward hook, never input. The same allow rules apply there to the port the client
-    // asked for (`ct original proto-dst`), and any other DNAT'd new connection is dropped.
-    // Forwarded traffic that was not DNAT'd (containers reaching out, replies) is not
-    // olboot's business. Priority: before Docker's iptables-nft `filter FORWARD` (0); a drop
-    // in any base chain is final, and an accept here does not override a drop there.
-    s.push_str("\tchain forward {\n");
-    s.push_str("\t\ttype filter hook forward priority filter - 10; policy accept;\n");
-    s.push_str(
-        "\t\tct status dnat ct state new jump published comment \"published ports (DNAT): the allow rules\"\n",
-    );
-    s.push_str("\t}\n\n");
-    s.push_str("\tchain published {\n");
+/// One line per allow rule, source and whatever `matches` makes of them (each ends in
+/// `accept` and the rule's comment).
+fn allow_rules(
+    s: &mut String,
+    cfg: &config::Firewall,
+    sets: &[(String, Split)],
+    bridges: &[String],
+    matches: impl Fn(&Source, &config::Proto, &str, &[PortRange]) -> Vec<String>,
+) {
     for (i, a) in cfg.allow.iter().enumerate() {
         let ports = port_ranges(&a.port.0);
         let expr = ports_expr(&ports);
-        for src in sources(a, &sets) {
+        for src in sources(a, sets, bridges) {
             let note = comment(format!("allow[{i}]: {} {expr} from {}", a.proto, src.what));
-            // One rule per port or range: `ct original proto-dst` with an anonymous set
-            // works, but nft 1.0 lists such a set as `[invalid type]`.
-            for p in &ports {
-                let _ = writeln!(
-                    s,
-                    "\t\tmeta l4proto {} ct original proto-dst {p} {}accept {note}",
-                    a.proto, src.matcher
-                );
+            for m in matches(&src, &a.proto, &expr, &ports) {
+                let _ = writeln!(s, "\t\t{m} accept {note}");
             }
         }
     }
+}
+
+/// Forwarded traffic: the allow rules for new connections into the container networks, by
+/// DNAT (published ports) or routed straight to a container's address.
+///
+/// Docker publishes a container port by DNAT in prerouting; the connection then passes the
+/// forward hook, never input: the allow rules apply to the port the client asked for (`ct
+/// original proto-dst`), and any other DNAT'd new connection is dropped. A neighbour that
+/// routes a container network through this host reaches containers without DNAT (Docker
+/// before 28 accepts that for every published container port); such new connections into a
+/// container bridge from anywhere but a container bridge obey the same allow rules, by the
+/// container's port. Container egress, container-to-container traffic and replies are not
+/// olboot's business (Docker's own chains decide). Priority: before Docker's forward chains
+/// (iptables-nft `filter FORWARD` and Docker 29's nftables tables, both at 0); a drop in any
+/// base chain is final, and an accept here does not override a drop there.
+fn render_forward(
+    s: &mut String,
+    cfg: &config::Firewall,
+    sets: &[(String, Split)],
+    bridges: &[String],
+) {
+    s.push_str("\tchain forward {\n");
+    s.push_str("\t\ttype filter hook forward priority filter - 10; policy accept;\n");
+    s.push_str(
+        "\t\tct state new ct status dnat jump published comment \"published ports (DNAT): the allow rules\"\n",
+    );
+    for b in bridges {
+        let _ = writeln!(
+            s,
+            "\t\tct state new oifname \"{b}\" jump routed comment \"routed into a container network: the allow rules\""
+        );
+    }
+    s.push_str("\t}\n\n");
+    s.push_str("\tchain published {\n");
+    allow_rules(s, cfg, sets, bridges, |src, proto, _, ports| {
+        // One rule per port or range: `ct original proto-dst` with an anonymous set works,
+        // but nft 1.0 lists such a set as `[invalid type]`.
+        ports
+            .iter()
+            .map(|p| {
+                format!(
+                    "meta l4proto {proto} ct original proto-dst {p} {}",
+                    src.matcher
+                )
+            })
+            .map(|m| m.trim_end().to_string())
+            .collect()
+    });
+    s.push_str("\t\tdrop\n");
+    s.push_str("\t}\n\n");
+    s.push_str("\tchain routed {\n");
+    for b in bridges {
+        let _ = writeln!(
+            s,
+            "\t\tiifname \"{b}\" return comment \"from a container: Docker's rules decide\""
+        );
+    }
+    allow_rules(s, cfg, sets, bridges, |src, proto, expr, _| {
+        vec![format!("{}{proto} dport {expr}", src.matcher)]
+    });
     s.push_str("\t\tdrop\n");
     s.push_str("\t}\n");
-    s.push_str("}\n");
-    s
 }
 
 #[cfg(test)]
@@ -377,9 +445,42 @@ mod tests {
         assert!(pos("nd-neighbor-solicit") < pos("tcp dport 22"));
         assert!(r.contains("type filter hook input priority filter; policy drop;"));
         assert!(r.contains("type filter hook forward priority filter - 10; policy accept;"));
-        assert!(r.contains("ct status dnat ct state new jump published"));
+        assert!(r.contains("\t\tct state new ct status dnat jump published"));
+        assert!(r.contains("\t\tct state new oifname \"docker0\" jump routed"));
+        assert!(r.contains("\t\tct state new oifname \"br-*\" jump routed"));
         assert!(r.ends_with("\t\tdrop\n\t}\n}\n"));
         assert!(!r.contains("flush"));
+    }
+
+    #[test]
+    fn routed_and_container_rules_follow_the_bridges() {
+        let cfg = fw("  sets: { admin: [10.0.0.1] }\n  container_bridges: [docker0, olnet, \"ol-*\"]\n  allow:\n    - { port: 22, from: admin }\n    - { port: 7000, from: containers }\n");
+        let r = render(&cfg);
+        let routed = &r[r.find("\tchain routed {").expect("routed chain")..];
+        let lines: Vec<&str> = routed.lines().map(str::trim).collect();
+        assert_eq!(
+            lines[..7],
+            [
+                "chain routed {",
+                "iifname \"docker0\" return comment \"from a container: Docker's rules decide\"",
+                "iifname \"olnet\" return comment \"from a container: Docker's rules decide\"",
+                "iifname \"ol-*\" return comment \"from a container: Docker's rules decide\"",
+                "ip saddr @admin_v4 tcp dport 22 accept comment \"allow[0]: tcp 22 from admin\"",
+                "iifname \"docker0\" tcp dport 7000 accept comment \"allow[1]: tcp 7000 from containers\"",
+                "iifname \"olnet\" tcp dport 7000 accept comment \"allow[1]: tcp 7000 from containers\"",
+            ]
+        );
+        assert!(r.contains("\t\tct state new oifname \"ol-*\" jump routed"));
+        assert!(
+            !r.contains("br-*"),
+            "the config's bridges replace the default"
+        );
+        assert!(r.contains(
+            "\t\tiifname \"ol-*\" tcp dport 7000 accept comment \"allow[1]: tcp 7000 from containers\"\n"
+        ));
+        assert!(
+            r.contains("\t\tmeta l4proto tcp ct original proto-dst 7000 iifname \"olnet\" accept")
+        );
     }
 
     #[test]
