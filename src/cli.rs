@@ -52,6 +52,8 @@ pub enum Command {
         config: String,
         /// Check only this host's entry.
         host: Option<String>,
+        /// Credentials for a config URL.
+        auth_file: Option<PathBuf>,
     },
     /// `olboot status`.
     Status {
@@ -71,13 +73,14 @@ pub struct Target {
     root: Option<PathBuf>,
     host: Option<String>,
     only: Vec<StepName>,
+    auth_file: Option<PathBuf>,
 }
 
 /// Parse the arguments (without the program name). The error is the one-line usage error.
 pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, String> {
     let (command, a) = match flags::parse(args)? {
         flags::Parsed::Print(text) => return Ok(Cli::Print(text)),
-        flags::Parsed::Run { command, args } => (command.name, args),
+        flags::Parsed::Run { command, args } => (command.name, *args),
     };
     let config = a.config.unwrap_or_else(|| flags::DEFAULT_CONFIG.into());
     let target = || Target {
@@ -85,6 +88,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
         root: a.root.clone(),
         host: a.host.clone(),
         only: a.only.clone(),
+        auth_file: a.auth_file.clone(),
     };
     Ok(Cli::Run(match command {
         "apply" => Command::Apply {
@@ -95,6 +99,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
         "validate" => Command::Validate {
             config,
             host: a.host,
+            auth_file: a.auth_file,
         },
         "status" => Command::Status {
             root: a.root,
@@ -108,6 +113,7 @@ pub fn parse(args: impl IntoIterator<Item = std::ffi::OsString>) -> Result<Cli, 
             excludes: a.excludes,
             allow_changing: a.allow_changing,
             json: a.json,
+            recipients: a.recipients,
         }),
     }))
 }
@@ -132,7 +138,11 @@ fn dispatch(cmd: Command) -> Result<u8> {
     match cmd {
         Command::Apply { target, json } => converge(target, Mode::Apply, json),
         Command::Plan { target } => converge(target, Mode::Plan, true),
-        Command::Validate { config, host } => validate(&config, host.as_deref()),
+        Command::Validate {
+            config,
+            host,
+            auth_file,
+        } => validate(&config, host.as_deref(), auth_file.as_deref()),
         Command::Status { root, json } => status(root, json),
         Command::Pack(o) => {
             crate::archive::pack::pack(&o)?;
@@ -190,9 +200,11 @@ fn machine_hostname() -> Result<String> {
 
 fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     let root = root_of(t.root)?;
-    let cfg = load::config(&t.config)?;
+    let cfg = load::config(&t.config, t.auth_file.as_deref())?;
     let host = host_of(t.host, &root, &cfg)?;
     let host_cfg = cfg.for_host(&host)?;
+    // The root-only key and credential files: refused before anything is touched.
+    crate::store::check(&host_cfg, &root)?;
     let _lock = match mode {
         Mode::Apply => {
             crate::sys::signal::install();
@@ -238,8 +250,10 @@ fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     })
 }
 
-fn validate(source: &str, host: Option<&str>) -> Result<u8> {
-    let cfg = load::config(source)?;
+fn validate(source: &str, host: Option<&str>, auth_file: Option<&std::path::Path>) -> Result<u8> {
+    let cfg = load::config(source, auth_file)?;
+    // As the config names itself in messages: a URL without its query and user-info.
+    let source = &cfg.source;
     match host {
         Some(h) => {
             cfg.for_host(h)?;
@@ -318,6 +332,19 @@ mod tests {
         };
         assert_eq!(o.excludes, ["*.pyc", "/petabox/"]);
         assert!(o.allow_changing && o.json);
+        assert!(o.recipients.is_empty());
+        let e = args("pack /opt -o o --recipient age1nope").unwrap_err();
+        assert!(
+            e.starts_with("--recipient: \"age1nope\" is not an age recipient"),
+            "{e}"
+        );
+        assert!(args("status --recipient age1x").is_err());
+        let Ok(Cli::Run(Command::Validate { auth_file, .. })) =
+            args("validate -c https://x/c.yaml --auth-file /etc/a")
+        else {
+            panic!()
+        };
+        assert_eq!(auth_file, Some(PathBuf::from("/etc/a")));
         assert!(matches!(args("--version"), Ok(Cli::Print(v)) if v.starts_with("olboot ")));
         assert!(
             matches!(args("pack --help"), Ok(Cli::Print(h)) if h.contains("-o, --output FILE"))

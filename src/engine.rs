@@ -322,7 +322,7 @@ pub fn run_step<S: Step>(step: &S, ctx: &Ctx, mode: Mode) -> StepReport {
                 }
             } else {
                 let mut done = Done::new(S::NAME);
-                let r = step.apply(ctx, &plan.changes, &mut done);
+                let r = S::apply(ctx, &plan.changes, &mut done);
                 report.changes = done.lines;
                 report.warnings.extend(done.warnings);
                 report.result = Outcome::Changed;

@@ -11,6 +11,8 @@ pub mod engine;
 pub mod report;
 pub mod retry;
 pub mod root;
+pub mod secret;
 pub mod steps;
+pub mod store;
 pub mod sys;
 pub mod tuning;

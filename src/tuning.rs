@@ -20,6 +20,12 @@ pub struct Tuning {
     pub dpkg_lock_timeout: Duration,
     /// Interval between progress lines of a long transfer.
     pub progress_interval: Duration,
+    /// An archive transfer slower than this many bytes per second over `speed_time` fails.
+    pub speed_limit: u64,
+    /// The window over which `speed_limit` is averaged.
+    pub speed_time: Duration,
+    /// The most one mirror may take to deliver the whole archive, retries included.
+    pub mirror_deadline: Duration,
 }
 
 impl Default for Tuning {
@@ -32,6 +38,9 @@ impl Default for Tuning {
             stall_timeout: Duration::from_secs(60),
             dpkg_lock_timeout: Duration::from_secs(600),
             progress_interval: Duration::from_secs(5),
+            speed_limit: 1024,
+            speed_time: Duration::from_secs(60),
+            mirror_deadline: Duration::from_secs(6 * 3600),
         }
     }
 }
@@ -39,7 +48,8 @@ impl Default for Tuning {
 impl Tuning {
     /// The defaults, overridden by `OLBOOT_RETRIES`, `OLBOOT_BACKOFF_MS`,
     /// `OLBOOT_BACKOFF_MAX_MS`, `OLBOOT_CONNECT_TIMEOUT_MS`, `OLBOOT_STALL_TIMEOUT_MS`,
-    /// `OLBOOT_DPKG_LOCK_TIMEOUT_MS` and `OLBOOT_PROGRESS_MS` where set to a number.
+    /// `OLBOOT_DPKG_LOCK_TIMEOUT_MS`, `OLBOOT_PROGRESS_MS`, `OLBOOT_SPEED_LIMIT` (bytes/s),
+    /// `OLBOOT_SPEED_TIME_MS` and `OLBOOT_MIRROR_DEADLINE_MS` where set to a number.
     pub fn from_env() -> Tuning {
         let mut t = Tuning::default();
         let ms = |name: &str, slot: &mut Duration| {
@@ -53,12 +63,20 @@ impl Tuning {
         {
             t.retries = v;
         }
+        if let Some(v) = std::env::var("OLBOOT_SPEED_LIMIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            t.speed_limit = v;
+        }
         ms("OLBOOT_BACKOFF_MS", &mut t.backoff);
         ms("OLBOOT_BACKOFF_MAX_MS", &mut t.backoff_max);
         ms("OLBOOT_CONNECT_TIMEOUT_MS", &mut t.connect_timeout);
         ms("OLBOOT_STALL_TIMEOUT_MS", &mut t.stall_timeout);
         ms("OLBOOT_DPKG_LOCK_TIMEOUT_MS", &mut t.dpkg_lock_timeout);
         ms("OLBOOT_PROGRESS_MS", &mut t.progress_interval);
+        ms("OLBOOT_SPEED_TIME_MS", &mut t.speed_time);
+        ms("OLBOOT_MIRROR_DEADLINE_MS", &mut t.mirror_deadline);
         t
     }
 

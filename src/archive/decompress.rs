@@ -26,6 +26,8 @@ pub fn detect(head: &[u8]) -> Result<Format> {
         Format::Xz
     } else if head.get(257..262) == Some(b"ustar") {
         Format::Tar
+    } else if head.starts_with(super::crypt::MAGIC) {
+        bail!("the archive is age-encrypted: opt.archive.identity_file names the key to open it")
     } else {
         let shown: Vec<String> = head.iter().take(8).map(|b| format!("{b:02x}")).collect();
         bail!(

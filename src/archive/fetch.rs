@@ -6,12 +6,14 @@
 //! (no Range support, or `If-Range` saw a new file) or with a different length or start
 //! makes the whole stream start over: [`Restart`] tells the pipeline to wipe its staging.
 
-use crate::sys::http::{explain, RETRY_STATUSES};
+use crate::retry::Backoff;
+use crate::secret::ShownUrl;
+use crate::sys::http::{self, Credentials, Failure, RETRY_STATUSES};
 use crate::tuning::Tuning;
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::io::{self, Read};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use ureq::http::header;
 
 /// The stream must start over from byte 0 (the server's file changed or it cannot resume).
@@ -36,132 +38,236 @@ impl fmt::Display for MirrorFailed {
 }
 impl std::error::Error for MirrorFailed {}
 
+/// The bounds of one mirror's transfer (curl's `--speed-limit`/`--speed-time` and
+/// `--max-time`, and the archive's size).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Fewer bytes per second than this, averaged over `speed_time`, fails the mirror.
+    pub speed_limit: u64,
+    /// The window of the rate check.
+    pub speed_time: Duration,
+    /// The whole transfer from this mirror, retries included, ends within this.
+    pub deadline: Duration,
+    /// The archive's size when the config gives it: never more is passed on.
+    pub size: Option<u64>,
+}
+
+impl Limits {
+    /// The limits of `tuning`, with the archive's `size` if known.
+    pub fn new(tuning: &Tuning, size: Option<u64>) -> Limits {
+        Limits {
+            speed_limit: tuning.speed_limit,
+            speed_time: tuning.speed_time,
+            deadline: tuning.mirror_deadline,
+            size,
+        }
+    }
+}
+
 /// A `Read` over the body of `url` that resumes cut transfers.
 pub struct Resuming {
     agent: ureq::Agent,
     url: String,
-    tuning: Tuning,
+    shown: ShownUrl,
+    creds: Option<Credentials>,
     body: Option<ureq::BodyReader<'static>>,
     offset: u64,
     total: Option<u64>,
     /// `ETag` (or else `Last-Modified`) of the first response, sent back as `If-Range`.
     validator: Option<String>,
     /// Failures since the last byte that arrived.
-    failures: u32,
+    backoff: Backoff,
+    limits: Limits,
+    deadline: Instant,
+    /// Start of the current rate window, and the bytes that came in it.
+    window: (Instant, u64),
+}
+
+/// An I/O error carrying a [`MirrorFailed`].
+fn mirror_failed(why: String) -> io::Error {
+    io::Error::other(MirrorFailed(why))
 }
 
 impl Resuming {
-    /// Request `url`, retrying transient failures; the first response decides the length.
-    pub fn open(agent: ureq::Agent, url: &str, tuning: &Tuning) -> io::Result<Resuming> {
+    /// Request `url` (with `creds` where they may go), retrying transient failures; the
+    /// first response decides the length.
+    pub fn open(
+        agent: ureq::Agent,
+        url: &str,
+        creds: Option<Credentials>,
+        tuning: &Tuning,
+        limits: Limits,
+    ) -> io::Result<Resuming> {
+        let now = Instant::now();
         let mut r = Resuming {
             agent,
             url: url.to_string(),
-            tuning: tuning.clone(),
+            shown: ShownUrl::new(url),
+            creds,
             body: None,
             offset: 0,
             total: None,
             validator: None,
-            failures: 0,
+            backoff: Backoff::new(tuning),
+            deadline: now + limits.deadline,
+            limits,
+            window: (now, 0),
         };
         r.connect()?;
         Ok(r)
     }
 
-    /// The length the server announced, if it did.
+    /// The length the server announced (or the config's size), if known.
     pub fn total(&self) -> Option<u64> {
         self.total
     }
 
-    /// Count a failure; sleep before the next try, or give up when retries are used up.
+    /// Count a failure; sleep before the next try, or give up when retries are used up or
+    /// the wait would pass the deadline.
     fn failed(&mut self, why: String) -> io::Result<()> {
         self.body = None;
-        if self.failures >= self.tuning.retries {
-            return Err(io::Error::other(MirrorFailed(format!(
+        let Some(wait) = self.backoff.failed() else {
+            return Err(mirror_failed(format!(
                 "{why} (gave up after {} tries)",
-                self.failures + 1
-            ))));
+                self.backoff.failures()
+            )));
+        };
+        if Instant::now() + wait >= self.deadline {
+            return Err(mirror_failed(format!(
+                "{why} (no time left before the deadline of {})",
+                humantime::format_duration(self.limits.deadline)
+            )));
         }
-        let wait = self.tuning.backoff_for(self.failures);
-        self.failures += 1;
         log::warn!(
             "{}: {why}; retrying in {}",
-            self.url,
+            self.shown,
             humantime::format_duration(wait)
         );
         std::thread::sleep(wait);
+        // A new connection starts a new rate window: the wait is not the server's slowness.
+        self.window = (Instant::now(), 0);
         Ok(())
     }
 
     /// (Re)connect at `self.offset`.
     fn connect(&mut self) -> io::Result<()> {
         loop {
-            let mut req = self.agent.get(&self.url);
+            let mut headers = Vec::new();
             if self.offset > 0 {
-                req = req.header(header::RANGE, format!("bytes={}-", self.offset));
+                headers.push((header::RANGE, format!("bytes={}-", self.offset)));
                 if let Some(v) = &self.validator {
-                    req = req.header(header::IF_RANGE, v);
+                    headers.push((header::IF_RANGE, v.clone()));
                 }
             }
-            let resp = match req.call() {
+            let resp = match http::get(
+                &self.agent,
+                &self.url,
+                self.creds.as_ref(),
+                &headers,
+                Some(self.deadline),
+            ) {
                 Ok(r) => r,
-                Err(e) if transient(&e) => {
-                    self.failed(format!("request failed: {}", explain(&e)))?;
+                Err(Failure::Transient(e)) => {
+                    self.failed(format!("request failed: {e}"))?;
                     continue;
                 }
-                Err(e) => return Err(io::Error::other(MirrorFailed(explain(&e)))),
+                Err(Failure::Final(e)) => return Err(mirror_failed(e)),
             };
             let status = resp.status().as_u16();
             if RETRY_STATUSES.contains(&status) {
                 self.failed(format!("HTTP status {status}"))?;
                 continue;
             }
-            let hv = |name: header::HeaderName| {
-                resp.headers()
-                    .get(name)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_string)
-            };
-            let etag = hv(header::ETAG).or_else(|| hv(header::LAST_MODIFIED));
-            if self.offset == 0 {
-                if status != 200 {
-                    return Err(io::Error::other(MirrorFailed(format!(
-                        "HTTP status {status}"
-                    ))));
-                }
-                self.total = hv(header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
-                self.validator = etag;
-            } else {
-                match status {
-                    206 => {}
-                    200 => {
-                        return Err(io::Error::other(Restart(
-                            "the server answered a Range request with the whole file".into(),
-                        )))
-                    }
-                    s => return Err(io::Error::other(MirrorFailed(format!("HTTP status {s}")))),
-                }
-                let range = hv(header::CONTENT_RANGE).unwrap_or_default();
-                let (start, total) = parse_content_range(&range).ok_or_else(|| {
-                    io::Error::other(Restart(format!("bad Content-Range {range:?}")))
-                })?;
-                if start != self.offset {
-                    return Err(io::Error::other(Restart(format!(
-                        "asked for byte {} and got byte {start}",
-                        self.offset
-                    ))));
-                }
-                if total.is_some() && self.total.is_some() && total != self.total {
-                    return Err(io::Error::other(Restart(
-                        "the file's length changed".into(),
-                    )));
-                }
-                if etag.is_some() && self.validator.is_some() && etag != self.validator {
-                    return Err(io::Error::other(Restart("the file's ETag changed".into())));
-                }
-                log::info!("{}: resumed at byte {}", self.url, self.offset);
-            }
+            self.accept(&resp, status)?;
             self.body = Some(resp.into_body().into_reader());
             return Ok(());
+        }
+    }
+
+    /// Check a response: the first one sets length and validator, a resumed one must
+    /// continue exactly where the stream stopped.
+    fn accept(&mut self, resp: &ureq::http::Response<ureq::Body>, status: u16) -> io::Result<()> {
+        let hv = |name: header::HeaderName| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let etag = hv(header::ETAG).or_else(|| hv(header::LAST_MODIFIED));
+        if self.offset == 0 {
+            if status != 200 {
+                return Err(mirror_failed(format!("HTTP status {status}")));
+            }
+            let length = hv(header::CONTENT_LENGTH).and_then(|v| v.parse().ok());
+            self.total = match (length, self.limits.size) {
+                (Some(l), Some(s)) if l != s => {
+                    return Err(mirror_failed(format!(
+                        "the server says the archive has {l} bytes, opt.archive.size says {s}"
+                    )))
+                }
+                (l, s) => l.or(s),
+            };
+            self.validator = etag;
+            return Ok(());
+        }
+        match status {
+            206 => {}
+            200 => {
+                return Err(io::Error::other(Restart(
+                    "the server answered a Range request with the whole file".into(),
+                )))
+            }
+            s => return Err(mirror_failed(format!("HTTP status {s}"))),
+        }
+        let range = hv(header::CONTENT_RANGE).unwrap_or_default();
+        let (start, total) = parse_content_range(&range)
+            .ok_or_else(|| io::Error::other(Restart(format!("bad Content-Range {range:?}"))))?;
+        if start != self.offset {
+            return Err(io::Error::other(Restart(format!(
+                "asked for byte {} and got byte {start}",
+                self.offset
+            ))));
+        }
+        if total.is_some() && self.total.is_some() && total != self.total {
+            return Err(io::Error::other(Restart(
+                "the file's length changed".into(),
+            )));
+        }
+        if etag.is_some() && self.validator.is_some() && etag != self.validator {
+            return Err(io::Error::other(Restart("the file's ETag changed".into())));
+        }
+        log::info!("{}: resumed at byte {}", self.shown, self.offset);
+        Ok(())
+    }
+
+    /// Fail when the average rate over the last window is below the limit.
+    fn check_rate(&mut self, n: usize) -> io::Result<()> {
+        self.window.1 += n as u64;
+        let elapsed = self.window.0.elapsed();
+        if elapsed < self.limits.speed_time {
+            return Ok(());
+        }
+        let rate = self.window.1 as f64 / elapsed.as_secs_f64();
+        if rate < self.limits.speed_limit as f64 {
+            return Err(mirror_failed(format!(
+                "too slow: {rate:.0} bytes/s over {}, below the minimum of {} bytes/s",
+                humantime::format_duration(Duration::from_millis(elapsed.as_millis() as u64)),
+                self.limits.speed_limit
+            )));
+        }
+        self.window = (Instant::now(), 0);
+        Ok(())
+    }
+
+    /// The end of the body: complete, cut short (resume) or too long.
+    fn at_end(&mut self) -> io::Result<bool> {
+        match self.total {
+            Some(t) if self.offset < t => {
+                let why = format!("the connection closed at byte {} of {t}", self.offset);
+                self.failed(why)?;
+                Ok(false)
+            }
+            _ => Ok(true),
         }
     }
 }
@@ -178,40 +284,43 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
     Some((start, total))
 }
 
-/// Whether a request error is worth retrying on the same mirror.
-fn transient(e: &ureq::Error) -> bool {
-    matches!(
-        e,
-        ureq::Error::Io(_)
-            | ureq::Error::Timeout(_)
-            | ureq::Error::HostNotFound
-            | ureq::Error::ConnectionFailed
-            | ureq::Error::BodyStalled
-            | ureq::Error::Protocol(_)
-    )
-}
-
 impl Read for Resuming {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
+            if Instant::now() >= self.deadline {
+                return Err(mirror_failed(format!(
+                    "not done at byte {} after the deadline of {}",
+                    self.offset,
+                    humantime::format_duration(self.limits.deadline)
+                )));
+            }
             let Some(body) = self.body.as_mut() else {
                 self.connect()?;
                 continue;
             };
-            match body.read(buf) {
-                Ok(0) => match self.total {
-                    Some(t) if self.offset < t => {
-                        let why = format!("the connection closed at byte {} of {t}", self.offset);
-                        self.failed(why)?;
-                    }
-                    _ => return Ok(0),
-                },
+            // Never pass on more than the known length; one more byte is asked for at the
+            // end only to tell a body that goes on from one that ends.
+            let room = match self.total {
+                Some(t) => (t.saturating_sub(self.offset)).clamp(1, buf.len() as u64) as usize,
+                None => buf.len(),
+            };
+            match body.read(&mut buf[..room]) {
+                Ok(0) if self.at_end()? => return Ok(0),
+                Ok(0) => {}
+                Ok(_) if self.total.is_some_and(|t| self.offset >= t) => {
+                    return Err(mirror_failed(format!(
+                        "the body goes on past the {} bytes it should have",
+                        self.offset
+                    )));
+                }
                 Ok(n) => {
                     self.offset += n as u64;
-                    self.failures = 0;
+                    self.backoff.reset();
+                    self.check_rate(n)?;
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) if Instant::now() >= self.deadline => {}
                 Err(e) => {
                     let why = format!("the transfer broke at byte {}: {e}", self.offset);
                     self.failed(why)?;

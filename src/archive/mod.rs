@@ -5,21 +5,28 @@
 //!
 //! ```text
 //! fetch thread:       source (resuming HTTP body | file) → sha256 → progress ─┐ pipe
-//! decompress thread:  zstd | gzip | xz, by magic bytes                      ←─┘ ─┐ pipe
+//! decompress thread:  [age decryption] → zstd | gzip | xz, by magic bytes   ←─┘ ─┐ pipe
 //! calling thread:     tar entries → files in the staging directory            ←──┘
 //! ```
 //!
+//! The sha256 is of the bytes served (the ciphertext of an encrypted archive), and the
+//! decryption sits after the resuming reader, so a resumed transfer is one stream to it.
 //! The staging directory sits beside the destination (same filesystem); only once the whole
-//! stream was read, its sha256 matched and the filesystem was synced is it renamed into place.
+//! stream was read, decrypted and authenticated, its sha256 matched and the filesystem was
+//! synced is it renamed into place.
 
+pub mod age;
+pub mod crypt;
 pub mod decompress;
 pub mod fetch;
 pub mod pack;
 pub mod pipe;
 pub mod unpack;
 pub mod writer;
+mod x25519;
 
-use crate::config;
+use crate::secret::{Auth, ShownUrl};
+use crate::sys::http::Credentials;
 use crate::tuning::Tuning;
 use anyhow::{bail, Context, Result};
 use std::fs::{self, File};
@@ -30,11 +37,52 @@ use std::path::{Path, PathBuf};
 const PIPE_BUFFERS: usize = 4;
 const PIPE_BUFFER_SIZE: usize = 1024 * 1024;
 
+/// Where the archive is and how to get it: the archive's own types, filled in by the opt step
+/// from the config (paths already taken below `--root`). `Debug` shows no secret: URLs as
+/// [`ShownUrl`], the key and the credential by their files.
+#[derive(Default)]
+pub struct Source {
+    /// Mirrors, tried in order: `http://`, `https://` or `file:///` URLs.
+    pub urls: Vec<String>,
+    /// The sha256 of the served bytes, as 64 lowercase hex digits.
+    pub sha256: Option<String>,
+    /// An extra CA file (PEM).
+    pub ca_file: Option<PathBuf>,
+    /// The identities that decrypt an age-encrypted archive.
+    pub identities: Option<crypt::Identities>,
+    /// The credential for the mirrors' hosts.
+    pub auth: Option<Auth>,
+    /// Hosts a redirect may take `auth` to.
+    pub trusted_hosts: Vec<String>,
+    /// The archive's size, when known.
+    pub size: Option<u64>,
+}
+
+impl std::fmt::Debug for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<ShownUrl> = self.urls.iter().map(|u| ShownUrl::new(u)).collect();
+        f.debug_struct("Source")
+            .field("urls", &urls)
+            .field("sha256", &self.sha256)
+            .field("ca_file", &self.ca_file)
+            .field("identities", &self.identities)
+            .field("auth", &self.auth)
+            .field("trusted_hosts", &self.trusted_hosts)
+            .field("size", &self.size)
+            .finish()
+    }
+}
+
+/// The local path of a `file://` URL.
+fn local_path(url: &str) -> Option<&Path> {
+    url.strip_prefix("file://").map(Path::new)
+}
+
 /// What [`install`] brought in.
 #[derive(Debug, Clone)]
 pub struct Installed {
-    /// The mirror it came from.
-    pub url: String,
+    /// The mirror it came from, as it may be shown.
+    pub url: ShownUrl,
     /// Bytes of the archive.
     pub bytes: u64,
     /// Its sha256.
@@ -62,28 +110,29 @@ pub fn remove_staging(staging: &Path) -> Result<()> {
 }
 
 /// Fetch `archive` from its first mirror that works, unpack it beside `dest` and rename it to
-/// `dest` once complete and verified. `ca_file` is the host path of the extra CA. On error,
-/// nothing is left at `dest` nor in the staging directory.
-pub fn install(
-    archive: &config::Archive,
-    ca_file: Option<&Path>,
-    dest: &Path,
-    tuning: &Tuning,
-) -> Result<Installed> {
+/// `dest` once complete and verified. On error, nothing is left at `dest` nor in the staging
+/// directory.
+pub fn install(archive: &Source, dest: &Path, tuning: &Tuning) -> Result<Installed> {
     let staging = staging_for(dest);
     let parent = staging
         .parent()
         .with_context(|| format!("{}: no parent directory", dest.display()))?;
     fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let agent = if archive.urls.iter().any(config::ArchiveUrl::is_remote) {
-        Some(crate::sys::http::agent(tuning, ca_file)?)
+    let agent = if archive.urls.iter().any(|u| local_path(u).is_none()) {
+        Some(crate::sys::http::agent(tuning, archive.ca_file.as_deref())?)
     } else {
         None
     };
-    let want = archive.sha256.as_ref().map(|s| s.0.as_str());
     let mut errors = Vec::new();
     for url in &archive.urls {
-        let r = from_mirror(url, agent.as_ref(), want, &staging, tuning)
+        let mirror = Mirror {
+            url,
+            agent: agent.as_ref(),
+            archive,
+            tuning,
+        };
+        let r = mirror
+            .install(&staging)
             .and_then(|got| finish(&staging, dest).map(|()| got));
         match r {
             Ok(got) => return Ok(got),
@@ -92,8 +141,9 @@ pub fn install(
                 if let Some(sig) = crate::sys::signal::received() {
                     return Err(crate::sys::signal::Interrupted(sig).into());
                 }
-                log::warn!("{url}: {e:#}");
-                errors.push(format!("{url}: {e:#}"));
+                let shown = ShownUrl::new(url);
+                log::warn!("{shown}: {e:#}");
+                errors.push(format!("{shown}: {e:#}"));
             }
         }
     }
@@ -120,59 +170,73 @@ fn finish(staging: &Path, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// One mirror: run the pipeline, starting over (with a clean staging directory) when the
-/// server says the stream cannot be resumed, and check the sha256.
-fn from_mirror(
-    url: &config::ArchiveUrl,
-    agent: Option<&ureq::Agent>,
-    want: Option<&str>,
-    staging: &Path,
-    tuning: &Tuning,
-) -> Result<Installed> {
-    let mut restarts = 0;
-    loop {
-        remove_staging(staging)?;
-        fs::create_dir(staging).with_context(|| format!("cannot create {}", staging.display()))?;
-        match pipeline(url, agent, staging, tuning) {
-            Err(e) if restarts < tuning.retries && e.downcast_ref::<fetch::Restart>().is_some() => {
-                restarts += 1;
-                log::warn!("{url}: {e:#}");
-            }
-            Err(e) => return Err(e),
-            Ok(got) => {
-                match want {
-                    Some(w) if w != got.sha256 => bail!(
-                        "sha256 mismatch: the archive has {}, the config expects {w}",
-                        got.sha256
-                    ),
-                    Some(_) => {}
-                    None => log::warn!(
-                        "{url}: no sha256 configured; the archive has {}",
-                        got.sha256
-                    ),
+/// One mirror of the archive, and what it takes to fetch from it.
+#[derive(Clone, Copy)]
+struct Mirror<'a> {
+    url: &'a str,
+    agent: Option<&'a ureq::Agent>,
+    archive: &'a Source,
+    tuning: &'a Tuning,
+}
+
+impl Mirror<'_> {
+    /// Run the pipeline, starting over (with a clean staging directory) when the server says
+    /// the stream cannot be resumed, and check the sha256.
+    fn install(self, staging: &Path) -> Result<Installed> {
+        let mut restarts = 0;
+        loop {
+            remove_staging(staging)?;
+            fs::create_dir(staging)
+                .with_context(|| format!("cannot create {}", staging.display()))?;
+            match pipeline(self, staging) {
+                Err(e)
+                    if restarts < self.tuning.retries
+                        && e.downcast_ref::<fetch::Restart>().is_some() =>
+                {
+                    restarts += 1;
+                    log::warn!("{}: {e:#}", ShownUrl::new(self.url));
                 }
-                return Ok(got);
+                Err(e) => return Err(e),
+                Ok(got) => {
+                    match self.archive.sha256.as_deref() {
+                        Some(w) if w != got.sha256 => bail!(
+                            "sha256 mismatch: the archive has {}, the config expects {w}",
+                            got.sha256
+                        ),
+                        Some(_) => {}
+                        None => log::warn!(
+                            "{}: no sha256 configured; the archive has {}",
+                            got.url,
+                            got.sha256
+                        ),
+                    }
+                    return Ok(got);
+                }
             }
         }
     }
-}
 
-/// Open the archive's bytes: a resuming HTTP body or a local file, with its length if known.
-fn open(
-    url: &config::ArchiveUrl,
-    agent: Option<&ureq::Agent>,
-    tuning: &Tuning,
-) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
-    if let Some(path) = url.local_path() {
-        let f = File::open(path)
-            .map_err(|e| fetch::MirrorFailed(format!("cannot open {}: {e}", path.display())))?;
-        let len = f.metadata().ok().map(|m| m.len());
-        return Ok((Box::new(f), len));
+    /// Open the archive's bytes: a resuming HTTP body or a local file, with its length if
+    /// known.
+    fn open(self) -> Result<(Box<dyn Read + Send>, Option<u64>)> {
+        if let Some(path) = local_path(self.url) {
+            let f = File::open(path)
+                .map_err(|e| fetch::MirrorFailed(format!("cannot open {}: {e}", path.display())))?;
+            let len = f.metadata().ok().map(|m| m.len());
+            return Ok((Box::new(f), len));
+        }
+        let agent = self.agent.context("no HTTP agent")?.clone();
+        let creds = self
+            .archive
+            .auth
+            .as_ref()
+            .map(|a| Credentials::new(a.clone(), self.url, &self.archive.trusted_hosts));
+        let limits = fetch::Limits::new(self.tuning, self.archive.size);
+        let r = fetch::Resuming::open(agent, self.url, creds, self.tuning, limits)
+            .map_err(unwrap_io)?;
+        let total = r.total();
+        Ok((Box::new(r), total))
     }
-    let agent = agent.context("no HTTP agent")?.clone();
-    let r = fetch::Resuming::open(agent, &url.0, tuning).map_err(unwrap_io)?;
-    let total = r.total();
-    Ok((Box::new(r), total))
 }
 
 /// Turn an `io::Error` that carries one of the fetch errors back into that error, so that
@@ -196,26 +260,23 @@ fn is_echo(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.to_string() == pipe::CLOSED)
 }
 
-/// One pass over the stream: fetch, decompress and unpack on three threads.
-fn pipeline(
-    url: &config::ArchiveUrl,
-    agent: Option<&ureq::Agent>,
-    staging: &Path,
-    tuning: &Tuning,
-) -> Result<Installed> {
+/// One pass over the stream: fetch, decrypt and decompress, and unpack on three threads.
+fn pipeline(mirror: Mirror, staging: &Path) -> Result<Installed> {
     let (mut raw_w, raw_r) = pipe::pipe(PIPE_BUFFERS, PIPE_BUFFER_SIZE);
     let (mut tar_w, tar_r) = pipe::pipe(PIPE_BUFFERS, PIPE_BUFFER_SIZE);
+    let shown = ShownUrl::new(mirror.url);
+    let identities = mirror.archive.identities.as_ref();
     std::thread::scope(|s| {
         // The helper threads carry the step's name, for the log.
         let fetcher = crate::engine::same_step()
             .spawn_scoped(s, move || -> Result<(u64, String)> {
-                let (src, total) = open(url, agent, tuning)?;
-                let what = format!("fetching {url}");
+                let (src, total) = mirror.open()?;
+                let what = format!("fetching {}", ShownUrl::new(mirror.url));
                 let mut src = fetch::Progress::new(
                     fetch::Hashing::new(src),
                     &what,
                     total,
-                    tuning.progress_interval,
+                    mirror.tuning.progress_interval,
                 );
                 raw_w.copy_from(&mut src).map_err(unwrap_io)?;
                 raw_w.finish()?;
@@ -225,10 +286,16 @@ fn pipeline(
             .context("cannot start the fetch thread")?;
         let decompressor = crate::engine::same_step()
             .spawn_scoped(s, move || -> Result<decompress::Format> {
-                let (format, mut r) = decompress::reader(raw_r)?;
-                tar_w
-                    .copy_from(&mut r)
-                    .with_context(|| format!("cannot decompress the archive ({format:?})"))?;
+                // One reader type for both cases: the decompressors are built once, not twice.
+                let src: Box<dyn std::io::BufRead + Send> = match identities {
+                    Some(ids) => Box::new(ids.decrypt(raw_r)?),
+                    None => Box::new(raw_r),
+                };
+                let (format, mut r) = decompress::reader(src)?;
+                tar_w.copy_from(&mut r).with_context(|| match identities {
+                    Some(_) => format!("cannot decrypt and decompress the archive ({format:?})"),
+                    None => format!("cannot decompress the archive ({format:?})"),
+                })?;
                 tar_w.finish()?;
                 Ok(format)
             })
@@ -256,11 +323,31 @@ fn pipeline(
             _ => bail!("the pipeline ended without a result"),
         };
         Ok(Installed {
-            url: url.0.clone(),
+            url: shown,
             bytes,
             sha256,
             format,
             stats,
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let auth = Auth::parse(&crate::secret::SecretFile::from_text("/a", "Bearer t0k")).unwrap();
+        let s = Source {
+            urls: vec!["https://u:pw@store/opt.tar.zst.age?sig=s1g".into()],
+            auth: Some(auth),
+            ..Source::default()
+        };
+        let shown = format!("{s:?}");
+        assert!(shown.contains("https://store/opt.tar.zst.age?…"), "{shown}");
+        for secret in ["t0k", "s1g", "pw"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+    }
 }

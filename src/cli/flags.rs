@@ -78,6 +78,10 @@ pub struct Args {
     pub excludes: Vec<String>,
     /// `pack --allow-changing`.
     pub allow_changing: bool,
+    /// `--auth-file`: credentials for a config URL.
+    pub auth_file: Option<PathBuf>,
+    /// `pack --recipient` and `--recipients-file`, parsed.
+    pub recipients: crate::archive::crypt::Recipients,
 }
 
 /// How an option's value (if it takes one) lands in [`Args`].
@@ -205,6 +209,42 @@ pub const FLAGS: &[Flag] = &[
             Ok(())
         },
     },
+    Flag {
+        long: "recipient",
+        short: None,
+        value: Some("age1..."),
+        doc: "Encrypt the archive with age to this public key (repeatable)",
+        commands: &["pack"],
+        set: |a, v| {
+            let key = utf8(v)?;
+            a.recipients
+                .add(&key, "--recipient")
+                .map_err(|e| format!("{e:#}"))
+        },
+    },
+    Flag {
+        long: "recipients-file",
+        short: None,
+        value: Some("FILE"),
+        doc: "Encrypt to every age1... key in FILE (repeatable)",
+        commands: &["pack"],
+        set: |a, v| {
+            a.recipients
+                .add_file(std::path::Path::new(&v))
+                .map_err(|e| format!("--recipients-file: {e:#}"))
+        },
+    },
+    Flag {
+        long: "auth-file",
+        short: None,
+        value: Some("FILE"),
+        doc: "A root-only file with one header line, sent with an http(s) config URL",
+        commands: &["apply", "plan", "validate"],
+        set: |a, v| {
+            a.auth_file = Some(PathBuf::from(v));
+            Ok(())
+        },
+    },
 ];
 
 /// What the command line asks for, parsed but not yet turned into a command.
@@ -213,8 +253,8 @@ pub enum Parsed {
     Run {
         /// The command's name, one of [`COMMANDS`].
         command: &'static CommandDef,
-        /// Its options.
-        args: Args,
+        /// Its options (boxed: they outweigh the other variant by far).
+        args: Box<Args>,
     },
     /// Print this text and exit 0 (`--help`, `--version`).
     Print(String),
@@ -259,7 +299,10 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Parsed, String>
             (_, arg) => return Err(format!("{} (olboot {name} --help)", arg.unexpected())),
         }
     }
-    Ok(Parsed::Run { command, args: out })
+    Ok(Parsed::Run {
+        command,
+        args: Box::new(out),
+    })
 }
 
 /// The help page of `command`, or the overview when `None`.

@@ -374,6 +374,14 @@ impl Config {
                         "missing: a remote archive must name its sha256".into(),
                     ));
                 }
+                for (i, h) in a.trusted_hosts.iter().enumerate() {
+                    if h.is_empty() || h.contains(['/', ':', '@', '?', ' ']) {
+                        return Err(err(
+                            &format!("opt.archive.trusted_hosts[{i}]"),
+                            format!("{h:?} is not a host name"),
+                        ));
+                    }
+                }
             }
         }
         if let Some(p) = &cfg.packages {

@@ -202,6 +202,15 @@ pub struct Archive {
     pub sha256: Option<Sha256Hex>,
     /// An extra CA certificate (PEM) for an internal mirror.
     pub ca_file: Option<AbsPath>,
+    /// An age identity (root-only file): the archive is age-encrypted.
+    pub identity_file: Option<AbsPath>,
+    /// One header line for a store that wants credentials (root-only file).
+    pub auth_file: Option<AbsPath>,
+    /// Hosts a redirect may take the credentials of `auth_file` to.
+    #[serde(default)]
+    pub trusted_hosts: Vec<String>,
+    /// The archive's size in bytes: no more is ever read, and a mirror that says otherwise fails.
+    pub size: Option<u64>,
 }
 
 /// `packages:`.

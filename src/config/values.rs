@@ -242,9 +242,16 @@ impl<'de> Deserialize<'de> for Cidr {
     }
 }
 
-/// A mirror URL of the archive.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A mirror URL of the archive. It may carry credentials (a presigned query, user-info), so
+/// `Debug` and `Display` show it without them; `.0` is the URL itself, for the request.
+#[derive(Clone, PartialEq, Eq)]
 pub struct ArchiveUrl(pub String);
+
+impl fmt::Debug for ArchiveUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ArchiveUrl({:?})", crate::secret::ShownUrl::new(&self.0))
+    }
+}
 
 impl ArchiveUrl {
     /// Whether bytes come over the network (and so must be verified).
@@ -260,7 +267,7 @@ impl ArchiveUrl {
 
 impl fmt::Display for ArchiveUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        crate::secret::ShownUrl::new(&self.0).fmt(f)
     }
 }
 
@@ -281,7 +288,8 @@ impl<'de> Deserialize<'de> for ArchiveUrl {
             Ok(ArchiveUrl(s))
         } else {
             Err(de::Error::custom(format!(
-                "{s:?} is not an http://, https:// or file:/// URL"
+                "\"{}\" is not an http://, https:// or file:/// URL",
+                crate::secret::ShownUrl::new(&s)
             )))
         }
     }

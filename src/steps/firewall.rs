@@ -455,7 +455,7 @@ impl Step for Firewall<'_> {
         Ok(plan)
     }
 
-    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
+    fn apply(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         let live = ctx.root.is_live();
         for change in changes {
             if let Change::InstallNftables(_) = change {

@@ -137,7 +137,7 @@ impl Step for Links<'_> {
         Ok(plan)
     }
 
-    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
+    fn apply(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         for change in changes {
             apply_one(ctx, change)?;
             done.record(change);

@@ -165,13 +165,6 @@ impl<C: Describe> Done<C> {
         self.lines.push(line);
     }
 
-    /// Transitional: record a free-text line. Removed once every step records its changes.
-    pub fn record_line(&mut self, line: impl std::fmt::Display) {
-        let line = line.to_string();
-        log::info!("{}: {line}", self.step);
-        self.lines.push(line);
-    }
-
     /// Record (and log) a warning about a change being made.
     pub fn warn(&mut self, w: impl std::fmt::Display) {
         let w = w.to_string();
@@ -191,15 +184,11 @@ pub trait Step {
     fn plan(&self, ctx: &Ctx) -> Result<Plan<Self::Change>>;
 
     /// Make `changes` (computed by `plan` just before), in order, recording each in `done` as
-    /// it is made. Reads nothing of the config: each change carries what it needs; only the
+    /// it is made. Has no `self`, so it reads nothing of the config: each change carries what
+    /// it needs; only the
     /// last-moment safety checks look at the machine again, and they may refuse.
     /// On error, `done` holds what was made before the failure.
-    fn apply(
-        &self,
-        ctx: &Ctx,
-        changes: &[Self::Change],
-        done: &mut Done<Self::Change>,
-    ) -> Result<()>;
+    fn apply(ctx: &Ctx, changes: &[Self::Change], done: &mut Done<Self::Change>) -> Result<()>;
 }
 
 #[cfg(test)]

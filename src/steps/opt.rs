@@ -91,7 +91,7 @@ impl Describe for Change {
                 f.archive
                     .urls
                     .iter()
-                    .map(|u| u.0.as_str())
+                    .map(|u| u.to_string())
                     .collect::<Vec<_>>()
                     .join(" or "),
                 t.of(Verb::Unpack),
@@ -246,13 +246,13 @@ impl Step for Opt<'_> {
         Ok(plan)
     }
 
-    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
+    fn apply(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         for change in changes {
             match change {
                 Change::RemoveStaging(p) => archive::remove_staging(p)?,
                 Change::Fetch(f) => {
-                    let got =
-                        archive::install(&f.archive, f.ca_file.as_deref(), &f.dest, ctx.tuning)?;
+                    let source = crate::store::source(&f.archive, f.ca_file.clone(), ctx.root)?;
+                    let got = archive::install(&source, &f.dest, ctx.tuning)?;
                     log::info!(
                         "opt: fetched {} ({}, {:?}, sha256 {}): {} entries, {}",
                         got.url,

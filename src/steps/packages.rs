@@ -211,7 +211,7 @@ impl Step for Packages<'_> {
         })
     }
 
-    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
+    fn apply(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         apply_changes(ctx, changes, done)
     }
 }

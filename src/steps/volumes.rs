@@ -156,7 +156,7 @@ impl Step for Volumes<'_> {
         Ok(plan)
     }
 
-    fn apply(&self, ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
+    fn apply(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         let mut failed: Vec<(AbsPath, String)> = Vec::new();
         for c in changes {
             if failed.iter().any(|(m, _)| m == c.volume()) {

@@ -426,26 +426,28 @@ pub fn usage(dev: &Device) -> Result<Usage> {
             usage.partition_mounts.push(m);
         }
     }
-    let mut dirs = vec![dev.sysfs().join("holders")];
-    dirs.extend(
-        parts
-            .iter()
-            .map(|(name, _)| dev.sysfs().join(name).join("holders")),
-    );
-    for dir in dirs {
-        let entries = match std::fs::read_dir(&dir) {
+    usage.holders = holders(&dev.sysfs(), &parts)?;
+    Ok(usage)
+}
+
+/// Holders (device-mapper, md, bcache), by name, of the device whose sysfs directory is `dir`
+/// and of its partitions `parts`.
+pub fn holders(dir: &Path, parts: &[(String, String)]) -> Result<Vec<String>> {
+    let mut dirs = vec![dir.join("holders")];
+    dirs.extend(parts.iter().map(|(n, _)| dir.join(n).join("holders")));
+    let mut out = Vec::new();
+    for d in dirs {
+        let entries = match std::fs::read_dir(&d) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", d.display())),
         };
         for e in entries {
-            let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
-            usage
-                .holders
-                .push(e.file_name().to_string_lossy().into_owned());
+            let e = e.with_context(|| format!("cannot read {}", d.display()))?;
+            out.push(e.file_name().to_string_lossy().into_owned());
         }
     }
-    Ok(usage)
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -8,9 +8,13 @@
 //! smallest certificate that rustls reads back into the very same anchor. Bodies are never decompressed on the fly (ureq's `gzip`
 //! feature is off): the archive's sha256 and Range offsets are about the bytes on the wire.
 
+use crate::retry::Backoff;
+use crate::secret::{Auth, ShownUrl};
 use crate::tuning::Tuning;
 use anyhow::{Context, Result};
 use std::path::Path;
+use std::time::Instant;
+use ureq::http::Uri;
 use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 /// HTTP statuses that are worth retrying on the same mirror (curl's set).
@@ -55,6 +59,8 @@ pub fn agent(tuning: &Tuning, ca_file: Option<&Path>) -> Result<ureq::Agent> {
     let config = ureq::Agent::config_builder()
         .tls_config(tls)
         .http_status_as_error(false)
+        // Redirects are followed by [`get`], which decides where the credentials may go.
+        .max_redirects(0)
         .timeout_connect(Some(tuning.connect_timeout))
         .timeout_recv_response(Some(tuning.stall_timeout))
         .timeout_per_read(Some(tuning.stall_timeout))
@@ -128,10 +134,11 @@ fn read_pem(path: &Path) -> Result<Vec<Certificate<'static>>> {
     Ok(out)
 }
 
-/// A one-line explanation of a failed request, with a hint when the cause is an untrusted
-/// certificate (the usual mistake with an internal mirror).
-pub fn explain(e: &ureq::Error) -> String {
-    let s = e.to_string();
+/// A one-line explanation of a failed request to `url`, with a hint when the cause is an
+/// untrusted certificate (the usual mistake with an internal mirror). The URL never appears
+/// in full: ureq's errors can quote it.
+pub fn explain(e: &ureq::Error, url: &str) -> String {
+    let s = e.to_string().replace(url, &ShownUrl::new(url).to_string());
     if s.contains("UnknownIssuer") || s.contains("certificate") {
         format!(
             "{s}: the server's TLS certificate is not trusted \
@@ -142,36 +149,199 @@ pub fn explain(e: &ureq::Error) -> String {
     }
 }
 
-/// Fetch a small text document (a config file) from `url`.
-pub fn get_text(url: &str) -> Result<String> {
+/// Redirects followed per request; more is a loop or a misconfigured store.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// A credential and where it may be sent: the host and port of the URL it was configured
+/// with, and on a redirect the `trusted` hosts (curl's `--location-trusted` problem).
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    auth: Auth,
+    origin: Option<(String, u16)>,
+    trusted: Vec<String>,
+}
+
+impl Credentials {
+    /// `auth` for requests to `url`'s host, and `trusted` hosts a redirect may lead to.
+    pub fn new(auth: Auth, url: &str, trusted: &[String]) -> Credentials {
+        let origin = url.parse::<Uri>().ok().as_ref().and_then(host_port);
+        Credentials {
+            auth,
+            origin,
+            trusted: trusted.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// Whether the credential may go to `uri`.
+    fn allows(&self, uri: &Uri) -> bool {
+        let Some((host, port)) = host_port(uri) else {
+            return false;
+        };
+        self.origin.as_ref() == Some(&(host.clone(), port)) || self.trusted.contains(&host)
+    }
+}
+
+/// The lowercase host and the effective port of `uri`.
+fn host_port(uri: &Uri) -> Option<(String, u16)> {
+    let host = uri.host()?.to_ascii_lowercase();
+    let port = uri.port_u16().or(match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    })?;
+    Some((host, port))
+}
+
+/// Why a request got no usable response.
+#[derive(Debug)]
+pub enum Failure {
+    /// Worth another try on the same server (connection refused, reset, timed out).
+    Transient(String),
+    /// Trying again will not help (a bad redirect, a refused certificate, the deadline).
+    Final(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Transient(s) | Failure::Final(s) => f.write_str(s),
+        }
+    }
+}
+
+/// One GET of `url` with `headers`, following redirects by hand so that the credential goes
+/// only where [`Credentials`] allows and no https URL leads to plain http. The whole call,
+/// body included, must end by `deadline`. The final response is returned whatever its status.
+pub fn get(
+    agent: &ureq::Agent,
+    url: &str,
+    creds: Option<&Credentials>,
+    headers: &[(ureq::http::HeaderName, String)],
+    deadline: Option<Instant>,
+) -> Result<ureq::http::Response<ureq::Body>, Failure> {
+    let mut current = url.to_string();
+    for _hop in 0..=MAX_REDIRECTS {
+        let shown = ShownUrl::new(&current);
+        let uri: Uri = current
+            .parse()
+            .map_err(|_| Failure::Final(format!("{shown}: not a valid URL")))?;
+        let mut req = agent.get(&current);
+        match creds {
+            Some(c) if c.allows(&uri) => req = req.header(c.auth.name(), c.auth.value()),
+            Some(_) => log::info!("{shown}: another host; the credentials are not sent there"),
+            None => {}
+        }
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        if let Some(d) = deadline {
+            let left = d.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Failure::Final("the deadline for this mirror passed".into()));
+            }
+            req = req.config().timeout_global(Some(left)).build();
+        }
+        let resp = req.call().map_err(|e| match e {
+            ureq::Error::Timeout(_) if deadline.is_some_and(|d| Instant::now() >= d) => {
+                Failure::Final("the deadline for this mirror passed".into())
+            }
+            e if transient(&e) => Failure::Transient(explain(&e, &current)),
+            e => Failure::Final(explain(&e, &current)),
+        })?;
+        if !matches!(resp.status().as_u16(), 301 | 302 | 303 | 307 | 308) {
+            return Ok(resp);
+        }
+        let location = resp
+            .headers()
+            .get(ureq::http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| Failure::Final(format!("{shown}: a redirect without Location")))?;
+        let next = resolve(&current, location);
+        if current.starts_with("https://") && !next.starts_with("https://") {
+            return Err(Failure::Final(format!(
+                "{shown}: refused a redirect from https to {}",
+                ShownUrl::new(&next)
+            )));
+        }
+        log::info!("{shown}: redirected to {}", ShownUrl::new(&next));
+        current = next;
+    }
+    Err(Failure::Final(format!(
+        "{}: more than {MAX_REDIRECTS} redirects",
+        ShownUrl::new(url)
+    )))
+}
+
+/// The absolute URL of `location` as found in a response to `base`.
+fn resolve(base: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_string();
+    }
+    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    if let Some(net) = location.strip_prefix("//") {
+        return format!("{scheme}://{net}");
+    }
+    let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+    if location.starts_with('/') {
+        return format!("{scheme}://{authority}{location}");
+    }
+    let path = rest[authority.len()..]
+        .split(['?', '#'])
+        .next()
+        .unwrap_or("");
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    let dir = if dir.is_empty() { "/" } else { dir };
+    format!("{scheme}://{authority}{dir}{location}")
+}
+
+/// Whether a request error is worth retrying on the same server.
+pub fn transient(e: &ureq::Error) -> bool {
+    matches!(
+        e,
+        ureq::Error::Io(_)
+            | ureq::Error::Timeout(_)
+            | ureq::Error::HostNotFound
+            | ureq::Error::ConnectionFailed
+            | ureq::Error::BodyStalled
+            | ureq::Error::Protocol(_)
+    )
+}
+
+/// Fetch a small text document (a config file) from `url`, with `auth` for its host.
+pub fn get_text(url: &str, auth: Option<&Auth>) -> Result<String> {
     let tuning = Tuning::from_env();
     let agent = agent(&tuning, None)?;
+    let shown = ShownUrl::new(url);
+    let creds = auth.map(|a| Credentials::new(a.clone(), url, &[]));
     // At first boot the network may come up a little after olboot starts: connection errors
     // and the named statuses are retried with backoff, other answers are final.
-    let mut attempt = 0;
+    let mut backoff = Backoff::new(&tuning);
     loop {
-        let err = match agent.get(url).call() {
+        let err = match get(&agent, url, creds.as_ref(), &[], None) {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
                 if status == 200 {
+                    // ureq reads at most 10 MB this way: a config, not an endless body.
                     return resp
                         .body_mut()
                         .read_to_string()
-                        .with_context(|| format!("{url}: cannot read the body"));
+                        .with_context(|| format!("{shown}: cannot read the body"));
                 }
                 if !RETRY_STATUSES.contains(&status) {
-                    anyhow::bail!("{url}: HTTP status {status}");
+                    anyhow::bail!("{shown}: HTTP status {status}");
                 }
                 format!("HTTP status {status}")
             }
-            Err(e) => explain(&e),
+            Err(Failure::Final(e)) => anyhow::bail!("{shown}: cannot fetch: {e}"),
+            Err(Failure::Transient(e)) => e,
         };
-        attempt += 1;
-        if attempt >= tuning.retries {
-            anyhow::bail!("{url}: cannot fetch: {err} (after {attempt} attempts)");
-        }
-        let delay = tuning.backoff_for(attempt - 1);
-        log::warn!("{url}: {err}; retrying in {delay:?}");
+        let Some(delay) = backoff.failed() else {
+            anyhow::bail!(
+                "{shown}: cannot fetch: {err} (after {} attempts)",
+                backoff.failures()
+            );
+        };
+        log::warn!("{shown}: {err}; retrying in {delay:?}");
         std::thread::sleep(delay);
     }
 }
@@ -194,6 +364,26 @@ mod tests {
         assert!(webpki_roots::TLS_SERVER_ROOTS
             .iter()
             .any(|a| a.name_constraints.is_some()));
+    }
+
+    #[test]
+    fn redirect_targets() {
+        assert_eq!(resolve("https://a/x/y?q", "z"), "https://a/x/z");
+        assert_eq!(resolve("https://a/x/y", "/z?k"), "https://a/z?k");
+        assert_eq!(resolve("https://a:8/x", "//b/z"), "https://b/z");
+        assert_eq!(resolve("https://a", "z"), "https://a/z");
+        assert_eq!(resolve("http://a/x", "https://c/d"), "https://c/d");
+    }
+
+    #[test]
+    fn credentials_stay_with_their_host() {
+        let auth = Auth::parse(&crate::secret::SecretFile::from_text("/a", "Bearer t")).unwrap();
+        let c = Credentials::new(auth, "http://127.0.0.1:8080/a", &["mirror.example".into()]);
+        let ok = |u: &str| c.allows(&u.parse().unwrap());
+        assert!(ok("http://127.0.0.1:8080/b"));
+        assert!(!ok("http://127.0.0.1:8081/b"));
+        assert!(!ok("http://127.0.0.2:8080/b"));
+        assert!(ok("https://MIRROR.example/b"));
     }
 
     #[test]

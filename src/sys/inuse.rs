@@ -92,21 +92,8 @@ pub fn users(dev: &Device) -> Result<Vec<String>> {
 
 /// Holders (device-mapper, md, bcache) of the device and of its partitions.
 fn holders(dir: &Path, parts: &[(String, String)]) -> Result<Vec<String>> {
-    let mut dirs = vec![dir.join("holders")];
-    dirs.extend(parts.iter().map(|(n, _)| dir.join(n).join("holders")));
-    let mut out = Vec::new();
-    for d in dirs {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", d.display())),
-        };
-        for e in entries {
-            let e = e.with_context(|| format!("cannot read {}", d.display()))?;
-            out.push(format!("held by {}", e.file_name().to_string_lossy()));
-        }
-    }
-    Ok(out)
+    let names = super::blockdev::holders(dir, parts)?;
+    Ok(names.into_iter().map(|n| format!("held by {n}")).collect())
 }
 
 /// Sectors `[start, start + size)` of a partition's sysfs directory.

@@ -61,6 +61,8 @@ pub struct Options {
     pub allow_changing: bool,
     /// Print the summary as JSON on stdout instead of the sha256 alone.
     pub json: bool,
+    /// age recipients to encrypt to (`--recipient`, `--recipients-file`); none: in the clear.
+    pub recipients: super::crypt::Recipients,
 }
 
 /// A writer that hashes what goes through it.
@@ -147,7 +149,9 @@ fn write_tmp(
         inner: BufWriter::with_capacity(1024 * 1024, file),
         hasher: Sha256::new(),
     };
-    let mut enc = zstd::stream::write::Encoder::new(hashing, LEVEL)?;
+    // Encrypted (when there are recipients) before the hash: the sha256 is of the ciphertext.
+    let output = super::crypt::Output::new(hashing, &o.recipients)?;
+    let mut enc = zstd::stream::write::Encoder::new(output, LEVEL)?;
     // Each worker holds a few MiB of input and output: at most 4 keep memory small on a big
     // host, and already compress faster than a disk reads (the output is the same).
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32;
@@ -172,7 +176,11 @@ fn write_tmp(
     let mut summary = std::mem::take(&mut p.summary);
     let what = || format!("cannot write {}", tmp.display());
     let enc = p.tar.into_inner().with_context(what)?;
-    let mut hashing = enc.finish().with_context(what)?;
+    let mut hashing = enc
+        .finish()
+        .with_context(what)?
+        .finish()
+        .with_context(what)?;
     hashing.flush().with_context(what)?;
     let file = hashing
         .inner

@@ -91,7 +91,7 @@ fn key_text(root: &Root, name: &str, s: &AptSource) -> Result<String> {
         let text = match url.local_path() {
             Some(p) => std::fs::read_to_string(root.path(p))
                 .with_context(|| format!("cannot read {}", p.display()))?,
-            None => crate::sys::http::get_text(&url.0)?,
+            None => crate::sys::http::get_text(&url.0, None)?,
         };
         let got = config::hex(&Sha256::digest(text.as_bytes()));
         if got != sha.0 {
