@@ -100,8 +100,11 @@ ensure_opt_archive() {
     die "olboot pack: $OPT_ARCHIVE.sha256 does not match the archive"
   if [[ $STORE_MODE == age ]]; then
     [[ $(head -c 21 "$OPT_ARCHIVE") == "age-encryption.org/v1" ]] || die "olboot pack: $OPT_ARCHIVE is not age-encrypted"
-    # The host's age decrypts it to a zstd stream: the format is age's own.
-    age -d -i "$STORE_IDENTITY" "$OPT_ARCHIVE" | head -c 4 | od -An -tx1 | grep -q '28 b5 2f fd' ||
+    # The host's age decrypts it to a zstd stream: the format is age's own. (The plain copy is
+    # what compare's cloud-init twin fetches.)
+    age -d -i "$STORE_IDENTITY" -o "$OPT_DIR/opt.tar.zst" "$OPT_ARCHIVE" ||
+      die "age -d of $OPT_ARCHIVE failed"
+    [[ $(head -c 4 "$OPT_DIR/opt.tar.zst" | od -An -tx1 | tr -d ' ') == 28b52ffd ]] ||
       die "age -d of $OPT_ARCHIVE is not a zstd stream"
   fi
   echo "$stamp" >"$OPT_DIR/packed-by"
