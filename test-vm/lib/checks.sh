@@ -56,9 +56,10 @@ opt_identical() {
   diff -q "$OPT_MANIFEST" "$STATE/opt.manifest.guest"
 }
 
+# The packages the host's roles install (CHECK_HOST: the host the VM plays, default $HOST).
 packages_installed() {
   local p
-  for p in $(python3 "$HERE/lib/render.py" packages "$REPO/cloud-config/fleet.yaml" "$HOST"); do
+  for p in $(python3 "$HERE/lib/render.py" packages "$WWW/fleet.yaml" "${CHECK_HOST:-$HOST}"); do
     [[ $(dpkg-query --admindir="$R/var/lib/dpkg" -W -f '${Status}' "$p" 2>/dev/null) == "install ok installed" ]] ||
       { echo "not installed: $p" >&2; return 1; }
   done
@@ -104,7 +105,10 @@ check_in_service() {
   check "firewall: /etc/nftables.d/olboot.nft included from /etc/nftables.conf" firewall_persisted
   check "firewall: table inet olboot loaded at the end of the boot" probe_says nft-olboot.rc 0
   check "links: olsystem etc/ files linked in /etc" links_present
-  check "service: memcached running" probe_says memcached.state active
+  if [[ ${CHECK_HOST:-$HOST} == "$HOST" ]]; then
+    check "service: memcached running" probe_says memcached.state active
+  fi
+  check_apt_source "$want"
   check "olboot: report result $want" [ "$(report_get 'r["result"]' 2>/dev/null)" = "$want" ]
   check "olboot: no step failed" [ "$(report_get '[s["name"] for s in r["steps"] if s["result"] == "failed"]' 2>/dev/null)" = "[]" ]
   case $how in
@@ -112,6 +116,30 @@ check_in_service() {
     runcmd) check "olboot: olboot.service enabled for later boots" probe_says olboot.service.enabled enabled ;;
   esac
 }
+
+# The flat repository came with its key, never as trusted=yes: through olboot's
+# packages.sources (its deb822 file and key in the guest) or cloud-init's apt config.
+check_apt_source() {  # $1: olboot's expected result (apt ran only when changed)
+  check "apt: no source in the guest is trusted=yes" not_trusted
+  if [[ $APT_MODE == olboot ]]; then
+    check "apt: olboot wrote the signed source (sources.list.d/olboot-test.sources, keyrings/olboot-test.asc)" \
+      olboot_source_written
+  else
+    check "apt: cloud-init's source is signed-by the test key" grep -q "signed-by=/etc/apt/keyrings/olboot-test.asc" \
+      "$R/etc/apt/sources.list"
+  fi
+  if [[ $1 == changed ]]; then
+    check "apt: the guest fetched the signed InRelease" http_has 'GET /repo/(\./)?InRelease 200'
+  fi
+}
+not_trusted() { ! grep -rqi 'trusted=yes\|trusted: *yes' "$R/etc/apt/sources.list" "$R/etc/apt/sources.list.d/" 2>/dev/null; }
+olboot_source_written() {
+  local key
+  key=$(gpg --batch --with-colons --show-keys "$REPO_KEY" | awk -F: '$1 == "fpr" {print $10; exit}')
+  grep -q "10.0.2.100/repo" "$R/etc/apt/sources.list.d/olboot-test.sources" &&
+    [[ $(gpg --batch --with-colons --show-keys "$R/etc/apt/keyrings/olboot-test.asc" | awk -F: '$1 == "fpr" {print $10; exit}') == "$key" ]]
+}
+http_has() { http_since | grep -Eq -- "$1"; }
 
 # On failure: the guest's serial console and olboot's log, then the failed list.
 show_logs() {

@@ -21,7 +21,8 @@ install_prerequisites() {
   local missing=() cmd
   local -A want=([qemu-system-x86_64]=qemu-system-x86 [mmdebstrap]=mmdebstrap
     [genisoimage]=genisoimage [socat]=socat [apt-ftparchive]=apt-utils [mkfs.ext4]=e2fsprogs
-    [busybox]=busybox-static [cpio]=cpio [zstd]=zstd [musl-gcc]=musl-tools [python3]=python3)
+    [busybox]=busybox-static [cpio]=cpio [zstd]=zstd [musl-gcc]=musl-tools [python3]=python3
+    [gpg]=gpg [age]=age [xz]=xz-utils)
   for cmd in "${!want[@]}"; do
     command -v "$cmd" >/dev/null || missing+=("${want[$cmd]}")
   done

@@ -1,12 +1,18 @@
 #!/usr/bin/env python3
 """Render the test's inputs from the real cloud-config/ files.
 
-render.py olboot    FLEET OUT BASE OPT_SHA [DEV...]  the fleet config with the archive served at
-                                                BASE (and more data disk candidates DEV)
+render.py olboot    FLEET OUT KEY=VALUE...      the fleet config with the test's archive store
+        BASE= OPT_SHA= OPT_PATH= (archive path on the server), DEVS= (more data disk candidates,
+        comma-separated), REPO_KEY= (olboot's packages.sources gets the signed flat repository),
+        IDENTITY= AUTH= (the archive is age-encrypted on an authenticated store), WEB_ADDR= (the
+        web scenario's host ol-web0, its www set holding WEB_ADDR, installing WEB_PACKAGES=a,b)
 render.py packages  FLEET HOST                  the packages HOST's roles install, one a line
 render.py user-data TEMPLATE OUT KEY=VALUE...   a role's cloud-config, @KEY@ filled in, plus the
-                                                test's flat apt repository at BASE/repo
-render.py compare   FLEET HOST OUT BASE OPT_SHA the same job with cloud-init's own modules
+        test's flat apt repository at BASE/repo: APT=olboot (olboot's packages.sources) or
+        APT=cloud-init (cloud-init's apt config, key file signed-by); REPO_KEY= the key file;
+        IDENTITY_FILE= AUTH_FILE= delivered by write_files (0600); WEB=1: the role part of the
+        runcmd is the web scenario's container instead
+render.py compare   FLEET HOST OUT BASE OPT_SHA REPO_KEY  the same job with cloud-init's own modules
 render.py unit      UNIT TEMPLATE...            check each template's olboot.service is UNIT's
 """
 import re
@@ -60,12 +66,38 @@ def merged(fleet, host):
     return out
 
 
-def cmd_olboot(fleet_path, out, base, opt_sha, *devices):
+TEST_SOURCE = "olboot-test"          # the flat repository's name in packages.sources
+KEYRING = "/etc/apt/keyrings/olboot-test.asc"   # where cloud-init's variant puts the key
+WEB_HOST = "ol-web0"                  # the web scenario's host (FLEET.md §3: a Docker web head)
+
+
+def cmd_olboot(fleet_path, out, *pairs):
+    v = dict(p.split("=", 1) for p in pairs)
     fleet = load(fleet_path)
-    fleet["roles"]["base"]["volumes"][0]["device"] += list(devices)
-    archive = fleet["roles"]["base"]["opt"]["archive"]
-    archive["urls"] = [f"{base}/opt.tar.zst"]
-    archive["sha256"] = opt_sha
+    base_role = fleet["roles"]["base"]
+    base_role["volumes"][0]["device"] += [d for d in v.get("DEVS", "").split(",") if d]
+    archive = base_role["opt"]["archive"]
+    archive["urls"] = [f"{v['BASE']}/{v['OPT_PATH']}"]
+    archive["sha256"] = v["OPT_SHA"]
+    for k in ("identity_file", "auth_file"):
+        archive.pop(k, None)
+    if v.get("IDENTITY"):
+        archive["identity_file"] = v["IDENTITY"]
+        archive["auth_file"] = v["AUTH"]
+    if v.get("REPO_KEY"):
+        pk = base_role.setdefault("packages", {})
+        pk["sources"] = {TEST_SOURCE: {"uris": [f"{v['BASE']}/repo"], "suites": ["./"],
+                                       "key": open(v["REPO_KEY"]).read()}}
+    if v.get("WEB_ADDR"):
+        # A Docker web head: docker.io, its gunicorn port 8080 open to the front end (www, which
+        # includes the host as QEMU's user network shows it), haproxy's 7072 open to nobody.
+        www = fleet["roles"]["base"]["firewall"]["sets"].get("www", [])
+        fleet["hosts"][WEB_HOST] = ["base", "webtest"]
+        fleet["roles"]["webtest"] = {
+            "packages": {"install": v.get("WEB_PACKAGES", "docker.io").split(",")},
+            "firewall": {"sets": {"www": www + [v["WEB_ADDR"]]},
+                         "allow": [{"port": 8080, "from": "www"}]},
+        }
     with open(out, "w") as f:
         f.write("# cloud-config/fleet.yaml with the test's archive store (test-vm/run)\n")
         yaml.safe_dump(fleet, f, sort_keys=False, width=1000)
@@ -75,22 +107,50 @@ def cmd_packages(fleet_path, host):
     print("\n".join(merged(load(fleet_path), host)["packages"]))
 
 
-def test_apt(base):
-    # The guest reaches nothing but the harness's server: a flat repository there.
-    return {"preserve_sources_list": False,
-            "sources_list": f"deb [trusted=yes] {base}/repo ./\n"}
+def test_apt(doc, base, mode, key_file):
+    """The guest reaches nothing but the harness's server: a flat repository there, signed."""
+    if mode == "olboot":
+        # olboot's packages.sources brings the source and its key; the image has no sources.
+        doc["apt"] = {"preserve_sources_list": True}
+        return
+    doc["apt"] = {"preserve_sources_list": False,
+                  "sources_list": f"deb [signed-by={KEYRING}] {base}/repo ./\n"}
+    doc.setdefault("write_files", []).insert(0, {
+        "path": KEYRING, "permissions": "0644", "content": open(key_file).read()})
+
+
+def web_runcmd(script):
+    """The role part of a runcmd (after `olboot apply`) becomes the web scenario's container:
+    an image imported from busybox-static's httpd, publishing 8080 and 7072."""
+    head = script[:script.index("/usr/local/sbin/olboot apply")]
+    return head + """/usr/local/sbin/olboot apply -c /etc/olboot.yaml
+# Role (test-vm): a container publishing 8080 (allowed from www) and 7072 (allowed from nobody).
+curl -fsS --retry 10 -o /run/olweb.tar @BASE@/olweb.tar
+docker import -c 'CMD ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]' /run/olweb.tar olweb:test
+docker run -d --name olweb --restart always -p 8080:80 -p 7072:80 olweb:test
+"""
 
 
 def cmd_user_data(template, out, *pairs):
     text = open(template).read()
     values = dict(p.split("=", 1) for p in pairs)
+    if values.get("WEB"):
+        doc = yaml.safe_load(text)
+        doc["runcmd"] = [web_runcmd(doc["runcmd"][0])]
+        text = "#cloud-config\n" + yaml.safe_dump(doc, sort_keys=False, width=1000)
     for k, v in values.items():
         text = text.replace(f"@{k}@", v)
     left = re.findall(r"@[A-Z0-9_]+@", text)
     if left:
         sys.exit(f"render.py: {template}: no value for {', '.join(sorted(set(left)))}")
     doc = yaml.safe_load(text)
-    doc["apt"] = test_apt(values["BASE"])
+    test_apt(doc, values["BASE"], values["APT"], values.get("REPO_KEY"))
+    for path, content in ((values.get("IDENTITY_FILE"), values.get("IDENTITY")),
+                          (values.get("AUTH_FILE"), values.get("AUTH"))):
+        if path:
+            doc.setdefault("write_files", []).append({
+                "path": path, "owner": "root:root", "permissions": "0600",
+                "content": open(content).read()})
     dump(doc, out)
 
 
@@ -125,14 +185,13 @@ def nft_ruleset(m):
     return "\n".join(lines) + "\n"
 
 
-def cmd_compare(fleet_path, host, out, base, opt_sha):
+def cmd_compare(fleet_path, host, out, base, opt_sha, key_file):
     m = merged(load(fleet_path), host)
     vol = m["volumes"]["/1"]
     opt = m["opt"]["path"]
     link = m["links"][0]
     doc = {
         "locale": "C.UTF-8",
-        "apt": test_apt(base),
         "fs_setup": [{"label": vol["label"], "filesystem": vol["filesystem"],
                       "device": vol["device"][0], "partition": "none"}],
         "mounts": [[f"LABEL={vol['label']}", "/1", vol["filesystem"],
@@ -161,6 +220,7 @@ find . ! -type d | while read -r f; do mkdir -p "{link['to']}/$(dirname "$f")"; 
 systemctl restart memcached.service
 """],
     }
+    test_apt(doc, base, "cloud-init", key_file)
     dump(doc, out)
 
 

@@ -2,12 +2,15 @@
 # The scenarios. vm1 is the VM of first-boot, reboot and rescue; vm2 gets vm1's data disk
 # (moved-volume); vmc is compare's cloud-init-only twin. Results: $STATE/times.tsv.
 
-TIMES=$STATE/times.tsv
 
 # The HTTP requests the guest made since mark_http.
 mark_http() { HTTP_MARK=$(wc -l <"$HTTP_LOG"); }
 http_since() { tail -n +"$((HTTP_MARK + 1))" "$HTTP_LOG"; }
-fetched_opt() { http_since | grep 'GET /opt.tar.zst' >/dev/null; }
+fetched_opt() { http_since | grep "GET /$OPT_PATH 20[06]" >/dev/null; }
+# The store: the archive came with the token, and no request of the guest went without it.
+fetched_with_token() {
+  http_since | grep -q "GET /$OPT_PATH 20[06] .* auth=yes" && ! http_since | grep -q "/store/.* auth=no"
+}
 
 step_changes() { report_get "[c for s in r['steps'] if s['name'] == '$1' for c in s['changes']]"; }
 volume_not_formatted() { ! step_changes volumes | grep -i format >/dev/null; }
@@ -22,22 +25,28 @@ ci_modules_s() {
     "$(latest_probe)/cloud-init-blame" 2>/dev/null || echo "-"
 }
 
+start_times() {
+  TIMES=$STATES/times.tsv
+  SCENARIO_FAILS=() SCENARIO_PASSES=()
+  printf 'suite\tscenario\tvm\tboot_wall_s\tolboot_ms\tcloud_init_provisioning_s\tolboot_steps_ms\n' >"$TIMES"
+}
+
 # record SCENARIO VM OLBOOT_MS [CLOUD_INIT_S]
 record() {
   local steps
   steps=$(report_get '" ".join("%s=%s" % (s["name"], s["duration_ms"]) for s in r["steps"])' 2>/dev/null) || steps=-
-  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$1" "$2" "$BOOT_WALL" "$3" "${4:-$(ci_modules_s)}" "$steps" >>"$TIMES"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SUITE" "$1" "$2" "$BOOT_WALL" "$3" "${4:-$(ci_modules_s)}" "$steps" >>"$TIMES"
 }
 
 # finish SCENARIO VM: print the logs when a check failed, unmount, count.
 finish() {
   if ((FAILS > 0)); then
     show_logs "$2"
-    log "$1: FAILED ($FAILS checks)"
-    SCENARIO_FAILS+=("$1")
+    log "$SUITE $1: FAILED ($FAILS checks)"
+    SCENARIO_FAILS+=("$SUITE/$1")
   else
-    log "$1: passed"
-    SCENARIO_PASSES+=("$1")
+    log "$SUITE $1: passed"
+    SCENARIO_PASSES+=("$SUITE/$1")
   fi
   if mountpoint -q "$R"; then umount_vm; fi
   FAILS=0
@@ -58,6 +67,10 @@ scenario_first_boot() {
   check_in_service vm1 changed runcmd
   check "volume: formatted by olboot (report)" step_changes volumes
   check "opt: archive fetched from the store" fetched_opt
+  if [[ $STORE_MODE == age ]]; then
+    check "store: the age-encrypted archive fetched with the token (auth_file), never without" fetched_with_token
+    check "store: identity and auth file in the guest root-only (0600)" store_files_private
+  fi
   record first-boot vm1 "$(olboot_ms)"
   finish first-boot vm1
 }
@@ -106,6 +119,13 @@ break_vm1() {
   umount "$r"
 }
 
+store_files_private() {
+  local f
+  for f in "$R/etc/olboot/age.key" "$R/etc/olboot/store.auth"; do
+    [[ $(stat -c '%a %u' "$f") == "600 0" ]] || return 1
+  done
+}
+
 rescue_rc_zero() { [[ $(cat "$R/var/lib/olboot-test/rescue.rc") == 0 ]]; }
 
 scenario_rescue() {
@@ -132,9 +152,29 @@ scenario_rescue() {
   finish rescue-next-boot vm1
 }
 
-# The same job by cloud-init's own modules (disk_setup/fs_setup, mounts, packages, runcmd).
+# The same job by cloud-init's own modules (disk_setup/fs_setup, mounts, packages, runcmd);
+# with OLBOOT_VM_BEFORE=REV|BINARY also the first boot by that olboot (e.g. the commit before the
+# concurrent engine), same image, archive and repository. The archive is served at
+# OLBOOT_VM_RATE bytes/s (default 1 MB/s: 25 MB take ~25 s, as long as apt) so that the
+# download matters and overlapping it with apt shows.
 scenario_compare() {
   scenario_first_boot
+  if [[ -n ${OLBOOT_VM_BEFORE:-} ]]; then
+    local before
+    before=$(before_binary "$OLBOOT_VM_BEFORE")
+    cp "$before" "$WWW/olboot-before"
+    render_user_data "$REPO/cloud-config/$ROLE.yaml" "$WWW/user-data.before" olboot-before
+    new_vm vmb
+    echo "$STATE/vmb/data.img" >"$STATE/vmb/data"
+    new_data_disk "$STATE/vmb/data.img"
+    make_seed vmb "$WWW/user-data.before" "$HOST"
+    mark_http
+    boot_or_fail vmb
+    mount_vm vmb
+    check_in_service vmb changed runcmd
+    record "first-boot-by-$OLBOOT_VM_BEFORE" vmb "$(olboot_ms)"
+    finish "first-boot-by-$OLBOOT_VM_BEFORE" vmb
+  fi
   new_vm vmc
   echo "$STATE/vmc/data.img" >"$STATE/vmc/data"
   new_data_disk "$STATE/vmc/data.img"
@@ -152,21 +192,102 @@ scenario_compare() {
   finish compare-cloud-init vmc
 }
 
+# before_binary REV|PATH: a static olboot built from git revision REV (cached by commit), or PATH.
+before_binary() {
+  if [[ -f $1 ]]; then realpath "$1"; return; fi
+  local commit dir
+  commit=$(git -C "$REPO" rev-parse --verify "$1^{commit}") || die "OLBOOT_VM_BEFORE: no file or revision $1"
+  dir=$CACHE/bin-$commit
+  if [[ ! -x $dir/olboot ]]; then
+    log "compare: building olboot at $1 ($commit)"
+    rm -rf "$dir"
+    mkdir -p "$dir/src"
+    git -C "$REPO" archive "$commit" | tar -x -C "$dir/src"
+    (cd "$dir/src" && CARGO_TARGET_DIR=$REPO/target/before nice cargo build -q --release \
+      --target x86_64-unknown-linux-musl >&2)
+    cp "$REPO/target/before/x86_64-unknown-linux-musl/release/olboot" "$dir/olboot"
+    rm -rf "$dir/src"
+  fi
+  echo "$dir/olboot"
+}
+
 run_scenarios() {
-  SCENARIO_FAILS=() SCENARIO_PASSES=()
   detect_accel
-  printf 'scenario\tvm\tboot_wall_s\tolboot_ms\tcloud_init_provisioning_s\tolboot_steps_ms\n' >"$TIMES"
   local s
   for s in "$@"; do
-    log "=== $s"
+    log "=== $SUITE $s"
     "scenario_${s//-/_}"
   done
+}
+
+# summary SECONDS: the times of every boot, and one line for CI.
+summary() {
   log "=== times (also in $TIMES)"
   column -t -s $'\t' "$TIMES" >&2
-  # One count per checked boot (rescue checks two), for CI's summary.
-  echo "vm: ${#SCENARIO_PASSES[@]} passed, ${#SCENARIO_FAILS[@]} failed"
+  log "features exercised: $FEATURES"
+  # One count per checked boot (rescue and web check two), for CI's summary.
+  echo "vm: ${#SCENARIO_PASSES[@]} passed, ${#SCENARIO_FAILS[@]} failed in $1 s ($FEATURES)"
   if ((${#SCENARIO_FAILS[@]})); then
     die "failed: ${SCENARIO_FAILS[*]}"
   fi
-  log "all passed: $*"
+  log "all passed: ${SCENARIO_PASSES[*]}"
+}
+
+# A Docker web head (issue 14): docker.io from the signed repository, a container publishing
+# 8080 (allowed from www, which holds 10.0.2.2: the host as QEMU's user network shows it) and
+# 7072 (allowed from nobody), checked from the host through QEMU's port forwards while the
+# guest waits (lib/vm-probe, olboot_test.hold), on the first boot and after a reboot.
+scenario_web() {
+  new_vm vmw
+  echo "$STATE/vmw/data.img" >"$STATE/vmw/data"
+  new_data_disk "$STATE/vmw/data.img"
+  make_seed vmw "$WWW/user-data.web" "$WEB_HOST"
+  WEB_PORT_OPEN=$(free_port) WEB_PORT_CLOSED=$(free_port)
+  # shellcheck disable=SC2034 # read by boot and the checks (bash's dynamic scope)
+  local BOOT_NETDEV_EXTRA=",hostfwd=tcp:127.0.0.1:$WEB_PORT_OPEN-:8080,hostfwd=tcp:127.0.0.1:$WEB_PORT_CLOSED-:7072"
+  # shellcheck disable=SC2034
+  local BOOT_APPEND_EXTRA=" olboot_test.hold=vmw" BOOT_HOOK=web_from_outside CHECK_HOST=$WEB_HOST
+  rm -f "$STATE"/vmw.outside-*
+  mark_http
+  boot_or_fail vmw
+  mount_vm vmw
+  check_in_service vmw changed runcmd
+  check_web 1
+  record web vmw "$(olboot_ms)"
+  finish web vmw
+  log "web: reboot"
+  mark_http
+  boot_or_fail vmw
+  mount_vm vmw
+  check_in_service vmw unchanged service
+  check_web 2
+  record web-reboot vmw "$(olboot_ms)"
+  finish web-reboot vmw
+}
+
+# BOOT_HOOK of the web scenario: once the guest's probe asks for /hold/vmw-N, try both ports
+# from the host, keep what came back, then let the guest power off.
+web_from_outside() {
+  local n
+  n=$(http_since | sed -n 's|^GET /hold/vmw-\([0-9]*\) .*|\1|p' | tail -1)
+  [[ -n $n && ! -f $WWW/hold/vmw-$n ]] || return 0
+  local p
+  for p in "$WEB_PORT_OPEN" "$WEB_PORT_CLOSED"; do
+    curl -sS -m 10 "http://127.0.0.1:$p/" >"$STATE/vmw.outside-$n-$p" 2>&1 || true
+  done
+  log "web: boot $n checked from the host: 8080 -> $(head -c 60 "$STATE/vmw.outside-$n-$WEB_PORT_OPEN" | tr '\n' ' '), 7072 -> $(head -c 60 "$STATE/vmw.outside-$n-$WEB_PORT_CLOSED" | tr '\n' ' ')"
+  touch "$WWW/hold/vmw-$n"
+}
+
+web_answers() { grep -qx "$WEB_MARK" "$1"; }
+check_web() {
+  local n=$1 probe
+  probe=$R/var/lib/olboot-test/boot-$n
+  check "web: docker running" probe_says docker.state active
+  check "web: the container answers on 8080 and 7072 inside the guest" \
+    eval "web_answers '$probe/local-8080' && web_answers '$probe/local-7072'"
+  check "web: 8080 (allowed from www = 10.0.2.2) answers from the host" \
+    web_answers "$STATE/vmw.outside-$n-$WEB_PORT_OPEN"
+  check "web: 7072 (allowed from nobody) does not answer from the host" \
+    eval "[ -f '$STATE/vmw.outside-$n-$WEB_PORT_CLOSED' ] && ! web_answers '$STATE/vmw.outside-$n-$WEB_PORT_CLOSED'"
 }

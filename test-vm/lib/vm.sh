@@ -17,14 +17,19 @@ new_data_disk() {
   truncate -s 2G "$1"
 }
 
-# make_seed VM USER_DATA HOSTNAME: the NoCloud seed (an ISO labelled cidata).
+# make_seed VM USER_DATA HOSTNAME: the NoCloud seed (an ISO labelled cidata). Its network-config
+# asks for DHCPv4 only: trixie's cloud-init (25.1) falls back to dhcp4 + dhcp6, and ifupdown's
+# `dhclient -6` then waits for ever for a DHCPv6 server QEMU's user network does not have,
+# holding networking.service (and all of cloud-init) for minutes.
 make_seed() {
   local dir=$STATE/$1/seed
   mkdir -p "$dir"
   cp "$2" "$dir/user-data"
   printf 'instance-id: %s\nlocal-hostname: %s\n' "$1-$(date +%s)" "$3" >"$dir/meta-data"
+  printf 'version: 2\nethernets:\n  eth0:\n    match: {name: eth0}\n    dhcp4: true\n    dhcp6: false\n' \
+    >"$dir/network-config"
   genisoimage -quiet -output "$STATE/$1/seed.iso" -volid cidata -joliet -rock \
-    "$dir/user-data" "$dir/meta-data"
+    "$dir/user-data" "$dir/meta-data" "$dir/network-config"
 }
 
 # KVM only when a guest really runs under it (on some machines /dev/kvm exists but hangs).
@@ -68,18 +73,27 @@ build_initramfs() {
 
 # boot VM [KERNEL INITRD APPEND]: run the VM's disks until the guest powers off.
 # Disks: $STATE/VM/root.img, the data disk named by $STATE/VM/data (a path), the seed if any.
+# BOOT_NETDEV_EXTRA (e.g. ",hostfwd=tcp:127.0.0.1:PORT-:8080") adds to the user network,
+# BOOT_APPEND_EXTRA to the kernel command line, and BOOT_HOOK names a function called every
+# 2 s while the guest runs (the web scenario checks the guest from outside in it).
 boot() {
-  local vm=$1 kernel=${2:-$IMG_KERNEL} initrd=${3:-$IMG_INITRD} append=${4:-$VM_CMDLINE}
+  local vm=$1 kernel=${2:-$IMG_KERNEL} initrd=${3:-$IMG_INITRD} append=${4:-$VM_CMDLINE}${BOOT_APPEND_EXTRA:-}
   local dir=$STATE/$vm
   local serial=$dir/serial.log
+  # TCG runs both vCPUs on one host thread (OLBOOT_VM_TCG_THREAD=multi overrides): with one
+  # thread per vCPU, trixie's 6.12 kernel was seen to die early in boot with "Oops: int3" in
+  # sched_clock_cpu (code patched by one vCPU while the other runs it); on this shared 2-core
+  # machine a second TCG thread buys little anyway.
+  local accel=$ACCEL
+  [[ $ACCEL == tcg ]] && accel=tcg,thread=${OLBOOT_VM_TCG_THREAD:-single}
   # shellcheck disable=SC2054 # commas belong to the QEMU options
-  local args=(-accel "$ACCEL" -smp 2 -m 1536 -nodefaults -display none -no-reboot
+  local args=(-accel "$accel" -smp 2 -m 1536 -nodefaults -display none -no-reboot
     -serial "file:$serial" -kernel "$kernel" -initrd "$initrd" -append "$append"
     -drive "file=$dir/root.img,if=none,id=root,format=raw,cache=unsafe"
     -device virtio-blk-pci,drive=root
     -drive "file=$(cat "$dir/data"),if=none,id=data,format=raw,cache=unsafe"
     -device virtio-blk-pci,drive=data,serial=ol-data
-    -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:$HTTP_PORT"
+    -netdev "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:80-cmd:socat - TCP:127.0.0.1:$HTTP_PORT${BOOT_NETDEV_EXTRA:-}"
     -device virtio-net-pci,netdev=n0 -device virtio-rng-pci)
   if [[ $ACCEL == kvm ]]; then args+=(-cpu host); else args+=(-cpu max); fi
   # shellcheck disable=SC2054
@@ -87,7 +101,7 @@ boot() {
     -device virtio-blk-pci,drive=seed)
   : >"$serial"
   local start=$SECONDS
-  log "$vm: booting ($ACCEL, serial log $serial)"
+  log "$vm: booting $SUITE ($ACCEL, serial log $serial)"
   nice qemu-system-x86_64 "${args[@]}" >"$dir/qemu.log" 2>&1 &
   local pid=$!
   add_cleanup "kill $pid 2>/dev/null || true"
@@ -105,6 +119,7 @@ boot() {
       line=$(tr -d '\r' <"$serial" | sed 's/\x1b\[[0-9;]*[a-zA-Z]//g' | grep -v '^\s*$' | tail -1 | cut -c1-100)
       log "$vm: $((SECONDS - start))s: $line"
     fi
+    [[ -n ${BOOT_HOOK:-} ]] && "$BOOT_HOOK"
     sleep 2
   done
   local rc=0
