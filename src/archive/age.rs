@@ -399,11 +399,7 @@ impl<R: BufRead> BufRead for Decrypting<R> {
 
 impl<R: BufRead> Read for Decrypting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let avail = self.fill_buf()?;
-        let n = avail.len().min(buf.len());
-        buf[..n].copy_from_slice(&avail[..n]);
-        self.consume(n);
-        Ok(n)
+        super::pipe::read_through_buf(self, buf)
     }
 }
 
