@@ -8,7 +8,7 @@
 use super::ns::{must, Netns, Sandbox};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -220,23 +220,14 @@ impl Drop for Dockerd {
 /// A minimal HTTP server on `addr` in `ns` answering every request with `body`, until the
 /// test process ends.
 pub fn http_server(ns: &Netns, addr: &str, body: &'static str) {
-    let addr: SocketAddr = addr.parse().expect("address");
-    let listener = ns
-        .run(|| TcpListener::bind(addr))
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 1024];
-                let _ = conn.read(&mut buf);
-                let _ = write!(
-                    conn,
-                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                    body.len()
-                );
-            });
-        }
+    ns.serve(addr, move |mut conn| {
+        let mut buf = [0u8; 1024];
+        let _ = conn.read(&mut buf);
+        let _ = write!(
+            conn,
+            "HTTP/1.0 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
     });
 }
 

@@ -133,23 +133,28 @@ impl Netns {
         assert!(child.wait().expect("nft").success(), "nft -f - failed");
     }
 
-    /// A TCP echo server on `addr` in this namespace, serving until the test process ends.
-    pub fn echo(&self, addr: &str) {
+    /// A TCP server on `addr` in this namespace, each connection handled by `handle` on a
+    /// thread of its own, serving until the test process ends.
+    pub fn serve(&self, addr: &str, handle: impl Fn(TcpStream) + Copy + Send + 'static) {
         let addr: SocketAddr = addr.parse().expect("address");
         let listener = self
             .run(|| TcpListener::bind(addr))
             .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 256];
-                    while let Ok(n) = conn.read(&mut buf) {
-                        if n == 0 || conn.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                });
+            for conn in listener.incoming().flatten() {
+                std::thread::spawn(move || handle(conn));
+            }
+        });
+    }
+
+    /// A TCP echo server on `addr` in this namespace, serving until the test process ends.
+    pub fn echo(&self, addr: &str) {
+        self.serve(addr, |mut conn| {
+            let mut buf = [0u8; 256];
+            while let Ok(n) = conn.read(&mut buf) {
+                if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                    break;
+                }
             }
         });
     }
