@@ -238,7 +238,9 @@ fn sh(cmd: &str) {
 /// A tree with every feature the unpacker must restore: owners, setuid, nanosecond, negative
 /// and far-future mtimes, a sparse file with a hole at the end, xattrs in the user, trusted
 /// and security namespaces, access and default ACLs, a file capability, hard links, symlinks,
-/// long names, a read-only directory.
+/// long names, a read-only directory; files of another owner with and without setuid, setgid
+/// and sticky bits, small (the writer threads finish them) and over 1 MiB (the unpacking
+/// thread does).
 fn feature_tree(src: &Path) {
     let long = "n".repeat(150);
     sh(&format!(
@@ -251,6 +253,12 @@ fn feature_tree(src: &Path) {
         printf x > '{long}/{long}/{long}'
         printf 'set' > setuid && chown 1234:5678 setuid && chmod 4755 setuid
         chown -R 1234:5678 d && chmod 750 d
+        printf o > other && chown 1234:5678 other && chmod 640 other
+        printf s > sticky && chown 1234:5678 sticky && chmod 1755 sticky
+        printf g > sgid && chown 1234:5678 sgid && chmod 2711 sgid
+        head -c 3000000 /dev/urandom > big-suid && chown 1234:5678 big-suid && chmod 4750 big-suid
+        head -c 2000000 /dev/urandom > big-other && chown 1234:5678 big-other && chmod 604 big-other
+        head -c 2000000 /dev/urandom > big && chmod 600 big
         printf data > ro/file && chmod 555 ro
         dd if=/dev/urandom of=sparse bs=4096 count=2 status=none
         dd if=/dev/urandom of=sparse bs=4096 count=1 seek=256 conv=notrunc status=none

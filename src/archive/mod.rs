@@ -265,6 +265,7 @@ fn pipeline(mirror: Mirror, staging: &Path) -> Result<Installed> {
     let (mut tar_w, tar_r) = pipe::pipe(PIPE_BUFFERS, PIPE_BUFFER_SIZE);
     let shown = ShownUrl::new(mirror.url);
     let identities = mirror.archive.identities.as_ref();
+    let verified = mirror.archive.sha256.is_some();
     std::thread::scope(|s| {
         // The helper threads carry the step's name, for the log.
         let fetcher = crate::engine::same_step()
@@ -290,7 +291,7 @@ fn pipeline(mirror: Mirror, staging: &Path) -> Result<Installed> {
                     Some(ids) => Box::new(ids.decrypt(raw_r)?),
                     None => Box::new(raw_r),
                 };
-                let (format, mut r) = decompress::reader(src)?;
+                let (format, mut r) = decompress::reader(src, verified)?;
                 tar_w.copy_from(&mut r).with_context(|| match identities {
                     Some(_) => format!("cannot decrypt and decompress the archive ({format:?})"),
                     None => format!("cannot decompress the archive ({format:?})"),

@@ -5,13 +5,15 @@
 //! leaves the disk and the other core idle. So the unpacking thread keeps the tree's order and
 //! does everything that names a path (creating files, directories, links, with every safety
 //! check), and hands each small file it created, already open, to this pool with its content:
-//! a writer thread writes the bytes, sets the mtime and closes it. Memory stays bounded: at
-//! most [`Writers::MAX_IN_FLIGHT`] bytes wait in the pool; the unpacking thread waits for
-//! room beyond that. [`Writers::finish`] waits for every file and returns the first error,
+//! a writer thread writes the bytes, sets the owner, mode and mtime ([`Finish`]) and closes
+//! it. Memory stays bounded: at most [`Writers::MAX_IN_FLIGHT`] bytes wait in the pool (the
+//! unpacking thread waits for room beyond that), and the buffers kept for reuse hold at most
+//! as much again. [`Writers::finish`] waits for every file and returns the first error,
 //! naming its entry.
 
 use anyhow::{Context, Result};
-use rustix::fs::Timestamps;
+use rustix::fd::AsFd;
+use rustix::fs::{Gid, Mode, Timestamps, Uid};
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
@@ -19,16 +21,76 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-/// One file to finish: its open descriptor, its whole content and its mtime.
+/// What is left to do to a file once its content is written, in the order it must be done:
+/// the owner, then the mode (chown clears setuid/setgid), then the mtime.
+pub struct Finish {
+    /// The owner to set, if the file was not created with it.
+    pub owner: Option<(Uid, Gid)>,
+    /// The mode to set, if the file was not created with it.
+    pub mode: Option<Mode>,
+    /// The mtime (the atime is left alone).
+    pub mtime: Timestamps,
+}
+
+impl Finish {
+    /// Do it to `fd`; errors say which part failed.
+    pub fn apply(&self, fd: impl AsFd) -> Result<()> {
+        if let Some((uid, gid)) = self.owner {
+            rustix::fs::fchown(&fd, Some(uid), Some(gid))
+                .map_err(std::io::Error::from)
+                .context("cannot set the owner")?;
+        }
+        if let Some(mode) = self.mode {
+            rustix::fs::fchmod(&fd, mode)
+                .map_err(std::io::Error::from)
+                .context("cannot set the mode")?;
+        }
+        rustix::fs::futimens(&fd, &self.mtime)
+            .map_err(std::io::Error::from)
+            .context("cannot set the mtime")
+    }
+}
+
+/// Files sent to a writer at once.
+const BATCH: usize = 16;
+/// Batches waiting for a writer at most. With the batch being gathered and one per writer
+/// being written, this bounds the files held open (a service's default limit is 1024).
+const QUEUED: usize = 8;
+
+/// The smallest buffer size; the sizes are its powers-of-two multiples up to
+/// [`Writers::SMALL`].
+const CLASS_MIN: usize = 4096;
+const CLASSES: usize = (Writers::SMALL as usize / CLASS_MIN).trailing_zeros() as usize + 1;
+
+/// The size class of a buffer for `n` bytes: the smallest power of two from [`CLASS_MIN`]
+/// that holds them.
+fn size_class(n: usize) -> usize {
+    (n.max(CLASS_MIN).next_power_of_two() / CLASS_MIN).trailing_zeros() as usize
+}
+
+/// A file's whole content: the first `len` bytes of `data`, whose length is its size class.
+pub struct Buffer {
+    data: Vec<u8>,
+    len: usize,
+}
+
+impl Buffer {
+    /// The content, to be filled.
+    pub fn content(&mut self) -> &mut [u8] {
+        &mut self.data[..self.len]
+    }
+}
+
+/// One file to finish: its open descriptor, its whole content and what follows the content.
 struct Job {
     file: File,
-    data: Vec<u8>,
-    mtime: Timestamps,
+    data: Buffer,
+    finish: Finish,
     /// The entry's name, for errors.
     name: PathBuf,
 }
 
-/// What the threads share: bytes in flight and the first error.
+/// What the threads share: bytes in flight, buffers to reuse and the first error.
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
@@ -39,6 +101,33 @@ struct Shared {
 struct State {
     in_flight: usize,
     error: Option<anyhow::Error>,
+    /// Emptied buffers for the next files, by size class; with the buffers in flight, they
+    /// add up to at most [`Writers::MAX_IN_FLIGHT`] bytes. Reused because a fresh buffer for
+    /// each file is a `mmap`, page faults and a `munmap` in musl's allocator.
+    free: [Vec<Vec<u8>>; CLASSES],
+    free_bytes: usize,
+}
+
+impl State {
+    /// Drop free buffers, largest first, until `want` more bytes fit in the budget.
+    fn evict(&mut self, want: usize) {
+        for class in (0..CLASSES).rev() {
+            while self.in_flight + self.free_bytes + want > Writers::MAX_IN_FLIGHT {
+                let Some(b) = self.free[class].pop() else {
+                    break;
+                };
+                self.free_bytes -= b.len();
+            }
+        }
+    }
+
+    /// Keep `data` for reuse if it fits in the budget.
+    fn recycle(&mut self, data: Vec<u8>) {
+        if self.in_flight + self.free_bytes + data.len() <= Writers::MAX_IN_FLIGHT {
+            self.free_bytes += data.len();
+            self.free[size_class(data.len())].push(data);
+        }
+    }
 }
 
 impl Shared {
@@ -49,13 +138,15 @@ impl Shared {
 
 /// The pool; see the module documentation.
 pub struct Writers {
-    tx: Option<SyncSender<Job>>,
+    tx: Option<SyncSender<Vec<Job>>>,
+    /// Files not sent to the writers yet.
+    batch: Vec<Job>,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Writers {
-    /// Bytes of file content the pool holds at most.
+    /// Bytes of buffers the pool holds at most, in flight or free.
     pub const MAX_IN_FLIGHT: usize = 16 << 20;
     /// Files larger than this are written by the unpacking thread itself: they are bound by
     /// bandwidth, not by system calls, and would take the whole budget.
@@ -63,7 +154,7 @@ impl Writers {
 
     /// Start `n` writer threads (at least one).
     pub fn start(n: usize) -> Result<Writers> {
-        let (tx, rx) = sync_channel::<Job>(1024);
+        let (tx, rx) = sync_channel::<Vec<Job>>(QUEUED);
         let rx = Arc::new(Mutex::new(rx));
         let shared = Arc::new(Shared::default());
         let mut threads = Vec::new();
@@ -76,38 +167,78 @@ impl Writers {
         }
         Ok(Writers {
             tx: Some(tx),
+            batch: Vec::with_capacity(BATCH),
             shared,
             threads,
         })
     }
 
-    /// Hand over `file`, just created, to be filled with `data`, stamped with `mtime` and
-    /// closed. Waits while the pool is full; fails if a writer failed already.
+    /// A buffer for a file's content of `n` bytes (at most [`Writers::SMALL`]), reused
+    /// where one of its size class is free. Its bytes are whatever the last file left there:
+    /// the caller fills all `n` of them.
+    pub fn buffer(&self, n: usize) -> Buffer {
+        let class = size_class(n);
+        let mut st = self.shared.lock();
+        let data = match st.free[class].pop() {
+            Some(b) => {
+                st.free_bytes -= b.len();
+                b
+            }
+            None => {
+                // A new buffer: make room for it by freeing others first.
+                st.evict(CLASS_MIN << class);
+                drop(st);
+                vec![0; CLASS_MIN << class]
+            }
+        };
+        Buffer { data, len: n }
+    }
+
+    /// Hand over `file`, just created, to be filled with `data`, finished and closed. Waits
+    /// while the pool is full; fails if a writer failed already. Files go to the writers in
+    /// batches of [`BATCH`], so that a writer is woken once per batch, not once per file.
     pub fn submit(
-        &self,
+        &mut self,
         file: File,
-        data: Vec<u8>,
-        mtime: Timestamps,
+        data: Buffer,
+        finish: Finish,
         name: PathBuf,
     ) -> Result<()> {
-        let len = data.len().min(Self::MAX_IN_FLIGHT);
+        let len = data.data.len();
         let mut st = self.shared.lock();
         while st.error.is_none() && st.in_flight > 0 && st.in_flight + len > Self::MAX_IN_FLIGHT {
-            st = self.shared.room.wait(st).unwrap_or_else(|e| e.into_inner());
+            drop(st);
+            // The writers may be waiting for the files of this batch.
+            self.send()?;
+            st = self.shared.lock();
+            if st.in_flight + len > Self::MAX_IN_FLIGHT {
+                st = self.shared.room.wait(st).unwrap_or_else(|e| e.into_inner());
+            }
         }
         if let Some(e) = st.error.take() {
             return Err(e);
         }
         st.in_flight += len;
         drop(st);
-        let job = Job {
+        self.batch.push(Job {
             file,
             data,
-            mtime,
+            finish,
             name,
-        };
-        let sent = self.tx.as_ref().map(|tx| tx.send(job));
-        match sent {
+        });
+        if self.batch.len() == BATCH {
+            self.send()?;
+        }
+        Ok(())
+    }
+
+    /// Send the files gathered so far to the writers.
+    fn send(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH));
+        match self.tx.as_ref().map(|tx| tx.send(batch)) {
             Some(Ok(())) => Ok(()),
             _ => Err(self
                 .error()
@@ -121,6 +252,7 @@ impl Writers {
 
     /// Wait until every file handed over is written and closed; the first error, if any.
     pub fn finish(&mut self) -> Result<()> {
+        self.send()?;
         self.stop();
         self.error().map_or(Ok(()), Err)
     }
@@ -145,18 +277,27 @@ impl Drop for Writers {
     }
 }
 
-/// A writer thread: take jobs until the channel closes; after an error, only drain.
-fn work(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
+/// A writer thread: take batches until the channel closes; after an error, only drain.
+fn work(rx: &Mutex<Receiver<Vec<Job>>>, shared: &Shared) {
     loop {
-        let job = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-            Ok(job) => job,
+        let batch = match rx.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+            Ok(batch) => batch,
             Err(_) => return,
         };
-        let len = job.data.len().min(Writers::MAX_IN_FLIGHT);
-        let failed = shared.lock().error.is_some();
-        let r = if failed { Ok(()) } else { write(job) };
+        let mut r = Ok(());
+        let mut buffers = Vec::with_capacity(batch.len());
+        for mut job in batch {
+            if r.is_ok() && shared.lock().error.is_none() {
+                r = write(&mut job);
+            }
+            buffers.push(std::mem::take(&mut job.data.data));
+            // Dropping the job closes the file.
+        }
         let mut st = shared.lock();
-        st.in_flight -= len;
+        for data in buffers {
+            st.in_flight -= data.len();
+            st.recycle(data);
+        }
         if let Err(e) = r {
             st.error.get_or_insert(e);
         }
@@ -165,12 +306,12 @@ fn work(rx: &Mutex<Receiver<Job>>, shared: &Shared) {
     }
 }
 
-fn write(mut job: Job) -> Result<()> {
+fn write(job: &mut Job) -> Result<()> {
     let name = job.name.display();
     job.file
-        .write_all(&job.data)
+        .write_all(&job.data.data[..job.data.len])
         .with_context(|| format!("archive entry {name:?}: cannot write the file"))?;
-    rustix::fs::futimens(&job.file, &job.mtime)
-        .map_err(std::io::Error::from)
-        .with_context(|| format!("archive entry {name:?}: cannot set the mtime"))
+    job.finish
+        .apply(&job.file)
+        .with_context(|| format!("archive entry {name:?}"))
 }

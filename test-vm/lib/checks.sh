@@ -31,9 +31,15 @@ report_get() {
   python3 -c 'import json, sys; r = json.load(open(sys.argv[1])); print(eval(sys.argv[2]))' \
     "$R/var/lib/olboot/report.json" "$1"
 }
-# Milliseconds olboot's steps took, from its report (its timestamps have whole seconds).
+# Milliseconds olboot's steps took, from its report (its timestamps have whole seconds): work,
+# not wall time, since steps overlap.
 olboot_ms() {
   report_get 'sum(s["duration_ms"] for s in r["steps"])' 2>/dev/null || echo "-"
+}
+# Milliseconds from the first step's start to the last step's end (steps' times have
+# milliseconds): how long the machine waited for olboot.
+olboot_wall_ms() {
+  report_get '(lambda t: round(1000 * (max(t(s["finished"]) for s in r["steps"] if s.get("finished")) - min(t(s["started"]) for s in r["steps"] if s.get("started")))))(lambda v: __import__("datetime").datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp())' 2>/dev/null || echo "-"
 }
 
 latest_probe() { find "$R/var/lib/olboot-test" -maxdepth 1 -name 'boot-*' | sort -V | tail -1; }

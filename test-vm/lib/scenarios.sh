@@ -28,14 +28,16 @@ ci_modules_s() {
 start_times() {
   TIMES=$STATES/times.tsv
   SCENARIO_FAILS=() SCENARIO_PASSES=()
-  printf 'suite\tscenario\tvm\tboot_wall_s\tolboot_ms\tcloud_init_provisioning_s\tolboot_steps_ms\n' >"$TIMES"
+  printf 'suite\tscenario\tvm\tboot_wall_s\tolboot_ms\tolboot_wall_ms\tcloud_init_provisioning_s\tolboot_steps_ms\n' >"$TIMES"
 }
 
 # record SCENARIO VM OLBOOT_MS [CLOUD_INIT_S]
 record() {
   local steps
   steps=$(report_get '" ".join("%s=%s" % (s["name"], s["duration_ms"]) for s in r["steps"])' 2>/dev/null) || steps=-
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SUITE" "$1" "$2" "$BOOT_WALL" "$3" "${4:-$(ci_modules_s)}" "$steps" >>"$TIMES"
+  local wall=-
+  [[ $3 == - ]] || wall=$(olboot_wall_ms)
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$SUITE" "$1" "$2" "$BOOT_WALL" "$3" "$wall" "${4:-$(ci_modules_s)}" "$steps" >>"$TIMES"
 }
 
 # finish SCENARIO VM: print the logs when a check failed, unmount, count.

@@ -22,14 +22,14 @@ mod beneath;
 mod stream;
 mod xattr;
 
-use super::writer::Writers;
+use super::writer::{Finish, Writers};
 use anyhow::{bail, Context, Result};
 use beneath::{errno, open_dir};
 use rustix::fd::{AsFd, OwnedFd};
 use rustix::fs::{AtFlags, Gid, Mode, OFlags, Timespec, Timestamps, Uid, UTIME_OMIT};
 use rustix::io::Errno;
 use std::ffi::OsStr;
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use stream::{Entry, Kind, Stream, Time};
@@ -86,7 +86,7 @@ struct Meta {
 
 /// Unpack the tar stream `r` into the existing, empty directory `dir`, then read `r` to its
 /// end (tar pads its end; the stream's producer must see it consumed).
-pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
+pub fn unpack(r: impl BufRead, dir: &Path) -> Result<Stats> {
     let root = rustix::fs::open(
         dir,
         OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
@@ -112,7 +112,6 @@ pub fn unpack(r: impl Read, dir: &Path) -> Result<Stats> {
                 rustix::process::getegid().as_raw(),
             )
         }),
-        buf: vec![0; 256 * 1024],
         stats: Stats::default(),
         dropped_warnings: 0,
         flusher: Flusher::start(dir)?,
@@ -154,7 +153,6 @@ struct Unpacker {
     dirs: Vec<(PathBuf, Meta)>,
     /// Whether to set owners (only root can).
     chown: bool,
-    buf: Vec<u8>,
     stats: Stats,
     dropped_warnings: u64,
     flusher: Flusher,
@@ -242,7 +240,7 @@ fn split(path: &Path) -> (&Path, &OsStr) {
 }
 
 impl Unpacker {
-    fn entry<R: Read>(&mut self, e: &Entry, ar: &mut Stream<R>) -> Result<()> {
+    fn entry<R: BufRead>(&mut self, e: &Entry, ar: &mut Stream<R>) -> Result<()> {
         crate::sys::signal::check()?;
         let path = relative(&e.name)?;
         self.leave_dirs(&path)?;
@@ -320,7 +318,7 @@ impl Unpacker {
         Ok(())
     }
 
-    fn file<R: Read>(
+    fn file<R: BufRead>(
         &mut self,
         path: &Path,
         e: &Entry,
@@ -333,46 +331,63 @@ impl Unpacker {
         }
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        // The common case, a file of olboot's own user without xattrs, is created with its
-        // final mode and needs neither chown nor chmod. Otherwise it is private until chown
-        // then chmod (chown clears setuid/setgid) have run.
-        let owned =
-            (!self.chown || self.ids == Some((meta.uid, meta.gid))) && meta.attrs.is_empty();
-        let mode = if owned { meta.mode } else { 0o600 };
+        // A file without xattrs is created with its final mode, and needs no chmod, unless it
+        // is setuid or setgid and needs a chown, which would clear those bits: then it is
+        // private until chown then chmod have run. A file with xattrs gets everything after.
+        let plain = meta.attrs.is_empty();
+        let owner = (self.chown && self.ids != Some((meta.uid, meta.gid)))
+            .then(|| (Uid::from_raw(meta.uid), Gid::from_raw(meta.gid)));
+        let final_mode = plain && (owner.is_none() || meta.mode & 0o6000 == 0);
+        let mode = if final_mode { meta.mode } else { 0o600 };
         let fd = self.create(parent, base, |pfd| {
             rustix::fs::openat(pfd, base, flags, Mode::from_raw_mode(mode))
         })?;
         let mut file = std::fs::File::from(fd);
-        if owned && e.sparse.is_none() && e.size <= Writers::SMALL {
-            return self.hand_over(ar, file, e.size, meta.mtime, path);
+        if !plain {
+            self.contents(ar, &mut file, e)?;
+            return self.set_meta_fd(&file, &meta, path);
         }
+        let finish = Finish {
+            owner,
+            mode: (!final_mode).then(|| Mode::from_raw_mode(meta.mode)),
+            mtime: times(meta.mtime),
+        };
+        if e.sparse.is_none() && e.size <= Writers::SMALL {
+            return self.hand_over(ar, file, e.size, finish, path);
+        }
+        self.contents(ar, &mut file, e)?;
+        finish.apply(&file)
+    }
+
+    /// Write the entry's data, sparse or not, into `file`.
+    fn contents<R: BufRead>(
+        &mut self,
+        ar: &mut Stream<R>,
+        file: &mut std::fs::File,
+        e: &Entry,
+    ) -> Result<()> {
         match &e.sparse {
-            None => self.copy(ar, &mut file, e.size)?,
-            Some(sp) => self.sparse(ar, &mut file, e.size, sp)?,
-        }
-        if owned {
-            rustix::fs::futimens(&file, &times(meta.mtime))
-                .map_err(|e| errno(e, "cannot set the mtime"))
-        } else {
-            self.set_meta_fd(&file, &meta, path)
+            None => self.copy(ar, file, e.size),
+            Some(sp) => self.sparse(ar, file, e.size, sp),
         }
     }
 
     /// Read the `n` bytes of a small file's data and hand them, with the file just created,
-    /// to the writer threads, which write them, set the mtime and close it (writer.rs).
-    fn hand_over<R: Read>(
+    /// to the writer threads, which write them, finish the file and close it (writer.rs).
+    fn hand_over<R: BufRead>(
         &mut self,
         ar: &mut Stream<R>,
         file: std::fs::File,
         n: u64,
-        mtime: Time,
+        finish: Finish,
         path: &Path,
     ) -> Result<()> {
         crate::sys::signal::check()?;
-        let mut data = vec![0; n as usize];
+        let mut data = self.writers.buffer(n as usize);
+        let buf = data.content();
         let mut filled = 0;
-        while filled < data.len() {
-            match ar.read_data(&mut data[filled..]) {
+        while filled < buf.len() {
+            match ar.read_data(&mut buf[filled..]) {
                 Ok(0) => bail!("the archive ends in the middle of the file"),
                 Ok(got) => filled += got,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
@@ -381,12 +396,12 @@ impl Unpacker {
         }
         self.stats.bytes += n;
         self.flusher.wrote(filled);
-        self.writers
-            .submit(file, data, times(mtime), path.to_path_buf())
+        self.writers.submit(file, data, finish, path.to_path_buf())
     }
 
-    /// Copy `n` bytes of the entry's data to `file` at its current offset.
-    fn copy<R: Read>(
+    /// Copy `n` bytes of the entry's data to `file` at its current offset, written straight
+    /// from the stream's buffer.
+    fn copy<R: BufRead>(
         &mut self,
         ar: &mut Stream<R>,
         file: &mut std::fs::File,
@@ -395,15 +410,16 @@ impl Unpacker {
         let mut left = n;
         while left > 0 {
             crate::sys::signal::check()?;
-            let want = self.buf.len().min(left.min(usize::MAX as u64) as usize);
-            let got = match ar.read_data(&mut self.buf[..want]) {
-                Ok(0) => bail!("the archive ends in the middle of the file"),
-                Ok(n) => n,
+            let chunk = match ar.data_buf() {
+                Ok([]) => bail!("the archive ends in the middle of the file"),
+                Ok(chunk) => chunk,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
                 Err(err) => return Err(err).context("cannot read its content"),
             };
-            file.write_all(&self.buf[..got])
+            let got = chunk.len().min(left.min(usize::MAX as u64) as usize);
+            file.write_all(&chunk[..got])
                 .context("cannot write the file")?;
+            ar.consume_data(got);
             left -= got as u64;
             self.stats.bytes += got as u64;
             self.flusher.wrote(got);
@@ -413,7 +429,7 @@ impl Unpacker {
 
     /// Write a sparse file: each data region at its offset, the holes seeked over, the size
     /// set at the end, so the holes stay unallocated as with GNU tar.
-    fn sparse<R: Read>(
+    fn sparse<R: BufRead>(
         &mut self,
         ar: &mut Stream<R>,
         file: &mut std::fs::File,

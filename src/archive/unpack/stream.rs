@@ -11,7 +11,7 @@
 
 use super::shown;
 use anyhow::{bail, Context, Result};
-use std::io::{self, Read};
+use std::io::{self, BufRead, Read};
 
 /// The largest special header (long name, PAX records, sparse map) accepted, as bsdtar and
 /// Go's archive/tar do.
@@ -90,7 +90,7 @@ pub struct Stream<R> {
     global: Vec<(String, Vec<u8>)>,
 }
 
-impl<R: Read> Stream<R> {
+impl<R: BufRead> Stream<R> {
     /// A stream over `r`.
     pub fn new(r: R) -> Stream<R> {
         Stream {
@@ -155,28 +155,14 @@ impl<R: Read> Stream<R> {
             return Ok(None);
         }
         let want = number(&h[148..156]).context("bad checksum field")?;
-        let unsigned: u64 = h
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    b as u64
-                }
-            })
-            .sum();
-        let signed: i64 = h
-            .iter()
-            .enumerate()
-            .map(|(i, &b)| {
-                if (148..156).contains(&i) {
-                    32
-                } else {
-                    b as i8 as i64
-                }
-            })
-            .sum();
+        // The checksum field itself counts as eight spaces; old tars summed signed bytes.
+        let (mut unsigned, mut signed) = (8 * 32u64, 8 * 32i64);
+        for (i, &b) in h.iter().enumerate() {
+            if !(148..156).contains(&i) {
+                unsigned += u64::from(b);
+                signed += i64::from(b as i8);
+            }
+        }
         if want != unsigned && want as i64 != signed {
             bail!("a header with a bad checksum: this is not a tar archive, or it is damaged");
         }
@@ -373,6 +359,29 @@ impl<R: Read> Stream<R> {
         }
         self.left -= n as u64;
         Ok(n)
+    }
+
+    /// The next bytes of the current entry's data, straight from the reader's buffer (none
+    /// at its end; the archive ending early is an error); [`Stream::consume_data`] then says
+    /// how many were used.
+    pub fn data_buf(&mut self) -> io::Result<&[u8]> {
+        if self.left == 0 {
+            return Ok(&[]);
+        }
+        let buf = self.r.fill_buf()?;
+        if buf.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the archive ends in the middle of a file",
+            ));
+        }
+        Ok(&buf[..buf.len().min(self.left.min(usize::MAX as u64) as usize)])
+    }
+
+    /// Mark `n` bytes of what [`Stream::data_buf`] gave as used.
+    pub fn consume_data(&mut self, n: usize) {
+        self.r.consume(n);
+        self.left -= n as u64;
     }
 }
 
