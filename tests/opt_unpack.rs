@@ -405,3 +405,74 @@ fn plan_changes_in_the_done_tense_are_the_apply_changes() {
     assert_eq!(common::change_lines(&plan, "opt").len(), 2, "{plan}");
     common::assert_apply_did_what_plan_said(&plan, &apply, "opt");
 }
+
+/// A tmpfs of `size` mounted at a scratch directory for one test, unmounted when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "olboot-test"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "cannot mount a tmpfs at {} (needs root)", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// The volume fills up in the middle of the unpack, in the writer threads (thousands of small
+/// files) or in the unpacking thread (a large one): the step fails naming an entry and the
+/// cause, the staging directory is gone and nothing is at opt.path; with room, the next run
+/// unpacks the whole tree.
+#[test]
+fn a_full_volume_fails_naming_the_entry_and_leaves_nothing() {
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("opt");
+    for d in 0..8 {
+        let dir = src.join(format!("d{d}"));
+        fs::create_dir_all(&dir).unwrap();
+        for f in 0..250 {
+            fs::write(
+                dir.join(format!("f{f}")),
+                noise(4096, (d * 1000 + f) as u64),
+            )
+            .unwrap();
+        }
+    }
+    fs::write(src.join("big.dat"), noise(6 << 20, 7)).unwrap();
+    let archive = work.path().join("opt.tar.zst");
+    let sha = pack(&src, &archive);
+    let s = Scratch::new();
+    let cfg = s.config(&[file_url(&archive)], Some(&sha), "", "symlink");
+    for size in ["3m", "10m"] {
+        let _volume = Tmpfs::mount(&s.root().join("1"), size);
+        let out = s.apply(&cfg);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("No space left on device"), "{err}");
+        assert_eq!(
+            err.matches("archive entry \"").count(),
+            2,
+            "names the entry: {err}"
+        );
+        assert!(!s.staging().exists(), "staging left behind");
+        assert!(!s.opt().exists() && !s.root().join("opt").exists());
+        assert!(fs::read_dir(s.root().join("1")).unwrap().next().is_none());
+    }
+    let _volume = Tmpfs::mount(&s.root().join("1"), "64m");
+    let out = s.apply(&cfg);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&src, &s.opt(), true);
+}

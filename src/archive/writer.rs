@@ -81,6 +81,19 @@ impl Buffer {
     }
 }
 
+/// The error of a writer thread. It names its own entry, not the one the unpacking thread
+/// was at when it learnt of it.
+#[derive(Debug)]
+pub struct WriterError(String);
+
+impl std::fmt::Display for WriterError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for WriterError {}
+
 /// One file to finish: its open descriptor, its whole content and what follows the content.
 struct Job {
     file: File,
@@ -299,7 +312,8 @@ fn work(rx: &Mutex<Receiver<Vec<Job>>>, shared: &Shared) {
             st.recycle(data);
         }
         if let Err(e) = r {
-            st.error.get_or_insert(e);
+            st.error
+                .get_or_insert_with(|| WriterError(format!("{e:#}")).into());
         }
         drop(st);
         shared.room.notify_all();

@@ -424,19 +424,7 @@ pub fn packed(big: usize) -> Packed {
     fs::create_dir(&src).unwrap();
     make_tree(&src, big);
     let archive = dir.path().join("opt.tar.zst");
-    let out = olboot()
-        .arg("pack")
-        .arg(&src)
-        .arg("-o")
-        .arg(&archive)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "pack failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sha256 = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let sha256 = pack(&src, &archive);
     let bytes = fs::read(&archive).unwrap();
     Packed {
         dir,
@@ -445,6 +433,23 @@ pub fn packed(big: usize) -> Packed {
         bytes,
         sha256,
     }
+}
+
+/// `olboot pack SRC -o ARCHIVE`; the sha256 it prints.
+pub fn pack(src: &Path, archive: &Path) -> String {
+    let out = olboot()
+        .arg("pack")
+        .arg(src)
+        .arg("-o")
+        .arg(archive)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pack failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
 /// The report of the last apply under `root`.

@@ -22,7 +22,7 @@ mod beneath;
 mod stream;
 mod xattr;
 
-use super::writer::{Finish, Writers};
+use super::writer::{Finish, WriterError, Writers};
 use anyhow::{bail, Context, Result};
 use beneath::{errno, open_dir};
 use rustix::fd::{AsFd, OwnedFd};
@@ -119,8 +119,12 @@ pub fn unpack(r: impl BufRead, dir: &Path) -> Result<Stats> {
     };
     let mut ar = Stream::new(r);
     while let Some(e) = ar.next_entry().context("cannot read the tar stream")? {
-        u.entry(&e, &mut ar)
-            .with_context(|| format!("archive entry {}", shown(&e.name)))?;
+        if let Err(err) = u.entry(&e, &mut ar) {
+            if err.is::<WriterError>() {
+                return Err(err);
+            }
+            return Err(err.context(format!("archive entry {}", shown(&e.name))));
+        }
     }
     u.writers.finish()?;
     u.finish_dirs()?;
