@@ -12,11 +12,12 @@
 //! come out as GNU tar's whatever the order of the entries. The tar stream is read by
 //! [`stream`], which bounds every special header.
 //!
-//! Speed: a file owned by olboot's own user (most of a tree unpacked as root) is created with
-//! its final mode under a zero umask, so it costs open, write, futimens and close only; the
-//! contents of small ones are written (and the files stamped and closed) by writer threads
-//! while this thread goes on with the tree (writer.rs); and a background thread starts the
-//! writeback every 64 MiB so the final sync is short.
+//! Speed: a file without xattrs is created with its final mode under a zero umask, so it
+//! costs open, write, futimens and close, and a chown if another user owns it (a chmod too
+//! only if it is setuid or setgid); the contents of small ones are written (and the files
+//! finished and closed) by writer threads while this thread goes on with the tree
+//! (writer.rs); large ones are written straight from the stream's buffer; and a background
+//! thread starts the writeback every 64 MiB so the final sync is short.
 
 mod beneath;
 mod stream;
