@@ -157,7 +157,7 @@ scenario_rescue() {
 # The same job by cloud-init's own modules (disk_setup/fs_setup, mounts, packages, runcmd);
 # with OLBOOT_VM_BEFORE=REV|BINARY also the first boot by that olboot (e.g. the commit before the
 # concurrent engine), same image, archive and repository. The archive is served at
-# OLBOOT_VM_RATE bytes/s (default 1 MB/s: 25 MB take ~25 s, as long as apt) so that the
+# OLBOOT_VM_RATE bytes/s (default 350 kB/s: 25 MB take ~75 s, as long as apt on trixie) so that the
 # download matters and overlapping it with apt shows.
 scenario_compare() {
   scenario_first_boot
