@@ -155,8 +155,9 @@ scenario_rescue() {
 }
 
 # The same job by cloud-init's own modules (disk_setup/fs_setup, mounts, packages, runcmd);
-# with OLBOOT_VM_BEFORE=REV|BINARY also the first boot by that olboot (e.g. the commit before the
-# concurrent engine), same image, archive and repository. The archive is served at
+# with OLBOOT_VM_BEFORE=REV|BINARY also the first boot by that olboot (a revision old enough
+# may not read today's cloud-config: test-vm/README.md says how the before/after of the
+# concurrent engine was built), same image, archive and repository. The archive is served at
 # OLBOOT_VM_RATE bytes/s (default 350 kB/s: 25 MB take ~75 s, as long as apt on trixie) so that the
 # download matters and overlapping it with apt shows.
 scenario_compare() {
