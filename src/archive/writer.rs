@@ -6,9 +6,9 @@
 //! does everything that names a path (creating files, directories, links, with every safety
 //! check), and hands each small file it created, already open, to this pool with its content:
 //! a writer thread writes the bytes, sets the owner, mode and mtime ([`Finish`]) and closes
-//! it. Memory stays bounded: at most [`Writers::MAX_IN_FLIGHT`] bytes wait in the pool (the
-//! unpacking thread waits for room beyond that), and the buffers kept for reuse hold at most
-//! as much again. [`Writers::finish`] waits for every file and returns the first error,
+//! it. Memory stays bounded: the buffers waiting in the pool and those kept for reuse hold
+//! at most [`Writers::MAX_IN_FLIGHT`] bytes together (the unpacking thread waits for room
+//! beyond that). [`Writers::finish`] waits for every file and returns the first error,
 //! naming its entry.
 
 use anyhow::{Context, Result};
@@ -35,6 +35,13 @@ pub struct Finish {
 impl Finish {
     /// Do it to `fd`; errors say which part failed.
     pub fn apply(&self, fd: impl AsFd) -> Result<()> {
+        self.set_owner_and_mode(&fd)?;
+        self.set_mtime(&fd)
+    }
+
+    /// The owner, then the mode: what must come before xattrs (chown clears
+    /// `security.capability`).
+    pub fn set_owner_and_mode(&self, fd: impl AsFd) -> Result<()> {
         if let Some((uid, gid)) = self.owner {
             rustix::fs::fchown(&fd, Some(uid), Some(gid))
                 .map_err(std::io::Error::from)
@@ -45,6 +52,11 @@ impl Finish {
                 .map_err(std::io::Error::from)
                 .context("cannot set the mode")?;
         }
+        Ok(())
+    }
+
+    /// The mtime, last of all.
+    pub fn set_mtime(&self, fd: impl AsFd) -> Result<()> {
         rustix::fs::futimens(&fd, &self.mtime)
             .map_err(std::io::Error::from)
             .context("cannot set the mtime")

@@ -590,19 +590,21 @@ impl Unpacker {
     /// Owner, then mode (chown clears setuid/setgid), then xattrs and ACLs (chown clears
     /// `security.capability`; an ACL sets the group bits), then the mtime.
     fn set_meta_fd(&mut self, fd: impl AsFd, m: &Meta, rel: &Path) -> Result<()> {
-        if self.chown {
-            rustix::fs::fchown(&fd, Some(Uid::from_raw(m.uid)), Some(Gid::from_raw(m.gid)))
-                .map_err(|e| errno(e, "cannot set the owner"))?;
-        }
-        rustix::fs::fchmod(&fd, Mode::from_raw_mode(m.mode))
-            .map_err(|e| errno(e, "cannot set the mode"))?;
+        let finish = Finish {
+            owner: self
+                .chown
+                .then(|| (Uid::from_raw(m.uid), Gid::from_raw(m.gid))),
+            mode: Some(Mode::from_raw_mode(m.mode)),
+            mtime: times(m.mtime),
+        };
+        finish.set_owner_and_mode(&fd)?;
         for name in xattr::set(&fd, &m.attrs)? {
             self.warn(format!(
                 "archive entry {}: the target filesystem does not support the xattr {name}",
                 shown(rel.as_os_str().as_bytes())
             ));
         }
-        rustix::fs::futimens(&fd, &times(m.mtime)).map_err(|e| errno(e, "cannot set the mtime"))
+        finish.set_mtime(&fd)
     }
 
     /// Give the directories still waiting their metadata, deepest first.
