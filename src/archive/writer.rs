@@ -11,11 +11,13 @@
 //! beyond that). [`Writers::finish`] waits for every file and returns the first error,
 //! naming its entry.
 
+use super::unpack::shown;
 use anyhow::{Context, Result};
 use rustix::fd::AsFd;
 use rustix::fs::{Gid, Mode, Timestamps, Uid};
 use std::fs::File;
 use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -333,11 +335,11 @@ fn work(rx: &Mutex<Receiver<Vec<Job>>>, shared: &Shared) {
 }
 
 fn write(job: &mut Job) -> Result<()> {
-    let name = job.name.display();
+    let name = || shown(job.name.as_os_str().as_bytes());
     job.file
         .write_all(&job.data.data[..job.data.len])
-        .with_context(|| format!("archive entry {name:?}: cannot write the file"))?;
+        .with_context(|| format!("archive entry {}: cannot write the file", name()))?;
     job.finish
         .apply(&job.file)
-        .with_context(|| format!("archive entry {name:?}"))
+        .with_context(|| format!("archive entry {}", name()))
 }

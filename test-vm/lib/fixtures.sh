@@ -183,7 +183,9 @@ ensure_repo() {
   log "repo: $SUITE: $(find "$APT_REPO" -name '*.deb' | wc -l) packages not in the image, signed by $(gpg --batch --with-colons --show-keys "$REPO_KEY" | awk -F: '$1 == "fpr" {print $10; exit}')"
 }
 
-ensure_fixtures() {
+# What every suite serves alike, made once before the suites run (side by side, they would race
+# for the same cache files).
+ensure_shared_fixtures() {
   python3 "$HERE/lib/render.py" unit "$REPO/cloud-config/olboot.service" \
     "$REPO"/cloud-config/{web,memcache,db,solr}.yaml
   ensure_opt_tree
@@ -191,8 +193,12 @@ ensure_fixtures() {
   ensure_store_keys
   detect_features
   ensure_opt_archive
-  ensure_repo
   ensure_web_image
+}
+
+# This suite's repository and served directory, on top of the shared fixtures.
+ensure_fixtures() {
+  ensure_repo
   WWW=$CACHE/www-$SUITE
   rm -rf "$WWW"
   mkdir -p "$WWW/store" "$WWW/hold"
@@ -223,12 +229,13 @@ ensure_fixtures() {
   # On the host the identity and auth files are the cache's copies (root-only, like the guest's).
   local host_store=()
   [[ $STORE_MODE == age ]] && host_store=(IDENTITY="$STORE_IDENTITY" AUTH="$STORE_AUTH")
-  python3 "$HERE/lib/render.py" olboot "$REPO/cloud-config/fleet.yaml" "$CACHE/fleet.validate.yaml" \
+  local validate=$STATE/fleet.validate.yaml
+  python3 "$HERE/lib/render.py" olboot "$REPO/cloud-config/fleet.yaml" "$validate" \
     BASE="$GUEST_BASE" OPT_SHA="$OPT_SHA" OPT_PATH="$OPT_PATH" WEB_ADDR=10.0.2.2 \
     WEB_PACKAGES="$(IFS=,; echo "${WEB_PACKAGES[*]}")" "${src[@]}" "${host_store[@]}"
   local h
   for h in "$HOST" "$WEB_HOST"; do
-    "$OLBOOT" validate -c "$CACHE/fleet.validate.yaml" --host "$h" >/dev/null ||
+    "$OLBOOT" validate -c "$validate" --host "$h" >/dev/null ||
       die "the rendered fleet config is invalid for $h"
   done
   USER_DATA_ARGS=(BASE="$GUEST_BASE" FLEET_URL="$GUEST_BASE/fleet.yaml"

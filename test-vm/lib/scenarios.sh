@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # The scenarios. vm1 is the VM of first-boot, reboot and rescue; vm2 gets vm1's data disk
-# (moved-volume); vmc is compare's cloud-init-only twin. Results: $STATE/times.tsv.
+# (moved-volume); vmc is compare's cloud-init-only twin. Results: $STATE/times.tsv and $STATE/results.
 
 
 # The HTTP requests the guest made since mark_http.
@@ -25,10 +25,12 @@ ci_modules_s() {
     "$(latest_probe)/cloud-init-blame" 2>/dev/null || echo "-"
 }
 
+# The suite's records: $STATE/times.tsv (one line a boot) and $STATE/results ("passed" or
+# "failed", then SUITE/SCENARIO), merged by summary.
 start_times() {
-  TIMES=$STATES/times.tsv
-  SCENARIO_FAILS=() SCENARIO_PASSES=()
-  printf 'suite\tscenario\tvm\tboot_wall_s\tolboot_ms\tolboot_wall_ms\tcloud_init_provisioning_s\tolboot_steps_ms\n' >"$TIMES"
+  TIMES=$STATE/times.tsv RESULTS=$STATE/results
+  : >"$TIMES"
+  : >"$RESULTS"
 }
 
 # record SCENARIO VM OLBOOT_MS [CLOUD_INIT_S]
@@ -45,10 +47,10 @@ finish() {
   if ((FAILS > 0)); then
     show_logs "$2"
     log "$SUITE $1: FAILED ($FAILS checks)"
-    SCENARIO_FAILS+=("$SUITE/$1")
+    echo "failed $SUITE/$1" >>"$RESULTS"
   else
     log "$SUITE $1: passed"
-    SCENARIO_PASSES+=("$SUITE/$1")
+    echo "passed $SUITE/$1" >>"$RESULTS"
   fi
   if mountpoint -q "$R"; then umount_vm; fi
   FAILS=0
@@ -223,17 +225,27 @@ run_scenarios() {
   done
 }
 
-# summary SECONDS: the times of every boot, and one line for CI.
+# summary SECONDS SUITE...: the times of every boot of these suites, and one line for CI. A
+# suite whose harness stopped early (run_suite's exit status, in $STATES/SUITE/exit) fails.
 summary() {
-  log "=== times (also in $TIMES)"
-  column -t -s $'\t' "$TIMES" >&2
+  local secs=$1 s times=$STATES/times.tsv passes=() fails=()
+  shift
+  printf 'suite\tscenario\tvm\tboot_wall_s\tolboot_ms\tolboot_wall_ms\tcloud_init_provisioning_s\tolboot_steps_ms\n' >"$times"
+  for s in "$@"; do
+    cat "$STATES/$s/times.tsv" >>"$times" 2>/dev/null || true
+    mapfile -t -O "${#passes[@]}" passes < <(awk '$1 == "passed" {print $2}' "$STATES/$s/results" 2>/dev/null)
+    mapfile -t -O "${#fails[@]}" fails < <(awk '$1 == "failed" {print $2}' "$STATES/$s/results" 2>/dev/null)
+    [[ $(cat "$STATES/$s/exit" 2>/dev/null) == 0 ]] || fails+=("$s (harness stopped: see its log above)")
+  done
+  log "=== times (also in $times)"
+  column -t -s $'\t' "$times" >&2
   log "features exercised: $FEATURES"
   # One count per checked boot (rescue and web check two), for CI's summary.
-  echo "vm: ${#SCENARIO_PASSES[@]} passed, ${#SCENARIO_FAILS[@]} failed in $1 s ($FEATURES)"
-  if ((${#SCENARIO_FAILS[@]})); then
-    die "failed: ${SCENARIO_FAILS[*]}"
+  echo "vm: ${#passes[@]} passed, ${#fails[@]} failed in $secs s ($FEATURES)"
+  if ((${#fails[@]})); then
+    die "failed: ${fails[*]}"
   fi
-  log "all passed: ${SCENARIO_PASSES[*]}"
+  log "all passed: ${passes[*]}"
 }
 
 # A Docker web head (issue 14): docker.io from the signed repository, a container publishing

@@ -42,7 +42,7 @@ detect_accel() {
     ACCEL=tcg
     if [[ -r /dev/kvm && -w /dev/kvm ]]; then
       log "accel: probing KVM with a tiny guest (60 s at most)"
-      local dir=$CACHE/accel-probe
+      local dir=$CACHE/accel-probe-$SUITE
       mkdir -p "$dir"
       build_initramfs "$dir/initrd" "$HERE/lib/probe-init"
       if timeout 60 qemu-system-x86_64 -accel kvm -cpu host -m 256 -nodefaults -display none \
@@ -52,7 +52,8 @@ detect_accel() {
         ACCEL=kvm
       fi
     fi
-    echo "$ACCEL" >"$CACHE/accel"
+    # Suites side by side may both probe: each writes whole.
+    echo "$ACCEL" >"$CACHE/accel.$SUITE" && mv "$CACHE/accel.$SUITE" "$CACHE/accel"
   fi
   log "accel: $ACCEL (cached in $CACHE/accel; OLBOOT_VM_ACCEL=kvm|tcg overrides)"
 }
