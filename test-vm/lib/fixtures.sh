@@ -196,10 +196,11 @@ ensure_shared_fixtures() {
   ensure_web_image
 }
 
-# This suite's repository and served directory, on top of the shared fixtures.
+# This part's served directory (cache/www-PART), on top of the shared fixtures and the suite's
+# repository.
 ensure_fixtures() {
   ensure_repo
-  WWW=$CACHE/www-$SUITE
+  WWW=$CACHE/www-${STATE##*/}
   rm -rf "$WWW"
   mkdir -p "$WWW/store" "$WWW/hold"
   cp "$OLBOOT" "$WWW/olboot"

@@ -121,12 +121,14 @@ def test_apt(doc, base, mode, key_file):
 
 def web_runcmd(script):
     """The role part of a runcmd (after `olboot apply`) becomes the web scenario's container:
-    an image imported from busybox-static's httpd, publishing 8080 and 7072."""
+    an image imported from busybox-static's httpd, publishing 8080 and 7072. Its PID 1 is a
+    shell that exits on SIGTERM (a bare httpd as PID 1 ignores it, and the guest's shutdown
+    then waited 90 s for it: containerd leaves its containers running when it stops)."""
     head = script[:script.index("/usr/local/sbin/olboot apply")]
     return head + """/usr/local/sbin/olboot apply -c /etc/olboot.yaml
 # Role (test-vm): a container publishing 8080 (allowed from www) and 7072 (allowed from nobody).
 curl -fsS --retry 10 -o /run/olweb.tar @BASE@/olweb.tar
-docker import -c 'CMD ["/bin/busybox", "httpd", "-f", "-p", "80", "-h", "/www"]' /run/olweb.tar olweb:test
+docker import -c 'CMD ["/bin/busybox", "sh", "-c", "trap \\"exit 0\\" TERM; /bin/busybox httpd -f -p 80 -h /www & wait"]' /run/olweb.tar olweb:test
 docker run -d --name olweb --restart always -p 8080:80 -p 7072:80 olweb:test
 """
 
