@@ -25,7 +25,7 @@ ci_modules_s() {
     "$(latest_probe)/cloud-init-blame" 2>/dev/null || echo "-"
 }
 
-# The suite's records: $STATE/times.tsv (one line a boot) and $STATE/results ("passed" or
+# The part's records: $STATE/times.tsv (one line a boot) and $STATE/results ("passed" or
 # "failed", then SUITE/SCENARIO), merged by summary.
 start_times() {
   TIMES=$STATE/times.tsv RESULTS=$STATE/results
@@ -225,8 +225,8 @@ run_scenarios() {
   done
 }
 
-# summary SECONDS SUITE...: the times of every boot of these suites, and one line for CI. A
-# suite whose harness stopped early (run_suite's exit status, in $STATES/SUITE/exit) fails.
+# summary SECONDS PART...: the times of every boot of these parts, and one line for CI. A
+# part whose harness stopped early (run_part's exit status, in $STATES/PART/exit) fails.
 summary() {
   local secs=$1 s times=$STATES/times.tsv passes=() fails=()
   shift
