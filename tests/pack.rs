@@ -525,11 +525,26 @@ fn files_that_shrink_grow_or_vanish_while_read_are_archived_consistently() {
     let len = |p: &Path| fs::metadata(p).unwrap().len();
     assert!(len(&src.join("b-shrinks")) < 32 << 20 && len(&src.join("c-grows")) > 32 << 20);
     // The root's mtime is that of before d-vanishes was removed.
-    let want = common::tree_manifest(&src);
+    let mut want = common::tree_manifest(&src);
     assert!(want.iter().all(|e| e.path != Path::new("d-vanishes")));
     let gnu = d.path().join("gnu");
     gnu_extract(&archive, &gnu);
     let got = common::tree_manifest(&gnu);
+    // A truncation can show its new size before its new mtime (a filesystem's setattr sets
+    // i_size, then copies the times): a read that falls between, on a loaded machine, finds
+    // the final size and content with the previous mtime, before and after, as GNU tar would
+    // (seen once in a full `cargo test` here). Only that is let through: the same size and
+    // content, an mtime earlier than the source's.
+    for w in want.iter_mut().filter(|w| w.path == Path::new("b-shrinks")) {
+        let g = got
+            .iter()
+            .find(|g| g.path == w.path)
+            .expect("b-shrinks archived");
+        if (g.size, &g.content) == (w.size, &w.content) && g.mtime_ns < w.mtime_ns {
+            eprintln!("b-shrinks: its last truncation's mtime came after pack's read");
+            w.mtime_ns = g.mtime_ns;
+        }
+    }
     assert_same(&want, &got, "GNU tar");
     // The opt step takes the same archive.
     let sha = s["sha256"].as_str().unwrap();

@@ -1,5 +1,6 @@
 //! Decompression chosen by the stream's magic bytes, never by the file name.
 
+use super::pipe::PipeWriter;
 use anyhow::{bail, Result};
 use std::io::{BufRead, Read};
 
@@ -37,43 +38,39 @@ pub fn detect(head: &[u8]) -> Result<Format> {
     })
 }
 
-/// A reader of the decompressed bytes of `r`. All frames/members are read, and anything
+/// Decompress `r`, of `format` (see [`detect`]), into `out`. All frames/members are read, and anything
 /// after the last one that is not another frame is an error. `verified`: the stream's bytes
 /// are checked against a sha256 before anything unpacked from them is used, so zstd's own
 /// checksum of each frame adds nothing and is not computed (it costs 3 % of an unpack).
-pub fn reader<'a>(
-    mut r: impl BufRead + Send + 'a,
-    verified: bool,
-) -> Result<(Format, Box<dyn Read + Send + 'a>)> {
-    let head = r.fill_buf()?;
-    let format = detect(head)?;
-    let out: Box<dyn Read + Send> = match format {
+pub fn copy(format: Format, r: impl BufRead, out: &mut PipeWriter, verified: bool) -> Result<()> {
+    let mut d: Box<dyn Read + '_> = match format {
         Format::Zstd => {
-            let mut d = zstd::stream::read::Decoder::with_buffer(r)?;
-            // Accept the long windows `zstd --long` makes (up to 128 MiB) rather than fail;
-            // olboot's own archives use small ones.
-            d.window_log_max(27)?;
-            d.set_parameter(zstd::zstd_safe::DParameter::ForceIgnoreChecksum(verified))?;
-            Box::new(d)
+            let frames = super::frames::decode(r, out, verified)?;
+            log::debug!("zstd frames: {frames:?}");
+            return Ok(());
         }
         Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
         Format::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(r)),
         Format::Tar => Box::new(r),
     };
-    Ok((format, out))
+    out.copy_from(&mut d)?;
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::archive::pipe::through_pipe;
     use std::io::Write;
 
+    fn decompressed(compressed: &[u8]) -> Result<(Format, Vec<u8>)> {
+        let format = detect(compressed)?;
+        let data = through_pipe(1 << 20, |w| copy(format, compressed, w, false))?;
+        Ok((format, data))
+    }
+
     fn roundtrip(data: &[u8], compressed: Vec<u8>, want: Format) {
-        let (f, mut r) = reader(&compressed[..], false).unwrap();
-        assert_eq!(f, want);
-        let mut out = Vec::new();
-        r.read_to_end(&mut out).unwrap();
-        assert_eq!(out, data);
+        assert_eq!(decompressed(&compressed).unwrap(), (want, data.to_vec()));
     }
 
     fn sample() -> Vec<u8> {
@@ -101,20 +98,14 @@ mod tests {
     #[test]
     fn truncated_and_garbage_tails_fail() {
         let data = sample();
-        let z = zstd::encode_all(&data[..], 3).unwrap();
-        let mut out = Vec::new();
-        assert!(reader(&z[..z.len() - 1], false)
-            .unwrap()
-            .1
-            .read_to_end(&mut out)
-            .is_err());
-        let mut g = z.clone();
-        g.extend_from_slice(b"garbage!");
-        assert!(reader(&g[..], false)
-            .unwrap()
-            .1
-            .read_to_end(&mut out)
-            .is_err());
+        let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        g.write_all(&data).unwrap();
+        for z in [zstd::encode_all(&data[..], 3).unwrap(), g.finish().unwrap()] {
+            assert!(decompressed(&z[..z.len() - 1]).is_err());
+            let mut g = z.clone();
+            g.extend_from_slice(b"garbage!");
+            assert!(decompressed(&g).is_err());
+        }
         assert!(detect(b"PK\x03\x04").is_err());
     }
 }

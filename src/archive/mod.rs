@@ -19,6 +19,7 @@ pub mod age;
 pub mod crypt;
 pub mod decompress;
 pub mod fetch;
+pub mod frames;
 pub mod pack;
 pub mod pipe;
 pub mod unpack;
@@ -287,14 +288,18 @@ fn pipeline(mirror: Mirror, staging: &Path) -> Result<Installed> {
         let decompressor = crate::engine::same_step()
             .spawn_scoped(s, move || -> Result<decompress::Format> {
                 // One reader type for both cases: the decompressors are built once, not twice.
-                let src: Box<dyn std::io::BufRead + Send> = match identities {
+                let mut src: Box<dyn std::io::BufRead + Send> = match identities {
                     Some(ids) => Box::new(ids.decrypt(raw_r)?),
                     None => Box::new(raw_r),
                 };
-                let (format, mut r) = decompress::reader(src, verified)?;
-                tar_w.copy_from(&mut r).with_context(|| match identities {
-                    Some(_) => format!("cannot decrypt and decompress the archive ({format:?})"),
-                    None => format!("cannot decompress the archive ({format:?})"),
+                let format = decompress::detect(src.fill_buf()?)?;
+                decompress::copy(format, src, &mut tar_w, verified).with_context(|| {
+                    match identities {
+                        Some(_) => {
+                            format!("cannot decrypt and decompress the archive ({format:?})")
+                        }
+                        None => format!("cannot decompress the archive ({format:?})"),
+                    }
                 })?;
                 tar_w.finish()?;
                 Ok(format)

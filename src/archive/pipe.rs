@@ -44,6 +44,7 @@ pub fn pipe(buffers: usize, size: usize) -> (PipeWriter, PipeReader) {
             free: free_rx,
             cur: Vec::new(),
             filled: 0,
+            size,
         },
         PipeReader {
             data: data_rx,
@@ -63,11 +64,23 @@ pub struct PipeWriter {
     /// The buffer being filled (empty when none is held).
     cur: Vec<u8>,
     filled: usize,
+    size: usize,
 }
 
 impl PipeWriter {
-    /// The free part of a buffer, waiting for the reader to return one if needed.
-    fn room(&mut self) -> io::Result<&mut [u8]> {
+    /// The size of the pipe's buffers.
+    pub fn buffer_size(&self) -> usize {
+        self.size
+    }
+
+    /// The free part of the buffer being filled, at least `at_least` bytes of it (up to
+    /// [`PipeWriter::buffer_size`]): a buffer with less room left is sent on first. Waits for
+    /// the reader to return a buffer if needed. [`PipeWriter::advance`] says how much of it
+    /// was filled.
+    pub fn space(&mut self, at_least: usize) -> io::Result<&mut [u8]> {
+        if !self.cur.is_empty() && self.cur.len() - self.filled < at_least {
+            self.flush()?;
+        }
         if self.cur.is_empty() {
             self.cur = self.free.recv().map_err(|_| closed())?;
             self.filled = 0;
@@ -75,7 +88,8 @@ impl PipeWriter {
         Ok(&mut self.cur[self.filled..])
     }
 
-    fn filled(&mut self, n: usize) -> io::Result<()> {
+    /// `n` more bytes of [`PipeWriter::space`] are data; a full buffer is sent on.
+    pub fn advance(&mut self, n: usize) -> io::Result<()> {
         self.filled += n;
         if self.filled == self.cur.len() {
             self.flush()?;
@@ -85,8 +99,8 @@ impl PipeWriter {
 
     /// Read once from `r` straight into the pipe's buffer; returns 0 at the end of `r`.
     pub fn read_from(&mut self, r: &mut impl Read) -> io::Result<usize> {
-        let n = r.read(self.room()?)?;
-        self.filled(n)?;
+        let n = r.read(self.space(1)?)?;
+        self.advance(n)?;
         Ok(n)
     }
 
@@ -113,10 +127,10 @@ impl PipeWriter {
 
 impl Write for PipeWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let room = self.room()?;
+        let room = self.space(1)?;
         let n = buf.len().min(room.len());
         room[..n].copy_from_slice(&buf[..n]);
-        self.filled(n)?;
+        self.advance(n)?;
         Ok(n)
     }
 
@@ -182,6 +196,28 @@ pub(crate) fn read_through_buf(r: &mut impl BufRead, buf: &mut [u8]) -> io::Resu
     buf[..n].copy_from_slice(&avail[..n]);
     r.consume(n);
     Ok(n)
+}
+
+/// What `fill` writes into a pipe of 2 buffers of `size` bytes, read on the calling thread
+/// while `fill` runs on another; `fill`'s error comes first.
+#[cfg(test)]
+pub fn through_pipe(
+    size: usize,
+    fill: impl FnOnce(&mut PipeWriter) -> anyhow::Result<()> + Send,
+) -> anyhow::Result<Vec<u8>> {
+    let (mut w, mut r) = pipe(2, size);
+    std::thread::scope(|s| {
+        let t = s.spawn(move || -> anyhow::Result<()> {
+            fill(&mut w)?;
+            Ok(w.finish()?)
+        });
+        let mut got = Vec::new();
+        let read = r.read_to_end(&mut got);
+        drop(r);
+        t.join().expect("the pipe's writer panicked")?;
+        read?;
+        Ok(got)
+    })
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@
 //! differently on the new VM); modes; nanosecond and negative mtimes, long names and link
 //! targets, extended attributes, ACLs and file capabilities in PAX records ([`pax`]); files
 //! with holes as PAX 1.0 sparse members; symlinks as they are and hard links as links to the
-//! first name archived. The same tree gives the same bytes (zstd's multi-threaded mode is
-//! deterministic whatever the number of workers).
+//! first name archived. The same tree gives the same bytes. The zstd stream is a sequence of
+//! frames of 1 MiB of tar each, which the opt step decodes in place ([`super::frames`]).
 //!
 //! The tree is live, so every file is read whole before its header is written, and read
 //! again when it changed meanwhile ([`read`]); a file that keeps changing fails the pack
@@ -33,6 +33,7 @@ mod pax;
 mod read;
 pub mod summary;
 
+use super::frames::FrameWriter;
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -151,13 +152,10 @@ fn write_tmp(
     };
     // Encrypted (when there are recipients) before the hash: the sha256 is of the ciphertext.
     let output = super::crypt::Output::new(hashing, &o.recipients)?;
-    let mut enc = zstd::stream::write::Encoder::new(output, LEVEL)?;
-    // Each worker holds a few MiB of input and output: at most 4 keep memory small on a big
-    // host, and already compress faster than a disk reads (the output is the same).
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4)) as u32;
-    enc.multithread(workers.max(1))
-        .context("zstd multi-threading")?;
-    enc.include_checksum(true)?;
+    // In frames of one pipe buffer each, which the opt step decodes in place (frames.rs).
+    // At most 4 threads: already faster than a disk reads, and memory stays small on a big host.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+    let enc = FrameWriter::new(output, LEVEL, threads)?;
     let (tops, roots) = tops_and_roots(&o.dir, real)?;
     let (summary, needles) = Summary::new(&tops, &roots);
     let mut p = Packer {
