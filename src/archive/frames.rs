@@ -71,21 +71,21 @@ impl<W: Write> FrameWriter<W> {
             chunks.collect()
         };
         let jobs = self.cctxs.iter_mut().zip(srcs);
-        let results: Vec<SafeResult> = std::thread::scope(|s| {
-            let running: Vec<_> = jobs
+        let results = std::thread::scope(|s| -> io::Result<Vec<SafeResult>> {
+            let running = jobs
                 .map(|((cctx, out), src)| {
-                    s.spawn(move || {
+                    std::thread::Builder::new().spawn_scoped(s, move || {
                         out.clear();
                         cctx.compress2(out, src)
                     })
                 })
-                .collect();
-            running
+                .collect::<io::Result<Vec<_>>>()?;
+            Ok(running
                 .into_iter()
                 .map(|t| t.join().expect("a zstd compression thread panicked"))
-                .collect()
-        });
-        // `results` has one per frame of the batch, the first contexts' outputs.
+                .collect())
+        })?;
+        // One result per frame of the batch, in order; each frame is in its context's buffer.
         for (r, (_, compressed)) in results.into_iter().zip(&self.cctxs) {
             r.map_err(|c| io::Error::other(zstd_safe::get_error_name(c)))?;
             self.out.write_all(compressed)?;
