@@ -38,10 +38,11 @@ pub fn detect(head: &[u8]) -> Result<Format> {
     })
 }
 
-/// Decompress `r`, of `format` (see [`detect`]), into `out`. All frames/members are read, and anything
-/// after the last one that is not another frame is an error. `verified`: the stream's bytes
-/// are checked against a sha256 before anything unpacked from them is used, so zstd's own
-/// checksum of each frame adds nothing and is not computed (it costs 3 % of an unpack).
+/// Decompress `r`, of `format` (see [`detect`]), into `out`. All frames/members are read, and
+/// anything after the last one that is not another frame is an error. `verified`: the
+/// stream's bytes are checked against a sha256 before anything unpacked from them is used, so
+/// zstd's own checksum of each frame adds nothing and is not computed (it costs 3 % of an
+/// unpack).
 pub fn copy(format: Format, r: impl BufRead, out: &mut PipeWriter, verified: bool) -> Result<()> {
     let mut d: Box<dyn Read + '_> = match format {
         Format::Zstd => {

@@ -62,14 +62,10 @@ impl<W: Write> FrameWriter<W> {
     /// Compress the batch, a frame per [`FRAME`] bytes on a thread each, and write the
     /// frames out in order.
     fn flush_batch(&mut self) -> io::Result<()> {
-        // No input at all still makes one (empty) frame.
-        let empty: &[u8] = &[];
-        let chunks = self.batch.chunks(FRAME);
-        let srcs: Vec<&[u8]> = if self.batch.is_empty() {
-            vec![empty]
-        } else {
-            chunks.collect()
-        };
+        let mut srcs: Vec<&[u8]> = self.batch.chunks(FRAME).collect();
+        if srcs.is_empty() {
+            srcs.push(&[]); // No input at all still makes one (empty) frame.
+        }
         let jobs = self.cctxs.iter_mut().zip(srcs);
         let results = std::thread::scope(|s| -> io::Result<Vec<SafeResult>> {
             let running = jobs
@@ -144,7 +140,6 @@ pub fn decode(mut src: impl BufRead, out: &mut PipeWriter, verified: bool) -> Re
         d.set_parameter(p)
             .map_err(|c| zstd_error("cannot set up the zstd decompressor", c))?;
     }
-    let mut in_place = false;
     let mut frames = Frames::default();
     loop {
         crate::sys::signal::check()?;
@@ -154,11 +149,8 @@ pub fn decode(mut src: impl BufRead, out: &mut PipeWriter, verified: bool) -> Re
         }
         // Between frames the decoder is at its initial stage, where its mode may change.
         let size = in_place_size(head, out.buffer_size());
-        if size.is_some() != in_place {
-            in_place = size.is_some();
-            d.set_parameter(DParameter::StableOutBuffer(in_place))
-                .map_err(|c| zstd_error("cannot set up the zstd decompressor", c))?;
-        }
+        d.set_parameter(DParameter::StableOutBuffer(size.is_some()))
+            .map_err(|c| zstd_error("cannot set up the zstd decompressor", c))?;
         match size {
             Some(n) => {
                 frame_in_place(&mut d, &mut src, out, n)?;
