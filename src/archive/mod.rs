@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 /// Buffers per pipe and their size: 2 pipes × 8 × 1 MiB bounds the data in flight. 8 rather
 /// than 4: the threads take turns on two cores, and deeper pipes let one run on while another
-/// waits (5 % less wall time for +8 MiB of peak RSS, bench/README.md).
+/// waits (0–5 % less wall time in three comparisons, +8 MiB of peak RSS; bench/README.md).
 const PIPE_BUFFERS: usize = 8;
 const PIPE_BUFFER_SIZE: usize = 1024 * 1024;
 
