@@ -37,7 +37,8 @@ use std::path::{Path, PathBuf};
 /// than 4: the threads take turns on two cores, and deeper pipes let one run on while another
 /// waits (0–5 % less wall time in three comparisons, +8 MiB of peak RSS; bench/README.md).
 const PIPE_BUFFERS: usize = 8;
-const PIPE_BUFFER_SIZE: usize = 1024 * 1024;
+/// One frame of `pack`'s: a buffer holds a whole frame, decoded in place (frames.rs).
+const PIPE_BUFFER_SIZE: usize = frames::FRAME;
 
 /// Where the archive is and how to get it: the archive's own types, filled in by the opt step
 /// from the config (paths already taken below `--root`). `Debug` shows no secret: URLs as
