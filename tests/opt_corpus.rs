@@ -759,3 +759,118 @@ fn nested_directories_with_big_xattrs_are_refused_in_bounded_memory() {
     );
     assert!(!s.opt().exists() && !s.staging().exists());
 }
+
+/// `h`'s checksum computed again after a field was changed.
+fn sum_again(h: &mut [u8; 512]) {
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
+}
+
+/// A file entry `name` holding `data`, its header changed by `edit`.
+fn entry_with(name: &str, data: &[u8], edit: impl Fn(&mut [u8; 512])) -> Vec<u8> {
+    let mut h = header(name, b'0', data.len() as u64);
+    edit(&mut h);
+    let mut v = h.to_vec();
+    v.extend_from_slice(data);
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+#[test]
+fn numeric_fields_and_pax_records_are_read_as_gnu_tar_reads_them_or_refused() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let field = |at: usize, v: &'static [u8]| {
+        move |h: &mut [u8; 512]| {
+            h[at..at + v.len()].copy_from_slice(v);
+            sum_again(h);
+        }
+    };
+    let pax = |records: &[u8]| {
+        let mut h = header("PaxHeaders/f", b'x', records.len() as u64);
+        sum_again(&mut h);
+        let mut v = h.to_vec();
+        v.extend_from_slice(records);
+        v.resize(v.len().div_ceil(512) * 512, 0);
+        v
+    };
+    let cases: Vec<(&str, Vec<u8>, bool)> = vec![
+        // A leading NUL is skipped: `f` holds 1024 bytes, which hide `evil` from both.
+        (
+            "nul-size",
+            [
+                entry_with("f", &[b'x'; 1024], |h| {
+                    h[124..136].copy_from_slice(b"\x000000002000\0");
+                    sum_again(h)
+                }),
+                entry_with("evil", b"pwned", |_| {}),
+            ]
+            .concat(),
+            true,
+        ),
+        (
+            "nul-mode-uid-mtime",
+            entry_with("f", b"x", |h| {
+                h[100..108].copy_from_slice(b"\x000000755");
+                h[108..116].copy_from_slice(b"\x000001750");
+                h[136..148].copy_from_slice(b"\x0014524764000");
+                sum_again(h)
+            }),
+            true,
+        ),
+        // Blanks after a PAX record's length are skipped: the file is `ab`.
+        (
+            "pax-blanks",
+            [pax(b"12  path=ab\n"), entry_with("f", b"x", |_| {})].concat(),
+            true,
+        ),
+        // GNU tar refuses these (exit 2); olboot must too.
+        (
+            "blank-uid",
+            entry_with("f", b"x", field(108, b"        ")),
+            false,
+        ),
+        (
+            "pax-plus",
+            [pax(b"+11 path=ab\n"), entry_with("f", b"x", |_| {})].concat(),
+            false,
+        ),
+        (
+            "mode-0x81",
+            entry_with("f", b"x", field(100, b"\x81\0\0\0\0\0\x01\xa4")),
+            false,
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (name, body, gnu_unpacks) in cases {
+        let archive = work.path().join(format!("{name}.tar"));
+        std::fs::write(&archive, [body, vec![0; 1024]].concat()).unwrap();
+        let reference = tempfile::tempdir().unwrap();
+        let gnu = gnu_tar(&archive, reference.path());
+        assert_eq!(gnu.is_ok(), gnu_unpacks, "{name}: GNU tar: {gnu:?}");
+        problems.extend(compare(&archive, support::olboot(), &[]));
+    }
+    assert_no_problems(&problems);
+}
+
+/// A base-256 checksum: GNU tar reads the checksum as octal only, and refuses the header.
+#[test]
+fn a_base_256_checksum_is_refused_as_gnu_tar_does() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let archive = work.path().join("b256sum.tar");
+    let mut h = header("f", b'0', 1);
+    sum_again(&mut h);
+    // The sum counts the field as eight spaces whatever it holds: the same sum, in base-256.
+    let sum = u32::from_str_radix(std::str::from_utf8(&h[148..154]).unwrap(), 8).unwrap();
+    h[148] = 0x80;
+    h[149..154].fill(0);
+    h[154] = (sum >> 8) as u8;
+    h[155] = sum as u8;
+    let body = [h.to_vec(), b"x".to_vec(), vec![0; 511 + 1024]].concat();
+    std::fs::write(&archive, body).unwrap();
+    let reference = tempfile::tempdir().unwrap();
+    assert!(gnu_tar(&archive, reference.path()).is_err());
+    assert_no_problems(&compare(&archive, support::olboot(), &[]));
+}

@@ -154,15 +154,14 @@ impl<R: BufRead> Stream<R> {
         if h.iter().all(|&b| b == 0) {
             return Ok(None);
         }
-        let want = number(&h[148..156]).context("bad checksum field")?;
+        // GNU tar reads the checksum as octal only.
+        let want = u64::try_from(from_header(&h[148..156], false).context("bad checksum field")?)
+            .context("bad checksum field")?;
         // The checksum field itself counts as eight spaces; old tars summed signed bytes.
-        let (mut unsigned, mut signed) = (8 * 32u64, 8 * 32i64);
-        for (i, &b) in h.iter().enumerate() {
-            if !(148..156).contains(&i) {
-                unsigned += u64::from(b);
-                signed += i64::from(b as i8);
-            }
-        }
+        let (all, all_signed) = byte_sums(&h);
+        let field = &h[148..156];
+        let unsigned = all - field.iter().map(|&b| u64::from(b)).sum::<u64>() + 8 * 32;
+        let signed = all_signed - field.iter().map(|&b| i64::from(b as i8)).sum::<i64>() + 8 * 32;
         if want != unsigned && want as i64 != signed {
             bail!("a header with a bad checksum: this is not a tar archive, or it is damaged");
         }
@@ -506,25 +505,34 @@ fn records(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     let mut rest = data;
     while !rest.is_empty() {
-        let sp = rest
-            .iter()
-            .position(|&b| b == b' ')
-            .context("a PAX record without a length")?;
-        let len: usize = std::str::from_utf8(&rest[..sp])
+        // "LEN KEY=VALUE\n" as GNU tar's decode_record reads it: LEN decimal digits counting
+        // the whole record, then one or more spaces or tabs; the key ends at the first '='.
+        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        let len: usize = std::str::from_utf8(&rest[..digits])
             .ok()
             .and_then(|s| s.parse().ok())
-            .context("a PAX record with a bad length")?;
-        if len <= sp + 1 || len > rest.len() || rest[len - 1] != b'\n' {
+            .context("a PAX record without a length")?;
+        let Some(record) = rest.get(..len).filter(|r| r.last() == Some(&b'\n')) else {
             bail!("a malformed PAX record");
+        };
+        let blanks = record[digits..]
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        if blanks == 0 {
+            bail!("a PAX record without a blank after its length");
         }
-        let kv = &rest[sp + 1..len - 1];
+        let kv = record
+            .get(digits + blanks..len - 1)
+            .context("a malformed PAX record")?;
         let eq = kv
             .iter()
             .position(|&b| b == b'=')
             .context("a PAX record without '='")?;
         let key = std::str::from_utf8(&kv[..eq]).context("a PAX key that is not UTF-8")?;
-        if key.is_empty() {
-            bail!("a PAX record with an empty key");
+        // GNU tar reads the key as a C string: a NUL in it is not a key it knows.
+        if key.is_empty() || key.contains('\0') {
+            bail!("a PAX record with an empty key or a NUL in it");
         }
         out.push((key.to_string(), kv[eq + 1..].to_vec()));
         rest = &rest[len..];
@@ -563,6 +571,22 @@ fn pax_time(v: &[u8]) -> Result<Time> {
     })
 }
 
+/// The sum of a block's bytes, unsigned and as signed chars, eight bytes at a time: at the
+/// binary's opt-level "z" a loop over bytes stays one add per byte, and every header is summed.
+fn byte_sums(b: &[u8; BLOCK]) -> (u64, i64) {
+    const LOW: u64 = 0x00ff_00ff_00ff_00ff;
+    // Four 16-bit lanes of byte pairs: 64 words of at most 2 × 255 each fit in a lane.
+    let (mut lanes, mut high) = (0u64, 0i64);
+    for w in b.chunks_exact(8) {
+        let w = u64::from_le_bytes(w.try_into().expect("chunks of 8"));
+        lanes += (w & LOW) + ((w >> 8) & LOW);
+        high += i64::from((w & 0x8080_8080_8080_8080).count_ones());
+    }
+    let unsigned = (0..4).map(|i| (lanes >> (16 * i)) & 0xffff).sum::<u64>();
+    // A byte of 0x80 or more is 256 less as a signed char.
+    (unsigned, unsigned as i64 - 256 * high)
+}
+
 /// A numeric header field: octal (space or NUL padded) or GNU base-256.
 fn number(f: &[u8]) -> Result<u64> {
     let n = signed_number(f)?;
@@ -570,32 +594,54 @@ fn number(f: &[u8]) -> Result<u64> {
 }
 
 fn signed_number(f: &[u8]) -> Result<i64> {
-    if f.first().is_some_and(|&b| b & 0x80 != 0) {
-        let neg = f[0] & 0x40 != 0;
-        let mut n: i128 = if neg { -1 } else { 0 };
-        n = (n << 6) | i128::from(f[0] & 0x3f) | if neg { !0x3f } else { 0 };
-        for &b in &f[1..] {
-            n = (n << 8) | i128::from(b);
-            if n.abs() > i128::from(i64::MAX) {
-                bail!("a base-256 number out of range");
-            }
+    from_header(f, true)
+}
+
+/// A header field read as GNU tar's `from_header` reads it: one leading NUL skipped (old tars
+/// wrote one when the field before overflowed), then blanks (an all-blank field is an error),
+/// then octal digits or, if `base256`, GNU base-256 (a first byte of 0x80 or 0xff); after them
+/// only a NUL or a blank may come. GNU tar's base-64 of 1999's test versions is refused.
+fn from_header(f: &[u8], base256: bool) -> Result<i64> {
+    let is_blank = |b: u8| b == b' ' || (b'\t'..=b'\r').contains(&b);
+    let mut i = usize::from(f.first() == Some(&0));
+    while f.get(i).is_some_and(|&b| is_blank(b)) {
+        i += 1;
+    }
+    let Some(&first) = f.get(i) else {
+        bail!("blanks where a number is expected");
+    };
+    let mut n: i64 = 0;
+    if first.is_ascii_digit() && first <= b'7' {
+        while let Some(&b) = f.get(i).filter(|&&b| (b'0'..=b'7').contains(&b)) {
+            n = n
+                .checked_mul(8)
+                .and_then(|n| n.checked_add(i64::from(b - b'0')))
+                .context("an octal number out of range")?;
+            i += 1;
         }
-        return i64::try_from(n).context("a base-256 number out of range");
+    } else if base256 && (first == 0x80 || first == 0xff) && f.len() - i >= 2 {
+        n = base_256(&f[i..])?;
+        i = f.len();
     }
-    let s: Vec<u8> = f
-        .iter()
-        .copied()
-        .skip_while(|&b| b == b' ')
-        .take_while(|&b| b != 0 && b != b' ')
-        .collect();
-    if s.is_empty() {
-        return Ok(0);
+    if f.get(i).is_some_and(|&b| b != 0 && !is_blank(b)) {
+        bail!("not a number: {}", shown(f));
     }
-    if !s.iter().all(|b| (b'0'..=b'7').contains(b)) {
-        bail!("not an octal number");
+    Ok(n)
+}
+
+/// GNU base-256: big-endian two's complement of the field, its first byte's top bit only a
+/// marker (0x80: positive, 0xff: negative).
+fn base_256(f: &[u8]) -> Result<i64> {
+    let neg = f[0] & 0x40 != 0;
+    let mut n: i128 = if neg { -1 } else { 0 };
+    n = (n << 6) | i128::from(f[0] & 0x3f) | if neg { !0x3f } else { 0 };
+    for &b in &f[1..] {
+        n = (n << 8) | i128::from(b);
+        if n.abs() > i128::from(i64::MAX) {
+            bail!("a base-256 number out of range");
+        }
     }
-    let s = std::str::from_utf8(&s).context("not an octal number")?;
-    i64::from_str_radix(s, 8).context("an octal number out of range")
+    i64::try_from(n).context("a base-256 number out of range")
 }
 
 fn id(f: &[u8]) -> Result<u32> {
@@ -699,6 +745,23 @@ mod tests {
     }
 
     #[test]
+    fn block_sums_as_bytes_add_up() {
+        let mut b = [0u8; BLOCK];
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for fill in [None, Some(0xff), Some(0x80), Some(0x7f)] {
+            for v in b.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *v = fill.unwrap_or(x as u8);
+            }
+            let unsigned: u64 = b.iter().map(|&v| u64::from(v)).sum();
+            let signed: i64 = b.iter().map(|&v| i64::from(v as i8)).sum();
+            assert_eq!(byte_sums(&b), (unsigned, signed));
+        }
+    }
+
+    #[test]
     fn numbers_in_octal_and_base_256() {
         assert_eq!(number(b"0000644 \0").unwrap(), 0o644);
         assert_eq!(number(b"\x80\0\0\0\0\0\0\0\0\0\x01\0").unwrap(), 256);
@@ -707,6 +770,20 @@ mod tests {
             -2
         );
         assert!(number(b"12x").is_err());
+        assert_eq!(number(b"  17 junk").unwrap(), 0o17);
+        assert_eq!(number(b"\0\0\0").unwrap(), 0);
+        assert_eq!(number(b"777777777777777777777").unwrap(), i64::MAX as u64);
+        assert!(number(b"1000000000000000000000").is_err());
+        assert!(number(b"+17").is_err());
+        // As GNU tar: one leading NUL skipped, blanks only refused, base-256 only from
+        // 0x80 or 0xff, and never for the checksum.
+        assert_eq!(number(b"\x000000002000").unwrap(), 0o2000);
+        assert_eq!(number(b"\0 \t755\0").unwrap(), 0o755);
+        assert!(number(b"        ").is_err());
+        assert_eq!(number(b"\0\0\x80\x01").unwrap(), 0);
+        assert!(number(b"\x81\0\0\0\0\0\0\x01").is_err());
+        assert_eq!(from_header(b"0000644\0", false).unwrap(), 0o644);
+        assert!(from_header(b"\x80\0\0\0\0\0\x01\0", false).is_err());
     }
 
     #[test]
@@ -722,5 +799,11 @@ mod tests {
         assert_eq!(r[0], ("path".into(), b"ab".to_vec()));
         assert_eq!(r[1], ("GNU.sparse.x".into(), Vec::new()));
         assert!(records(b"99 path=ab\n").is_err());
+        // Blanks after the length are all skipped, as GNU tar does; a sign or no blank refused.
+        assert_eq!(records(b"12 \tpath=ab\n").unwrap()[0].0, "path");
+        assert!(records(b"+11 path=ab\n").is_err());
+        assert!(records(b"10path=ab\n").is_err());
+        assert!(records(b"15 pa\0th=ab\n").is_err());
+        assert!(records(b"0 ").is_err());
     }
 }
