@@ -476,3 +476,45 @@ fn a_full_volume_fails_naming_the_entry_and_leaves_nothing() {
     );
     assert_same_tree(&src, &s.opt(), true);
 }
+
+/// The umask is the process's, shared with the steps that run beside opt (packages' apt and
+/// dpkg) and their children: unpacking must never change it, not even while it runs.
+#[test]
+fn the_umask_is_left_alone_while_unpacking() {
+    use std::time::{Duration, Instant};
+    let umask_of = |pid: &str| {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .map(|v| v.trim().to_string())
+            .unwrap()
+    };
+    let own = umask_of("self");
+    assert_ne!(own, "0000", "run the tests under a umask that clears some bits");
+    let p = packed(3 << 20);
+    // Half the archive, then one byte every 50 ms: the unpacking has begun and goes on.
+    let srv = Server::start(p.bytes.clone(), vec![Fault::Trickle(p.bytes.len() / 2)]);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("opt.tar.zst")], Some(&p.sha256), "", "symlink");
+    let mut child = olboot()
+        .args(["apply", "-c"])
+        .arg(&cfg)
+        .arg("--root")
+        .arg(s.root())
+        .args(["--host", "ol-web1", "--only", "opt"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !s.staging().exists() && started.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = umask_of(&child.id().to_string());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(s.staging().exists(), "the unpacking never began");
+    assert_eq!(seen, own, "olboot's umask while it unpacked");
+}

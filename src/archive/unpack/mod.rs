@@ -12,9 +12,11 @@
 //! come out as GNU tar's whatever the order of the entries. The tar stream is read by
 //! [`stream`], which bounds every special header.
 //!
-//! Speed: a file without xattrs is created with its final mode under a zero umask, so it
-//! costs open, write, futimens and close, and a chown if another user owns it (a chmod too
-//! only if it is setuid or setgid); the contents of small ones are written (and the files
+//! Speed: a file without xattrs is created with its final mode when the umask leaves that mode
+//! alone (the umask is never changed: it is the process's, shared with the steps that run at
+//! the same time and their children), so it costs open, write, futimens and close, and a
+//! chown if another user owns it (a chmod too only if it is setuid or setgid, or the umask
+//! would clear some of its bits); the contents of small ones are written (and the files
 //! finished and closed) by writer threads while this thread goes on with the tree
 //! (writer.rs); large ones are written straight from the stream's buffer; and a background
 //! thread starts the writeback every 64 MiB so the final sync is short.
@@ -97,14 +99,12 @@ pub fn unpack(r: impl BufRead, dir: &Path) -> Result<Stats> {
     let setgid_root = rustix::fs::fstat(&root)
         .map(|st| st.st_mode & 0o2000 != 0)
         .with_context(|| format!("cannot stat {}", dir.display()))?;
-    // Files are created with their final mode (see `Unpacker::file`): no umask in the way.
-    // Restored when `_umask` is dropped.
-    let _umask = Umask(rustix::process::umask(Mode::empty()));
     let mut u = Unpacker {
         root,
         parent: None,
         dirs: Vec::new(),
         chown: rustix::process::geteuid().is_root(),
+        umask: current_umask(),
         // New files get the process's ids unless the directory is setgid; the directories
         // made here are not setgid until their metadata is set (see `set_dir_meta`).
         ids: (!setgid_root).then(|| {
@@ -139,12 +139,16 @@ pub fn unpack(r: impl BufRead, dir: &Path) -> Result<Stats> {
     Ok(u.stats)
 }
 
-struct Umask(Mode);
-
-impl Drop for Umask {
-    fn drop(&mut self) {
-        rustix::process::umask(self.0);
-    }
+/// The process's umask, read without setting it (setting it, even for a moment, would change
+/// it for the other steps' threads and children); every bit when the kernel does not say, so
+/// that every file gets its chmod.
+fn current_umask() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .unwrap_or(0o7777)
 }
 
 struct Unpacker {
@@ -158,6 +162,8 @@ struct Unpacker {
     dirs: Vec<(PathBuf, Meta)>,
     /// Whether to set owners (only root can).
     chown: bool,
+    /// The bits the umask clears from a new file's mode.
+    umask: u32,
     stats: Stats,
     dropped_warnings: u64,
     flusher: Flusher,
@@ -336,13 +342,15 @@ impl Unpacker {
         }
         let flags =
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        // A file without xattrs is created with its final mode, and needs no chmod, unless it
-        // is setuid or setgid and needs a chown, which would clear those bits: then it is
-        // private until chown then chmod have run. A file with xattrs gets everything after.
+        // A file without xattrs is created with its final mode, and needs no chmod, unless the
+        // umask clears some of its bits, or it is setuid or setgid and needs a chown, which
+        // would clear those bits: then it is private until chown then chmod have run. A file
+        // with xattrs gets everything after.
         let plain = meta.attrs.is_empty();
         let owner = (self.chown && self.ids != Some((meta.uid, meta.gid)))
             .then(|| (Uid::from_raw(meta.uid), Gid::from_raw(meta.gid)));
-        let final_mode = plain && (owner.is_none() || meta.mode & 0o6000 == 0);
+        let final_mode =
+            plain && meta.mode & self.umask == 0 && (owner.is_none() || meta.mode & 0o6000 == 0);
         let mode = if final_mode { meta.mode } else { 0o600 };
         let fd = self.create(parent, base, |pfd| {
             rustix::fs::openat(pfd, base, flags, Mode::from_raw_mode(mode))
