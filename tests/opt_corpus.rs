@@ -27,6 +27,11 @@ const REFUSED: &[(&str, &str)] = &[
         "a NUL inside a PAX path: GNU tar cuts the name there; olboot refuses to guess",
     ),
     (
+        "gnu-incremental.tar",
+        "GNU incremental dumpdirs: after one, GNU tar holds every directory's metadata to the \
+         end; olboot refuses rather than reproduce it",
+    ),
+    (
         "pax-path-hdr.tar",
         "a PAX header and then the end: a cut archive; GNU tar extracts nothing and exits 0",
     ),
@@ -873,4 +878,140 @@ fn a_base_256_checksum_is_refused_as_gnu_tar_does() {
     let reference = tempfile::tempdir().unwrap();
     assert!(gnu_tar(&archive, reference.path()).is_err());
     assert_no_problems(&compare(&archive, support::olboot(), &[]));
+}
+
+/// A tar of `entries` (each already whole blocks) and the end blocks, in `dir/name.tar`.
+fn tar_file(dir: &Path, name: &str, entries: &[Vec<u8>]) -> PathBuf {
+    let archive = dir.join(format!("{name}.tar"));
+    std::fs::write(&archive, [entries.concat(), vec![0; 1024]].concat()).unwrap();
+    archive
+}
+
+/// A PAX extended header holding `records`, as whole blocks.
+fn pax_entry(records: &[u8]) -> Vec<u8> {
+    let mut h = header("PaxHeaders/x", b'x', records.len() as u64);
+    sum_again(&mut h);
+    let mut v = h.to_vec();
+    v.extend_from_slice(records);
+    v.resize(v.len().div_ceil(512) * 512, 0);
+    v
+}
+
+/// What GNU tar does late (directory metadata, symlinks out of the tree) or reads its own way
+/// (names as written, finer-than-nanosecond times): olboot does the same, or refuses.
+#[test]
+fn what_gnu_tar_does_late_is_done_as_late_or_refused() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    // A symlink out of the tree holds its directory to the end: an entry put in `a` after
+    // `b` came must not leave `a` with a new mtime.
+    let held = w.join("held.tar");
+    sh(&format!(
+        "cd '{w}' && mkdir -p src/a src/b && cd src && ln -s /usr/x a/s && printf x > a/f
+        touch -h -d '2001-01-01 UTC' a a/s b a/f
+        tar --format=pax -cf '{a}' --no-recursion a a/s b a/f",
+        w = w.display(),
+        a = held.display()
+    ));
+    // The same name again after a symlink out of the tree: GNU tar keeps the first.
+    let twice = w.join("twice.tar");
+    sh(&format!(
+        "cd '{w}' && mkdir t && cd t && ln -s /usr/a s && tar -cf '{a}' s
+        ln -sfn /usr/b s && tar -rf '{a}' s",
+        w = w.display(),
+        a = twice.display()
+    ));
+    let f = |name: &str, data: &[u8]| entry_with(name, data, |_| {});
+    let dot = tar_file(
+        w,
+        "dot",
+        &[
+            entry_with("./a/", b"", |h| {
+                h[156] = b'5';
+                sum_again(h)
+            }),
+            f("a/f", b"x"),
+        ],
+    );
+    let time = tar_file(
+        w,
+        "time",
+        &[
+            pax_entry(&pax_record("mtime", b"-1.0000000001")),
+            f("f", b"x"),
+        ],
+    );
+    // A PAX sparse 1.0 file of 1 MiB, data only at its start, its map cut to that region:
+    // GNU tar ends the file where the map ends.
+    let sparse = w.join("short-sparse.tar");
+    sh(&format!(
+        "cd '{w}' && mkdir sp && cd sp && truncate -s 1M sp && printf y | dd of=sp conv=notrunc
+        tar --format=pax --sparse --sparse-version=1.0 -cf '{a}' sp",
+        w = w.display(),
+        a = sparse.display()
+    ));
+    let mut bytes = std::fs::read(&sparse).unwrap();
+    let map = (0..bytes.len())
+        .step_by(512)
+        .find(|&i| bytes[i..].starts_with(b"2\n0\n"))
+        .expect("GNU tar's sparse map of two regions");
+    bytes[map] = b'1';
+    std::fs::write(&sparse, bytes).unwrap();
+    let refused = [
+        ("twice.tar", "the name of a symlink out of the tree again"),
+        (
+            "short-sparse.tar",
+            "a sparse map that ends before the file's size",
+        ),
+    ];
+    let mut problems = Vec::new();
+    for archive in [&held, &twice, &dot, &time, &sparse] {
+        let reference = tempfile::tempdir().unwrap();
+        assert!(
+            gnu_tar(archive, reference.path()).is_ok(),
+            "GNU tar fails on {archive:?}"
+        );
+        problems.extend(compare(archive, support::olboot(), &refused));
+    }
+    assert_no_problems(&problems);
+    // What GNU tar did, so that the cases above cannot pass for want of a difference.
+    let reference = tempfile::tempdir().unwrap();
+    gnu_tar(&held, reference.path()).unwrap();
+    let a = std::fs::symlink_metadata(reference.path().join("a")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::mtime(&a), 978_307_200);
+    let reference = tempfile::tempdir().unwrap();
+    gnu_tar(&sparse, reference.path()).unwrap();
+    let len = std::fs::metadata(reference.path().join("sp"))
+        .unwrap()
+        .len();
+    assert!(len > 0 && len < 1 << 20, "GNU tar made it {len} bytes");
+}
+
+/// A bad PAX record or header field fails naming the entry it belongs to.
+#[test]
+fn a_bad_field_fails_naming_its_entry() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let bad_time = [
+        pax_entry(&pax_record("mtime", b"12x")),
+        entry_with("victim/name", b"x", |_| {}),
+    ];
+    let bad_mode = [entry_with("victim/mode", b"x", |h| {
+        h[100..108].copy_from_slice(b"07x5\0\0\0\0");
+        sum_again(h)
+    })];
+    for (name, entries, victim) in [
+        ("bad-time", &bad_time[..], "victim/name"),
+        ("bad-mode", &bad_mode[..], "victim/mode"),
+    ] {
+        let archive = tar_file(work.path(), name, entries);
+        let (s, out) = olboot_unpack(&archive, support::olboot());
+        assert_eq!(common::code(&out), 1, "{name}");
+        let error = support::opt_step(&s.root())["error"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        assert!(error.contains(victim), "{name}: {error}");
+    }
 }

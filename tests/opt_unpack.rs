@@ -491,7 +491,10 @@ fn the_umask_is_left_alone_while_unpacking() {
             .unwrap()
     };
     let own = umask_of("self");
-    assert_ne!(own, "0000", "run the tests under a umask that clears some bits");
+    assert_ne!(
+        own, "0000",
+        "run the tests under a umask that clears some bits"
+    );
     let p = packed(3 << 20);
     // Half the archive, then one byte every 50 ms: the unpacking has begun and goes on.
     let srv = Server::start(p.bytes.clone(), vec![Fault::Trickle(p.bytes.len() / 2)]);

@@ -422,7 +422,7 @@ fn pack_skips_sockets_with_a_warning() {
         .arg(d.path().join("a.tar.zst"))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "./\nf\n");
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "f\n./\n");
 }
 
 /// Names in the output directory other than the archive and its `.sha256`.
@@ -869,7 +869,7 @@ fn an_archive_written_inside_the_tree_is_not_archived_into_itself() {
         .arg(&archive)
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&list.stdout), "./\nf\n");
+    assert_eq!(String::from_utf8_lossy(&list.stdout), "f\n./\n");
 }
 
 #[test]

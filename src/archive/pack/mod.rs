@@ -169,8 +169,10 @@ fn write_tmp(
         buf: vec![0; 256 * 1024],
         summary,
     };
-    p.add(real, b"./", root, ".")?;
     p.walk(real, b"", None, (root.dev(), root.ino()))?;
+    // The top directory last: GNU tar leaves `./` (sets its mtime) when an entry comes whose
+    // name does not start with `./`, and creating that entry would change the mtime again.
+    p.add(real, b"./", root, ".")?;
     let mut summary = std::mem::take(&mut p.summary);
     let what = || format!("cannot write {}", tmp.display());
     let enc = p.tar.into_inner().with_context(what)?;

@@ -22,6 +22,7 @@
 //! thread starts the writeback every 64 MiB so the final sync is short.
 
 mod beneath;
+mod delayed;
 mod stream;
 mod xattr;
 
@@ -54,11 +55,6 @@ pub const MAX_WARNINGS: usize = 20;
 
 /// Writer threads for small files' contents (see writer.rs).
 const WRITERS: usize = 2;
-
-/// What the directories waiting for their metadata may hold (names, xattrs, ACLs): each
-/// xattr record may be up to 1 MiB, and a chain of nested directories must not add them up
-/// past the memory bound.
-const MAX_WAITING: usize = 4 << 20;
 
 fn attrs_len(m: &Meta) -> usize {
     m.attrs.iter().map(|(k, v)| k.len() + v.len()).sum()
@@ -102,7 +98,8 @@ pub fn unpack(r: impl BufRead, dir: &Path) -> Result<Stats> {
     let mut u = Unpacker {
         root,
         parent: None,
-        dirs: Vec::new(),
+        waiting: delayed::Waiting::default(),
+        links: delayed::Links::default(),
         chown: rustix::process::geteuid().is_root(),
         umask: current_umask(),
         // New files get the process's ids unless the directory is setgid; the directories
@@ -157,9 +154,10 @@ struct Unpacker {
     ids: Option<(u32, u32)>,
     /// The last parent directory opened, reused while entries stay in it (the usual case).
     parent: Option<(PathBuf, OwnedFd)>,
-    /// Directories whose metadata waits until the archive leaves them: the chain of the
-    /// current entry's ancestors, deepest last (GNU tar's delayed set-stat list).
-    dirs: Vec<(PathBuf, Meta)>,
+    /// Directories whose metadata waits until the archive leaves them (see delayed.rs).
+    waiting: delayed::Waiting,
+    /// The symlinks out of the tree made so far (see delayed.rs).
+    links: delayed::Links,
     /// Whether to set owners (only root can).
     chown: bool,
     /// The bits the umask clears from a new file's mode.
@@ -254,7 +252,8 @@ impl Unpacker {
     fn entry<R: BufRead>(&mut self, e: &Entry, ar: &mut Stream<R>) -> Result<()> {
         crate::sys::signal::check()?;
         let path = relative(&e.name)?;
-        self.leave_dirs(&path)?;
+        self.leave_dirs(&e.name)?;
+        self.links.check(&path)?;
         let meta = Meta {
             uid: e.uid,
             gid: e.gid,
@@ -263,9 +262,9 @@ impl Unpacker {
             attrs: xattr::collect(&e.xattrs, e.acl_access.as_deref(), e.acl_default.as_deref())?,
         };
         match e.kind {
-            Kind::Dir => self.dir(path, meta)?,
+            Kind::Dir => self.dir(path, &e.name, meta)?,
             Kind::File => self.file(&path, e, meta, ar)?,
-            Kind::Symlink => self.symlink(&path, &e.link, meta)?,
+            Kind::Symlink => self.symlink(&path, e, meta)?,
             Kind::HardLink => self.hard_link(&path, &e.link)?,
             Kind::Special => bail!("device nodes and FIFOs are refused"),
         }
@@ -282,7 +281,7 @@ impl Unpacker {
         }
     }
 
-    fn dir(&mut self, path: PathBuf, meta: Meta) -> Result<()> {
+    fn dir(&mut self, path: PathBuf, name: &[u8], meta: Meta) -> Result<()> {
         if !path.as_os_str().is_empty() {
             let (parent, base) = split(&path);
             let pfd = self.parent_fd(parent)?;
@@ -298,32 +297,16 @@ impl Unpacker {
                 Err(e) => return Err(errno(e, "cannot create the directory")),
             }
         }
-        // A directory listed again was left just before (see `leave_dirs`): its later
-        // metadata is set after the earlier one, and so wins, as with GNU tar.
-        self.dirs.push((path, meta));
-        let waiting: usize = self
-            .dirs
-            .iter()
-            .map(|(p, m)| p.as_os_str().len() + attrs_len(m))
-            .sum();
-        if waiting > MAX_WAITING {
-            bail!(
-                "directories waiting for their metadata hold over {MAX_WAITING} bytes of names \
-                 and xattrs: refused"
-            );
-        }
-        Ok(())
+        // A directory listed again was left just before (see `leave_dirs`), or is held to
+        // the end: either way its later metadata wins, as with GNU tar.
+        self.waiting.push(path, name, meta)
     }
 
-    /// Set the metadata of the waiting directories `path` is not inside of, deepest first,
-    /// as GNU tar does when an entry outside them comes: an entry put in such a directory
-    /// later changes its mtime again, in both.
-    fn leave_dirs(&mut self, path: &Path) -> Result<()> {
-        while let Some((dir, _)) = self.dirs.last() {
-            if path != dir && path.starts_with(dir) {
-                break;
-            }
-            let (dir, meta) = self.dirs.pop().expect("just looked");
+    /// Set the metadata of the waiting directories the entry `name` is not inside of,
+    /// deepest first, as GNU tar does when an entry outside them comes: an entry put in such
+    /// a directory later changes its mtime again, in both.
+    fn leave_dirs(&mut self, name: &[u8]) -> Result<()> {
+        while let Some((dir, meta)) = self.waiting.left_by(name) {
             self.set_dir_meta(&dir, &meta)?;
         }
         Ok(())
@@ -475,11 +458,18 @@ impl Unpacker {
         if total != packed {
             bail!("a sparse map smaller than the data stored");
         }
+        // GNU tar ends the file where the map ends (a last empty region marks a final hole).
+        if end != sp.size {
+            bail!(
+                "a sparse map that ends before the file's size (GNU tar would cut the file there)"
+            );
+        }
         file.set_len(sp.size)
             .context("cannot set the size of the file")
     }
 
-    fn symlink(&mut self, path: &Path, target: &[u8], meta: Meta) -> Result<()> {
+    fn symlink(&mut self, path: &Path, e: &Entry, meta: Meta) -> Result<()> {
+        let target = &e.link[..];
         if target.is_empty() {
             bail!("a symlink without a target");
         }
@@ -504,6 +494,10 @@ impl Unpacker {
         }
         rustix::fs::utimensat(pfd, base, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| errno(e, "cannot set the symlink's mtime"))?;
+        if delayed::out_of_tree(target) {
+            self.links.add(path)?;
+            self.waiting.hold_for_link(&e.name)?;
+        }
         if !meta.attrs.is_empty() {
             self.warn(format!(
                 "archive entry {}: xattrs of a symlink are not restored",
@@ -617,7 +611,7 @@ impl Unpacker {
 
     /// Give the directories still waiting their metadata, deepest first.
     fn finish_dirs(&mut self) -> Result<()> {
-        while let Some((dir, meta)) = self.dirs.pop() {
+        while let Some((dir, meta)) = self.waiting.pop() {
             self.set_dir_meta(&dir, &meta)?;
         }
         Ok(())

@@ -120,7 +120,9 @@ impl<R: BufRead> Stream<R> {
                 }
                 return Ok(None);
             };
-            let size = number(&h[124..136]).context("bad size field")?;
+            let size = number(&h[124..136]).with_context(|| {
+                format!("archive entry {}: bad size field", shown(&header_name(&h)))
+            })?;
             match h[156] {
                 b'L' => long_name = Some(cstr(&self.special(size, "GNU long name")?).to_vec()),
                 b'K' => long_link = Some(cstr(&self.special(size, "GNU long link")?).to_vec()),
@@ -136,8 +138,16 @@ impl<R: BufRead> Stream<R> {
                     }
                 }
                 _ => {
-                    let mut e = self.entry(&h, size, long_name, long_link, &pax)?;
-                    self.sparse_1_0(&mut e, &pax)?;
+                    // Errors name the entry (a long name is kept for that: they are rare).
+                    let long = long_name.as_deref().map(shown);
+                    let mut e = self
+                        .entry(&h, size, long_name, long_link, &pax)
+                        .with_context(|| {
+                            let name = long.unwrap_or_else(|| shown(&header_name(&h)));
+                            format!("archive entry {name}")
+                        })?;
+                    self.sparse_1_0(&mut e, &pax)
+                        .with_context(|| format!("archive entry {}", shown(&e.name)))?;
                     return Ok(Some(e));
                 }
             }
@@ -221,16 +231,8 @@ impl<R: BufRead> Stream<R> {
         long_link: Option<Vec<u8>>,
         pax: &[(String, Vec<u8>)],
     ) -> Result<Entry> {
-        let ustar = &h[257..263] == b"ustar\0";
-        let mut name = cstr(&h[..100]).to_vec();
-        if ustar && h[345] != 0 {
-            let mut full = cstr(&h[345..500]).to_vec();
-            full.push(b'/');
-            full.extend_from_slice(&name);
-            name = full;
-        }
         let mut e = Entry {
-            name: long_name.unwrap_or(name),
+            name: long_name.unwrap_or_else(|| header_name(h)),
             link: long_link.unwrap_or_else(|| cstr(&h[157..257]).to_vec()),
             kind: kind(h[156], &h[..100])?,
             uid: id(&h[108..116]).context("bad uid field")?,
@@ -400,8 +402,12 @@ fn kind(t: u8, name: &[u8]) -> Result<Kind> {
         b'2' => Kind::Symlink,
         b'3' | b'4' | b'6' => Kind::Special,
         b'5' => Kind::Dir,
-        // A GNU incremental dumpdir: GNU tar makes the directory and ignores its list.
-        b'D' => Kind::Dir,
+        // A GNU incremental dumpdir: after one, GNU tar holds back every directory's
+        // metadata to the end of the archive; refused rather than unpacked otherwise.
+        b'D' => bail!(
+            "entry {}: a GNU incremental dumpdir (type D) is not supported",
+            shown(name)
+        ),
         t => bail!(
             "entry {}: unsupported entry type {:?}",
             shown(name),
@@ -424,6 +430,7 @@ fn apply_record(e: &mut Entry, k: &str, v: &[u8]) -> Result<()> {
         "SCHILY.acl.access" => e.acl_access = Some(text(v)?),
         "SCHILY.acl.default" => e.acl_default = Some(text(v)?),
         "GNU.sparse.name" => e.name = v.to_vec(),
+        "GNU.dumpdir" => bail!("a GNU incremental dumpdir is not supported"),
         _ => {
             if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
                 e.xattrs.push((name.as_bytes().to_vec(), v.to_vec()));
@@ -559,6 +566,14 @@ fn pax_time(v: &[u8]) -> Result<Time> {
     for (i, d) in frac.bytes().take(9).enumerate() {
         nsec += u32::from(d - b'0') * 10u32.pow(8 - i as u32);
     }
+    // GNU tar rounds a finer time down, toward the past: for a negative one that is away
+    // from zero.
+    let finer = frac.bytes().skip(9).any(|d| d != b'0');
+    let (sec, nsec) = match (neg && finer, nsec + 1) {
+        (true, 1_000_000_000) => (sec.checked_add(1).context("time out of range")?, 0),
+        (true, up) => (sec, up),
+        (false, _) => (sec, nsec),
+    };
     Ok(if !neg {
         Time { sec, nsec }
     } else if nsec == 0 {
@@ -569,6 +584,15 @@ fn pax_time(v: &[u8]) -> Result<Time> {
             nsec: 1_000_000_000 - nsec,
         }
     })
+}
+
+/// The name in header `h`: its name field, under its ustar prefix.
+fn header_name(h: &[u8; BLOCK]) -> Vec<u8> {
+    let name = cstr(&h[..100]);
+    if &h[257..263] != b"ustar\0" || h[345] == 0 {
+        return name.to_vec();
+    }
+    [cstr(&h[345..500]), b"/", name].concat()
 }
 
 /// The sum of a block's bytes, unsigned and as signed chars, eight bytes at a time: at the
@@ -742,6 +766,18 @@ mod tests {
             }
         );
         assert!(pax_time(b"1e5").is_err());
+        // Finer than a nanosecond: rounded toward the past, as GNU tar does.
+        assert_eq!(
+            pax_time(b"-1.0000000001").unwrap(),
+            Time {
+                sec: -2,
+                nsec: 999_999_999
+            }
+        );
+        assert_eq!(
+            pax_time(b"-1.9999999999").unwrap(),
+            Time { sec: -2, nsec: 0 }
+        );
     }
 
     #[test]

@@ -30,14 +30,7 @@ pub fn collect(
     access: Option<&str>,
     default: Option<&str>,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut out: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    let mut put = |k: Vec<u8>, v: Vec<u8>| {
-        out.retain(|(n, _)| *n != k);
-        out.push((k, v));
-    };
-    for (k, v) in xattrs {
-        put(k.clone(), v.clone());
-    }
+    let mut all: Vec<(Vec<u8>, Vec<u8>)> = xattrs.to_vec();
     for (text, name, record) in [
         (access, "system.posix_acl_access", "SCHILY.acl.access"),
         (default, "system.posix_acl_default", "SCHILY.acl.default"),
@@ -45,14 +38,27 @@ pub fn collect(
         let Some(text) = text else { continue };
         let binary = xattrs.iter().any(|(k, _)| k == name.as_bytes());
         match acl(text) {
-            Ok(v) => put(name.as_bytes().to_vec(), v),
+            Ok(v) => all.push((name.as_bytes().to_vec(), v)),
             // GNU tar stores an ACL twice: as text (with names where the archiving system
             // had them) and as the binary xattr (numeric ids), which is then kept as it is.
             Err(_) if binary => {}
             Err(e) => return Err(e.context(record)),
         }
     }
-    Ok(out)
+    // Of a name given twice the last wins, where it comes: what setting them in turn leaves.
+    // Through a set, not a search per record: one PAX header may hold 36,000 of them.
+    let mut seen = std::collections::HashSet::new();
+    let mut keep: Vec<bool> = all
+        .iter()
+        .rev()
+        .map(|(k, _)| seen.insert(k.clone()))
+        .collect();
+    keep.reverse();
+    Ok(all
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(x, k)| k.then_some(x))
+        .collect())
 }
 
 /// Set `attrs` on `fd`; names the filesystem does not support are returned for a warning.
