@@ -1015,3 +1015,61 @@ fn a_bad_field_fails_naming_its_entry() {
         assert!(error.contains(victim), "{name}: {error}");
     }
 }
+
+/// PAX sparse records where GNU tar reads them its own way: the same result, or refused.
+#[test]
+fn pax_sparse_records_are_read_as_gnu_tar_reads_them_or_refused() {
+    assert_root();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    let data = entry_with("GNUSparseFile.0/x", &[b'y'; 512], |_| {});
+    let map = |extra: &[Vec<u8>]| {
+        [
+            pax_record("GNU.sparse.numblocks", b"1"),
+            pax_record("GNU.sparse.map", b"0,512"),
+        ]
+        .iter()
+        .chain(extra)
+        .cloned()
+        .collect::<Vec<_>>()
+        .concat()
+    };
+    // GNU.sparse.name wins over a later path.
+    let named = map(&[
+        pax_record("GNU.sparse.size", b"1024"),
+        pax_record("GNU.sparse.name", b"f"),
+        pax_record("path", b"g"),
+    ]);
+    let named = tar_file(w, "named", &[pax_entry(&named), data.clone()]);
+    // A map without GNU.sparse.size, and sparse records in a global header: GNU tar makes
+    // sparse files of them by rules olboot does not follow.
+    let sizeless = tar_file(w, "sizeless", &[pax_entry(&map(&[])), data.clone()]);
+    let mut global = header("GlobalHead", b'g', 0);
+    let records = pax_record("GNU.sparse.size", b"1024");
+    global[124..136].copy_from_slice(format!("{:011o}\0", records.len()).as_bytes());
+    sum_again(&mut global);
+    let mut g = global.to_vec();
+    g.extend_from_slice(&records);
+    g.resize(g.len().div_ceil(512) * 512, 0);
+    let global = tar_file(w, "global", &[g, pax_entry(&map(&[])), data]);
+    let refused = [
+        ("sizeless.tar", "a sparse map without its size"),
+        ("global.tar", "sparse records in a global header"),
+    ];
+    let mut problems = Vec::new();
+    for archive in [&named, &sizeless, &global] {
+        let reference = tempfile::tempdir().unwrap();
+        assert!(
+            gnu_tar(archive, reference.path()).is_ok(),
+            "GNU tar fails on {archive:?}"
+        );
+        problems.extend(compare(archive, support::olboot(), &refused));
+    }
+    assert_no_problems(&problems);
+    let reference = tempfile::tempdir().unwrap();
+    gnu_tar(&named, reference.path()).unwrap();
+    assert_eq!(
+        std::fs::metadata(reference.path().join("f")).unwrap().len(),
+        1024
+    );
+}

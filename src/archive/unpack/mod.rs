@@ -458,8 +458,9 @@ impl Unpacker {
         if total != packed {
             bail!("a sparse map smaller than the data stored");
         }
-        // GNU tar ends the file where the map ends (a last empty region marks a final hole).
-        if end != sp.size {
+        // GNU tar ends such a file where the map ends (a last empty region marks a final
+        // hole), and extends the others to their size.
+        if sp.ends_with_map && end != sp.size {
             bail!(
                 "a sparse map that ends before the file's size (GNU tar would cut the file there)"
             );

@@ -50,6 +50,9 @@ pub struct Sparse {
     pub map: Vec<(u64, u64)>,
     /// The file's size, holes included.
     pub size: u64,
+    /// Whether GNU tar ends the file where the map ends rather than at `size` (old GNU and
+    /// 1.0 maps; 0.0 and 0.1 ones are extended to `size`).
+    pub ends_with_map: bool,
 }
 
 /// One entry with its special headers applied.
@@ -130,6 +133,10 @@ impl<R: BufRead> Stream<R> {
                 b'x' => pax = records(&self.special(size, "PAX header")?)?,
                 b'g' => {
                     for (k, v) in records(&self.special(size, "PAX global header")?)? {
+                        // GNU tar would make every later entry sparse by them.
+                        if k.starts_with("GNU.sparse.") {
+                            bail!("a PAX global header with the sparse record {k} refused");
+                        }
                         self.global.retain(|(g, _)| *g != k);
                         self.global.push((k, v));
                     }
@@ -260,7 +267,17 @@ impl<R: BufRead> Stream<R> {
             apply_record(&mut e, k, v).with_context(|| format!("PAX record {k}"))?;
         }
         sparse_0_x(&mut e, pax)?;
-        if e.kind == Kind::File && e.name.last() == Some(&b'/') && h[156] != b'S' {
+        let pax_sparse = pax.iter().any(|(k, _)| k.starts_with("GNU.sparse."));
+        if pax_sparse || h[156] == b'S' {
+            // GNU tar names a sparse file by GNU.sparse.name whatever comes after it, and
+            // makes a file of it even if the name ends in '/'.
+            if let Some((_, n)) = pax.iter().rev().find(|(k, _)| k == "GNU.sparse.name") {
+                e.name = n.clone();
+            }
+            if e.name.last() == Some(&b'/') {
+                bail!("a sparse file whose name ends in '/' refused");
+            }
+        } else if e.kind == Kind::File && e.name.last() == Some(&b'/') {
             e.kind = Kind::Dir; // a V7 directory: type 0, name ending in '/'
             e.size = 0;
         }
@@ -288,7 +305,11 @@ impl<R: BufRead> Stream<R> {
             extended = b[504] != 0;
         }
         let size = number(&h[483..495]).context("bad real size of a sparse file")?;
-        Ok(Sparse { map, size })
+        Ok(Sparse {
+            map,
+            size,
+            ends_with_map: true,
+        })
     }
 
     /// GNU sparse 1.0: the map is at the start of the data, decimal lines, padded to a block.
@@ -341,7 +362,11 @@ impl<R: BufRead> Stream<R> {
         }
         let map = nums[1..].chunks(2).map(|p| (p[0], p[1])).collect();
         e.size = self.left;
-        e.sparse = Some(Sparse { map, size });
+        e.sparse = Some(Sparse {
+            map,
+            size,
+            ends_with_map: true,
+        });
         Ok(())
     }
 
@@ -449,6 +474,15 @@ fn apply_record(e: &mut Entry, k: &str, v: &[u8]) -> Result<()> {
 /// GNU sparse 0.0 (repeated offset/numbytes records) and 0.1 (`GNU.sparse.map`).
 fn sparse_0_x(e: &mut Entry, pax: &[(String, Vec<u8>)]) -> Result<()> {
     let Some(size) = pax.iter().rev().find(|(k, _)| k == "GNU.sparse.size") else {
+        // GNU tar takes a map without its size as sparse too (and gives it another size).
+        let map = [
+            "GNU.sparse.map",
+            "GNU.sparse.offset",
+            "GNU.sparse.numblocks",
+        ];
+        if pax.iter().any(|(k, _)| map.contains(&k.as_str())) {
+            bail!("a GNU sparse map without GNU.sparse.size refused");
+        }
         return Ok(());
     };
     if pax.iter().any(|(k, _)| k == "GNU.sparse.major") {
@@ -489,7 +523,11 @@ fn sparse_0_x(e: &mut Entry, pax: &[(String, Vec<u8>)]) -> Result<()> {
             bail!("GNU.sparse.numblocks does not match the map");
         }
     }
-    e.sparse = Some(Sparse { map, size });
+    e.sparse = Some(Sparse {
+        map,
+        size,
+        ends_with_map: false,
+    });
     Ok(())
 }
 
