@@ -379,3 +379,30 @@ fn https_needs_the_ca_file_of_an_internal_mirror() {
     let out = s.apply(&cfg);
     ok_and_same(&s, &p, &out);
 }
+
+#[test]
+fn a_relative_redirect_with_a_url_in_its_query_is_followed_and_its_secret_never_shown() {
+    // A presigned store: the query carries the signature and a return URL with `://`.
+    const TO: &str = "/dl?X-Amz-Signature=S3CR3T&next=http://127.0.0.1/x";
+    let p = packed(64 * 1024);
+    let srv = Server::start(p.bytes.clone(), vec![Fault::Redirect(TO)]);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("start")], Some(&p.sha256), "", "symlink");
+    let out = s.apply(&cfg);
+    ok_and_same(&s, &p, &out);
+    let paths: Vec<String> = srv.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/start", TO]);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("redirected to http://127.0.0.1:{}/dl?…", srv.port)),
+        "{err}"
+    );
+    let report = fs::read_to_string(s.root().join("var/lib/olboot/report.json")).unwrap();
+    for text in [
+        &err,
+        &report,
+        &String::from_utf8_lossy(&out.stdout).into_owned(),
+    ] {
+        assert!(!text.contains("S3CR3T"), "the signature is shown: {text}");
+    }
+}

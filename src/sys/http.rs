@@ -9,7 +9,7 @@
 //! feature is off): the archive's sha256 and Range offsets are about the bytes on the wire.
 
 use crate::retry::Backoff;
-use crate::secret::{Auth, ShownUrl};
+use crate::secret::{split_scheme, Auth, ShownUrl};
 use crate::tuning::Tuning;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -274,10 +274,11 @@ pub fn get(
 
 /// The absolute URL of `location` as found in a response to `base`.
 fn resolve(base: &str, location: &str) -> String {
-    if location.contains("://") {
+    // Only a scheme makes it absolute: a relative one's query may carry a `://` (a return URL).
+    if split_scheme(location).is_some() {
         return location.to_string();
     }
-    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    let (scheme, rest) = split_scheme(base).unwrap_or(("http", base));
     if let Some(net) = location.strip_prefix("//") {
         return format!("{scheme}://{net}");
     }
@@ -373,6 +374,14 @@ mod tests {
         assert_eq!(resolve("https://a:8/x", "//b/z"), "https://b/z");
         assert_eq!(resolve("https://a", "z"), "https://a/z");
         assert_eq!(resolve("http://a/x", "https://c/d"), "https://c/d");
+        assert_eq!(
+            resolve("http://a:1/start", "/dl?sig=s&next=http://b/x"),
+            "http://a:1/dl?sig=s&next=http://b/x"
+        );
+        assert_eq!(
+            resolve("http://a/x/y", "z?r=ftp://b"),
+            "http://a/x/z?r=ftp://b"
+        );
     }
 
     #[test]
