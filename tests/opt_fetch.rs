@@ -406,3 +406,29 @@ fn a_relative_redirect_with_a_url_in_its_query_is_followed_and_its_secret_never_
         assert!(!text.contains("S3CR3T"), "the signature is shown: {text}");
     }
 }
+
+#[test]
+fn restarts_share_the_mirror_deadline() {
+    let p = packed(BIG);
+    // Every pass stalls, and its resume is answered with the whole file: each pass starts
+    // the stream over, well within the deadline, but all of them together are not.
+    let script = [Fault::Hang(p.bytes.len() / 4), Fault::IgnoreRange].repeat(10);
+    let srv = Server::start(p.bytes.clone(), script);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("opt.tar.zst")], Some(&p.sha256), "", "symlink");
+    let started = Instant::now();
+    let env = [
+        ("OLBOOT_STALL_TIMEOUT_MS", "400"),
+        ("OLBOOT_MIRROR_DEADLINE_MS", "1500"),
+        ("OLBOOT_RETRIES", "8"),
+    ];
+    let out = s.run("apply", &cfg, &env);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let err = opt_step(&s.root())["error"].as_str().unwrap().to_string();
+    assert!(err.contains("deadline"), "{err}");
+    assert!(err.contains(&srv.url("opt.tar.zst")), "{err}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(!s.opt().exists());
+    s.assert_nothing_beside();
+}

@@ -39,26 +39,30 @@ impl fmt::Display for MirrorFailed {
 impl std::error::Error for MirrorFailed {}
 
 /// The bounds of one mirror's transfer (curl's `--speed-limit`/`--speed-time` and
-/// `--max-time`, and the archive's size).
-#[derive(Debug, Clone)]
+/// `--max-time`, and the archive's size). Made once per mirror: every pass over the stream
+/// (a restart included) shares its deadline.
+#[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Fewer bytes per second than this, averaged over `speed_time`, fails the mirror.
     pub speed_limit: u64,
     /// The window of the rate check.
     pub speed_time: Duration,
-    /// The whole transfer from this mirror, retries included, ends within this.
+    /// The whole transfer from this mirror, retries and restarts included, ends within this.
     pub deadline: Duration,
+    /// When: `deadline` after the mirror was first tried.
+    pub ends: Instant,
     /// The archive's size when the config gives it: never more is passed on.
     pub size: Option<u64>,
 }
 
 impl Limits {
-    /// The limits of `tuning`, with the archive's `size` if known.
+    /// The limits of `tuning` from now on, with the archive's `size` if known.
     pub fn new(tuning: &Tuning, size: Option<u64>) -> Limits {
         Limits {
             speed_limit: tuning.speed_limit,
             speed_time: tuning.speed_time,
             deadline: tuning.mirror_deadline,
+            ends: Instant::now() + tuning.mirror_deadline,
             size,
         }
     }
@@ -78,7 +82,6 @@ pub struct Resuming {
     /// Failures since the last byte that arrived.
     backoff: Backoff,
     limits: Limits,
-    deadline: Instant,
     /// Start of the current rate window, and the bytes that came in it.
     window: (Instant, u64),
 }
@@ -109,7 +112,6 @@ impl Resuming {
             total: None,
             validator: None,
             backoff: Backoff::new(tuning),
-            deadline: now + limits.deadline,
             limits,
             window: (now, 0),
         };
@@ -132,7 +134,7 @@ impl Resuming {
                 self.backoff.failures()
             )));
         };
-        if Instant::now() + wait >= self.deadline {
+        if Instant::now() + wait >= self.limits.ends {
             return Err(mirror_failed(format!(
                 "{why} (no time left before the deadline of {})",
                 humantime::format_duration(self.limits.deadline)
@@ -164,7 +166,7 @@ impl Resuming {
                 &self.url,
                 self.creds.as_ref(),
                 &headers,
-                Some(self.deadline),
+                Some(self.limits.ends),
             ) {
                 Ok(r) => r,
                 Err(Failure::Transient(e)) => {
@@ -287,7 +289,7 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 impl Read for Resuming {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if Instant::now() >= self.deadline {
+            if Instant::now() >= self.limits.ends {
                 return Err(mirror_failed(format!(
                     "not done at byte {} after the deadline of {}",
                     self.offset,
@@ -320,7 +322,7 @@ impl Read for Resuming {
                     return Ok(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) if Instant::now() >= self.deadline => {}
+                Err(_) if Instant::now() >= self.limits.ends => {}
                 Err(e) => {
                     let why = format!("the transfer broke at byte {}: {e}", self.offset);
                     self.failed(why)?;
