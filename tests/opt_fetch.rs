@@ -432,3 +432,32 @@ fn restarts_share_the_mirror_deadline() {
     assert!(!s.opt().exists());
     s.assert_nothing_beside();
 }
+
+#[test]
+fn a_server_that_closes_every_connection_after_a_few_bytes_fails_the_rate_check() {
+    let p = packed(64 * 1024);
+    let srv = Server::start(p.bytes.clone(), vec![Fault::Chunk(20); 10_000]);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("opt.tar.zst")], Some(&p.sha256), "", "symlink");
+    let started = Instant::now();
+    let env = [
+        ("OLBOOT_SPEED_LIMIT", "1024"),
+        ("OLBOOT_SPEED_TIME_MS", "1000"),
+        ("OLBOOT_BACKOFF_MS", "100"),
+        ("OLBOOT_BACKOFF_MAX_MS", "100"),
+        ("OLBOOT_MIRROR_DEADLINE_MS", "8000"),
+    ];
+    let out = s.run("apply", &cfg, &env);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let err = opt_step(&s.root())["error"].as_str().unwrap().to_string();
+    assert!(err.contains("too slow"), "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(
+        srv.requests().len() < 30,
+        "{} requests",
+        srv.requests().len()
+    );
+    assert!(!s.opt().exists());
+    s.assert_nothing_beside();
+}

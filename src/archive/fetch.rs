@@ -82,7 +82,7 @@ pub struct Resuming {
     /// Failures since the last byte that arrived.
     backoff: Backoff,
     limits: Limits,
-    /// Start of the current rate window, and the bytes that came in it.
+    /// Start of the current rate window, and the bytes that came in it (reconnects included).
     window: (Instant, u64),
 }
 
@@ -116,6 +116,8 @@ impl Resuming {
             window: (now, 0),
         };
         r.connect()?;
+        // The rate is counted from the first response, not from the tries before it.
+        r.window = (Instant::now(), 0);
         Ok(r)
     }
 
@@ -145,9 +147,9 @@ impl Resuming {
             self.shown,
             humantime::format_duration(wait)
         );
+        // The rate window goes on across the wait and the new connection: a server that sends
+        // a few bytes per connection and closes is measured over all of them.
         std::thread::sleep(wait);
-        // A new connection starts a new rate window: the wait is not the server's slowness.
-        self.window = (Instant::now(), 0);
         Ok(())
     }
 
