@@ -1,6 +1,8 @@
 //! The opt step over HTTP(S) against a misbehaving server on 127.0.0.1: resume with Range
-//! after a cut or a stalled transfer, restart when Range is ignored, retry on 503, a lying Content-Length, 404 → next mirror,
-//! a wrong sha256, a kill in the middle of a fetch, and HTTPS with a CA made in the test.
+//! after a cut or a stalled transfer, restart when Range is ignored, retry on 503, a lying
+//! Content-Length, 404 → next mirror, a wrong sha256, a kill in the middle of a fetch, HTTPS
+//! with a CA made in the test, a relative redirect with a URL in its query, one deadline
+//! across restarts, a few bytes per connection, and SIGTERM during a retry's wait.
 
 mod common;
 #[path = "opt/support.rs"]
@@ -460,4 +462,20 @@ fn a_server_that_closes_every_connection_after_a_few_bytes_fails_the_rate_check(
     );
     assert!(!s.opt().exists());
     s.assert_nothing_beside();
+}
+
+#[test]
+fn sigterm_during_a_retry_backoff_stops_at_once() {
+    let p = packed(1024);
+    let srv = Server::start(p.bytes.clone(), vec![Fault::Status(503); 10]);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("opt.tar.zst")], Some(&p.sha256), "", "symlink");
+    let env = [
+        ("OLBOOT_BACKOFF_MS", "5000"),
+        ("OLBOOT_BACKOFF_MAX_MS", "5000"),
+        ("OLBOOT_RETRIES", "10"),
+    ];
+    let ready = || !srv.requests().is_empty();
+    sigterm_when(&s, &cfg, &env, ready, Duration::from_millis(1500));
+    assert_eq!(srv.requests().len(), 1, "retried after SIGTERM");
 }

@@ -149,13 +149,13 @@ impl Resuming {
         );
         // The rate window goes on across the wait and the new connection: a server that sends
         // a few bytes per connection and closes is measured over all of them.
-        std::thread::sleep(wait);
-        Ok(())
+        crate::sys::signal::sleep(wait)
     }
 
     /// (Re)connect at `self.offset`.
     fn connect(&mut self) -> io::Result<()> {
         loop {
+            crate::sys::signal::check()?;
             let mut headers = Vec::new();
             if self.offset > 0 {
                 headers.push((header::RANGE, format!("bytes={}-", self.offset)));
@@ -323,7 +323,8 @@ impl Read for Resuming {
                     self.check_rate(n)?;
                     return Ok(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // EINTR: a signal came (no SA_RESTART); stop if it asks olboot to.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => crate::sys::signal::check()?,
                 Err(_) if Instant::now() >= self.limits.ends => {}
                 Err(e) => {
                     let why = format!("the transfer broke at byte {}: {e}", self.offset);
