@@ -2,8 +2,8 @@
 //! `olboot pack --recipient` (read back by `age -d`), loopback stores that demand a bearer
 //! token, basic auth, the archive.org `LOW` header or another header, redirects to another
 //! host (127.0.0.2) that must not receive the credential, the fetch limits (endless body, 1 B/s
-//! body, 1 B/s headers, an age header that never ends), and a grep of every log line and the
-//! report for the secrets.
+//! body, 1 B/s headers, an age header that never ends, a config URL whose body trickles), and
+//! a grep of every log line and the report for the secrets.
 
 mod common;
 #[path = "opt/support.rs"]
@@ -773,4 +773,39 @@ fn an_age_header_that_never_ends_fails_at_once_in_bounded_memory() {
     assert!(took < Duration::from_secs(2), "took {took:?}");
     assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
     assert_nothing_unpacked(&s);
+}
+
+#[test]
+fn a_config_url_whose_body_trickles_ends_at_its_deadline() {
+    let store = Store::start("127.0.0.1", Mode::TrickleBody);
+    let url = store.url(&format!("olboot.yaml?{QUERY}"));
+    let started = Instant::now();
+    let mut child = olboot()
+        .args(["validate", "-c", &url])
+        .env("OLBOOT_CONFIG_DEADLINE_MS", "1500")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > Duration::from_secs(8) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still reading the config after {:?}", started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("deadline"))
+        .unwrap_or_else(|| panic!("no deadline named: {err}"));
+    assert!(line.contains("/olboot.yaml?…"), "{line}");
+    assert!(!err.contains("q7Zr88"), "{err}");
 }
