@@ -18,24 +18,24 @@ const MAX_SECRET: u64 = 64 * 1024;
 pub struct ShownUrl(String);
 
 impl ShownUrl {
-    /// The shown form of `url`.
+    /// The shown form of `url`. The query and fragment are cut off first: a `://` or `@`
+    /// inside them (a return URL, say) must not be taken for the scheme or the user-info.
     pub fn new(url: &str) -> ShownUrl {
-        let (scheme, rest) = match url.split_once("://") {
-            Some((s, r)) => (Some(s), r),
-            None => (None, url),
+        let (head, hidden) = match url.find(['?', '#']) {
+            Some(i) => (&url[..i], true),
+            None => (url, false),
         };
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
+        let (prefix, rest) = match split_scheme(head) {
+            Some((scheme, rest)) => (&head[..scheme.len() + 3], rest),
+            None => match head.strip_prefix("//") {
+                Some(rest) => ("//", rest),
+                None => ("", head),
+            },
+        };
+        let end = rest.find('/').unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(end);
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-        let (path, hidden) = match tail.find(['?', '#']) {
-            Some(i) => (&tail[..i], true),
-            None => (tail, false),
-        };
-        let mut s = String::new();
-        if let Some(scheme) = scheme {
-            s.push_str(scheme);
-            s.push_str("://");
-        }
+        let mut s = String::from(prefix);
         s.push_str(host);
         s.push_str(path);
         if hidden {
@@ -43,6 +43,18 @@ impl ShownUrl {
         }
         ShownUrl(s)
     }
+}
+
+/// `scheme://rest` → (scheme, rest), for a scheme as RFC 3986 spells it (a letter, then
+/// letters, digits, `+`, `-`, `.`); `None` for a relative reference, even one whose query
+/// carries a `://`.
+pub fn split_scheme(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let mut chars = scheme.chars();
+    let first = chars.next()?;
+    let valid = first.is_ascii_alphabetic()
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    valid.then_some((scheme, rest))
 }
 
 impl fmt::Display for ShownUrl {
@@ -204,6 +216,13 @@ mod tests {
         assert_eq!(s("https://store?tok"), "https://store?…");
         assert_eq!(s("https://store/x#frag"), "https://store/x?…");
         assert_eq!(s("file:///srv/opt.tar.zst"), "file:///srv/opt.tar.zst");
+        // A `://` or `@` in the query is not a scheme or user-info.
+        assert_eq!(
+            s("/dl?X-Amz-Signature=abc&next=http://127.0.0.1/x"),
+            "/dl?…"
+        );
+        assert_eq!(s("http://h/a?u=x@y://z"), "http://h/a?…");
+        assert_eq!(s("//u:pw@h/a"), "//h/a");
     }
 
     fn auth(text: &str) -> Result<Auth> {

@@ -26,6 +26,9 @@ pub struct Tuning {
     pub speed_time: Duration,
     /// The most one mirror may take to deliver the whole archive, retries included.
     pub mirror_deadline: Duration,
+    /// The most fetching a small document by URL (the config) may take, retries and body
+    /// included.
+    pub text_deadline: Duration,
 }
 
 impl Default for Tuning {
@@ -41,6 +44,7 @@ impl Default for Tuning {
             speed_limit: 1024,
             speed_time: Duration::from_secs(60),
             mirror_deadline: Duration::from_secs(6 * 3600),
+            text_deadline: Duration::from_secs(120),
         }
     }
 }
@@ -49,7 +53,8 @@ impl Tuning {
     /// The defaults, overridden by `OLBOOT_RETRIES`, `OLBOOT_BACKOFF_MS`,
     /// `OLBOOT_BACKOFF_MAX_MS`, `OLBOOT_CONNECT_TIMEOUT_MS`, `OLBOOT_STALL_TIMEOUT_MS`,
     /// `OLBOOT_DPKG_LOCK_TIMEOUT_MS`, `OLBOOT_PROGRESS_MS`, `OLBOOT_SPEED_LIMIT` (bytes/s),
-    /// `OLBOOT_SPEED_TIME_MS` and `OLBOOT_MIRROR_DEADLINE_MS` where set to a number.
+    /// `OLBOOT_SPEED_TIME_MS`, `OLBOOT_MIRROR_DEADLINE_MS` and `OLBOOT_CONFIG_DEADLINE_MS`
+    /// where set to a number.
     pub fn from_env() -> Tuning {
         let mut t = Tuning::default();
         let ms = |name: &str, slot: &mut Duration| {
@@ -77,6 +82,7 @@ impl Tuning {
         ms("OLBOOT_PROGRESS_MS", &mut t.progress_interval);
         ms("OLBOOT_SPEED_TIME_MS", &mut t.speed_time);
         ms("OLBOOT_MIRROR_DEADLINE_MS", &mut t.mirror_deadline);
+        ms("OLBOOT_CONFIG_DEADLINE_MS", &mut t.text_deadline);
         t
     }
 

@@ -11,6 +11,7 @@ mod support;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 /// Archives of the corpus olboot refuses by design, and why.
 const REFUSED: &[(&str, &str)] = &[
@@ -475,54 +476,6 @@ fn memory_bombs_are_refused_in_bounded_memory_with_short_errors() {
     }
 }
 
-/// Start `olboot apply` of `config` on `s`, send it SIGTERM once `ready` holds, and check it
-/// stops within a few seconds: exit 1, the opt step failed with `interrupted by SIGTERM`,
-/// nothing beside `opt.path`, the lock free again.
-fn sigterm_when(s: &support::Scratch, config: &Path, ready: impl Fn() -> bool) {
-    let log = s.dir.path().join("olboot.log");
-    let mut c = support::olboot();
-    c.arg("apply")
-        .arg("-c")
-        .arg(config)
-        .arg("--root")
-        .arg(s.root())
-        .args(["--host", "ol-web1", "--only", "opt"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    let mut child = c.spawn().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while !ready() {
-        assert!(std::time::Instant::now() < deadline, "never got going");
-        assert!(child.try_wait().unwrap().is_none(), "ended early");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let sent = std::time::Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if sent.elapsed() > std::time::Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("still running 10 s after SIGTERM");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
-    eprintln!("stopped {:?} after SIGTERM", sent.elapsed());
-    let log = std::fs::read_to_string(&log).unwrap();
-    assert_eq!(status.code(), Some(1), "{log}");
-    let step = support::opt_step(&s.root());
-    assert_eq!(step["result"], "failed", "{step}");
-    assert_eq!(step["error"], "interrupted by SIGTERM", "{step}");
-    assert!(!s.staging().exists(), "staging left");
-    s.assert_nothing_beside();
-    assert!(!s.opt().exists());
-    // The lock is free: a plan (which takes no lock) and a second apply's lock both work.
-    let again = s.run("plan", config, &[]);
-    assert_eq!(again.status.code(), Some(3));
-}
-
 /// A tar.zst of one file of `size` zero bytes: quick to make, slow enough to unpack.
 fn big_zero_file(path: &Path, size: u64) {
     use std::io::Write;
@@ -549,9 +502,8 @@ fn sigterm_mid_unpack_removes_staging_and_reports() {
         "symlink",
     );
     let big = s.staging().join("big");
-    sigterm_when(&s, &config, || {
-        std::fs::metadata(&big).is_ok_and(|m| m.len() > 16 << 20)
-    });
+    let ready = || std::fs::metadata(&big).is_ok_and(|m| m.len() > 16 << 20);
+    support::sigterm_when(&s, &config, &[], ready, Duration::from_secs(10));
 }
 
 #[test]
@@ -565,7 +517,8 @@ fn sigterm_mid_fetch_removes_staging_and_reports() {
     let server = support::Server::start(data, vec![support::Fault::Trickle(40)]);
     let s = support::Scratch::new();
     let config = s.config(&[server.url("opt.tar.zst")], Some(&sha), "", "symlink");
-    sigterm_when(&s, &config, || !server.requests().is_empty());
+    let ready = || !server.requests().is_empty();
+    support::sigterm_when(&s, &config, &[], ready, Duration::from_secs(10));
 }
 
 /// Unmounts on drop, even when the test fails.

@@ -1,6 +1,8 @@
 //! The opt step over HTTP(S) against a misbehaving server on 127.0.0.1: resume with Range
-//! after a cut or a stalled transfer, restart when Range is ignored, retry on 503, a lying Content-Length, 404 → next mirror,
-//! a wrong sha256, a kill in the middle of a fetch, and HTTPS with a CA made in the test.
+//! after a cut or a stalled transfer, restart when Range is ignored, retry on 503, a lying
+//! Content-Length, 404 → next mirror, a wrong sha256, a kill in the middle of a fetch, HTTPS
+//! with a CA made in the test, a relative redirect with a URL in its query, one deadline
+//! across restarts, a few bytes per connection, and SIGTERM during a retry's wait.
 
 mod common;
 #[path = "opt/support.rs"]
@@ -378,4 +380,102 @@ fn https_needs_the_ca_file_of_an_internal_mirror() {
     );
     let out = s.apply(&cfg);
     ok_and_same(&s, &p, &out);
+}
+
+#[test]
+fn a_relative_redirect_with_a_url_in_its_query_is_followed_and_its_secret_never_shown() {
+    // A presigned store: the query carries the signature and a return URL with `://`.
+    const TO: &str = "/dl?X-Amz-Signature=S3CR3T&next=http://127.0.0.1/x";
+    let p = packed(64 * 1024);
+    let srv = Server::start(p.bytes.clone(), vec![Fault::Redirect(TO)]);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("start")], Some(&p.sha256), "", "symlink");
+    let out = s.apply(&cfg);
+    ok_and_same(&s, &p, &out);
+    let paths: Vec<String> = srv.requests().into_iter().map(|r| r.path).collect();
+    assert_eq!(paths, ["/start", TO]);
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("redirected to http://127.0.0.1:{}/dl?…", srv.port)),
+        "{err}"
+    );
+    let report = fs::read_to_string(s.root().join("var/lib/olboot/report.json")).unwrap();
+    for text in [
+        &err,
+        &report,
+        &String::from_utf8_lossy(&out.stdout).into_owned(),
+    ] {
+        assert!(!text.contains("S3CR3T"), "the signature is shown: {text}");
+    }
+}
+
+#[test]
+fn restarts_share_the_mirror_deadline() {
+    let p = packed(BIG);
+    // Every pass stalls, and its resume is answered with the whole file: each pass starts
+    // the stream over, well within the deadline, but all of them together are not.
+    let script = [Fault::Hang(p.bytes.len() / 4), Fault::IgnoreRange].repeat(10);
+    let srv = Server::start(p.bytes.clone(), script);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("opt.tar.zst")], Some(&p.sha256), "", "symlink");
+    let started = Instant::now();
+    let env = [
+        ("OLBOOT_STALL_TIMEOUT_MS", "400"),
+        ("OLBOOT_MIRROR_DEADLINE_MS", "1500"),
+        ("OLBOOT_RETRIES", "8"),
+    ];
+    let out = s.run("apply", &cfg, &env);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let err = opt_step(&s.root())["error"].as_str().unwrap().to_string();
+    assert!(err.contains("deadline"), "{err}");
+    assert!(err.contains(&srv.url("opt.tar.zst")), "{err}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert!(!s.opt().exists());
+    s.assert_nothing_beside();
+}
+
+#[test]
+fn a_server_that_closes_every_connection_after_a_few_bytes_fails_the_rate_check() {
+    let p = packed(64 * 1024);
+    let srv = Server::start(p.bytes.clone(), vec![Fault::Chunk(20); 10_000]);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("opt.tar.zst")], Some(&p.sha256), "", "symlink");
+    let started = Instant::now();
+    let env = [
+        ("OLBOOT_SPEED_LIMIT", "1024"),
+        ("OLBOOT_SPEED_TIME_MS", "1000"),
+        ("OLBOOT_BACKOFF_MS", "100"),
+        ("OLBOOT_BACKOFF_MAX_MS", "100"),
+        ("OLBOOT_MIRROR_DEADLINE_MS", "8000"),
+    ];
+    let out = s.run("apply", &cfg, &env);
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let err = opt_step(&s.root())["error"].as_str().unwrap().to_string();
+    assert!(err.contains("too slow"), "{err}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(
+        srv.requests().len() < 30,
+        "{} requests",
+        srv.requests().len()
+    );
+    assert!(!s.opt().exists());
+    s.assert_nothing_beside();
+}
+
+#[test]
+fn sigterm_during_a_retry_backoff_stops_at_once() {
+    let p = packed(1024);
+    let srv = Server::start(p.bytes.clone(), vec![Fault::Status(503); 10]);
+    let s = Scratch::new();
+    let cfg = s.config(&[srv.url("opt.tar.zst")], Some(&p.sha256), "", "symlink");
+    let env = [
+        ("OLBOOT_BACKOFF_MS", "5000"),
+        ("OLBOOT_BACKOFF_MAX_MS", "5000"),
+        ("OLBOOT_RETRIES", "10"),
+    ];
+    let ready = || !srv.requests().is_empty();
+    sigterm_when(&s, &cfg, &env, ready, Duration::from_millis(1500));
+    assert_eq!(srv.requests().len(), 1, "retried after SIGTERM");
 }

@@ -1,5 +1,6 @@
 //! The opt step on local archives (made by `olboot pack`, whose own tests are in
-//! tests/pack.rs): gzip and xz are recognized by magic; hostile
+//! tests/pack.rs): gzip and xz are recognized by magic; an xz whose dictionary needs more
+//! memory than the bound is refused; hostile
 //! archives of every kind fail naming the entry and write nothing outside; an existing tree
 //! is kept; the ways of exposing the tree at /opt (bind on the live system inside a private
 //! mount namespace).
@@ -224,6 +225,48 @@ fn gzip_and_xz_are_recognized_by_their_magic() {
         assert!(out.status.success(), "{name}");
         assert_same_tree(&src, &s.opt(), false);
     }
+}
+
+/// Set the LZMA2 dictionary size byte of the first block of the .xz `bytes` to `dict`
+/// (39: 3 GiB) and fix the block header's CRC32.
+fn set_xz_dictionary(bytes: &mut [u8], dict: u8) {
+    const BLOCK: usize = 12; // after the stream header
+    let size = (usize::from(bytes[BLOCK]) + 1) * 4;
+    let flags = bytes[BLOCK + 1];
+    let mut at = BLOCK + 2;
+    for present in [flags & 0x40 != 0, flags & 0x80 != 0] {
+        if present {
+            while bytes[at] & 0x80 != 0 {
+                at += 1;
+            }
+            at += 1;
+        }
+    }
+    assert_eq!(bytes[at..at + 2], [0x21, 1], "not one LZMA2 filter");
+    bytes[at + 2] = dict;
+    let mut crc = flate2::Crc::new();
+    crc.update(&bytes[BLOCK..BLOCK + size - 4]);
+    bytes[BLOCK + size - 4..BLOCK + size].copy_from_slice(&crc.sum().to_le_bytes());
+}
+
+#[test]
+fn an_xz_archive_that_needs_a_huge_dictionary_is_refused() {
+    let data = tar_of(|b| file_entry(b, "a", b"hello"));
+    let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 1);
+    xz.write_all(&data).unwrap();
+    let mut bytes = xz.finish().unwrap();
+    set_xz_dictionary(&mut bytes, 39);
+    let s = Scratch::new();
+    let a = s.dir.path().join("bomb.tar.xz");
+    fs::write(&a, bytes).unwrap();
+    let cfg = s.config(&[file_url(&a)], None, "", "symlink");
+    let out = s.apply(&cfg);
+    assert_eq!(out.status.code(), Some(1));
+    let err = opt_step(&s.root())["error"].as_str().unwrap().to_string();
+    assert!(err.contains("128 MiB"), "{err}");
+    assert!(err.contains(&file_url(&a)), "{err}");
+    assert!(!s.opt().exists());
+    s.assert_nothing_beside();
 }
 
 #[test]

@@ -2,7 +2,8 @@
 //! `olboot pack --recipient` (read back by `age -d`), loopback stores that demand a bearer
 //! token, basic auth, the archive.org `LOW` header or another header, redirects to another
 //! host (127.0.0.2) that must not receive the credential, the fetch limits (endless body, 1 B/s
-//! body, 1 B/s headers), and a grep of every log line and the report for the secrets.
+//! body, 1 B/s headers, an age header that never ends, a config URL whose body trickles), and
+//! a grep of every log line and the report for the secrets.
 
 mod common;
 #[path = "opt/support.rs"]
@@ -56,6 +57,8 @@ enum Mode {
     TrickleBody,
     /// Headers at 1 byte per second.
     TrickleHeaders,
+    /// 200 without Content-Length, and an age header whose one stanza body never ends.
+    EndlessAgeHeader,
 }
 
 /// A loopback store on `ip` that records what it receives.
@@ -167,6 +170,21 @@ fn serve(conn: TcpStream, mode: &Mode, seen: &Mutex<Vec<Req>>) -> std::io::Resul
             for _ in 0..100_000 {
                 w.write_all(b"\0")?;
                 std::thread::sleep(Duration::from_millis(1000));
+            }
+        }
+        Mode::EndlessAgeHeader => {
+            w.write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")?;
+            w.write_all(b"age-encryption.org/v1\n-> X25519 ")?;
+            w.write_all(&[b'A'; 43])?;
+            // Full lines of 64 or more characters: the body goes on.
+            let mut lines = Vec::new();
+            for _ in 0..64 {
+                lines.extend_from_slice(&[b'A'; 4092]);
+                lines.push(b'\n');
+            }
+            w.write_all(b"\n")?;
+            loop {
+                w.write_all(&lines)?;
             }
         }
         Mode::TrickleHeaders => {
@@ -727,4 +745,67 @@ fn a_config_url_gets_the_auth_file_and_is_shown_without_its_query() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("401") && !err.contains("q7Zr88"), "{err}");
+}
+
+#[test]
+fn an_age_header_that_never_ends_fails_at_once_in_bounded_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = keygen(dir.path(), "key");
+    let store = Store::start("127.0.0.1", Mode::EndlessAgeHeader);
+    let s = Scratch::new();
+    put_secret(&s, "/k", &fs::read_to_string(&key).unwrap());
+    let url = store.url("opt.tar.zst.age");
+    let cfg = s.config(
+        std::slice::from_ref(&url),
+        Some(&"0".repeat(64)),
+        "    identity_file: /k\n",
+        "symlink",
+    );
+    let started = Instant::now();
+    let env = [("OLBOOT_MIRROR_DEADLINE_MS", "3000")];
+    let (out, peak_kib) = support::output_and_peak_rss(s.command(olboot(), "apply", &cfg, &env));
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    let error = opt_step(&s.root())["error"].as_str().unwrap().to_string();
+    assert!(error.contains("age header"), "{error}");
+    assert!(error.contains(&url), "{error}");
+    assert!(!error.contains('\n'), "not one line: {error}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert!(peak_kib < 64 * 1024, "peak RSS {peak_kib} KiB");
+    assert_nothing_unpacked(&s);
+}
+
+#[test]
+fn a_config_url_whose_body_trickles_ends_at_its_deadline() {
+    let store = Store::start("127.0.0.1", Mode::TrickleBody);
+    let url = store.url(&format!("olboot.yaml?{QUERY}"));
+    let started = Instant::now();
+    let mut child = olboot()
+        .args(["validate", "-c", &url])
+        .env("OLBOOT_CONFIG_DEADLINE_MS", "1500")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if started.elapsed() > Duration::from_secs(8) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("still reading the config after {:?}", started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{err}");
+    let line = err
+        .lines()
+        .find(|l| l.contains("deadline"))
+        .unwrap_or_else(|| panic!("no deadline named: {err}"));
+    assert!(line.contains("/olboot.yaml?…"), "{line}");
+    assert!(!err.contains("q7Zr88"), "{err}");
 }

@@ -17,9 +17,11 @@ const CHUNK: usize = 64 * 1024;
 const TAG: usize = 16;
 const VERSION_LINE: &[u8] = b"age-encryption.org/v1\n";
 const X25519_INFO: &[u8] = b"age-encryption.org/v1/X25519";
-/// Bounds of a header olboot reads: lines and stanzas.
+/// Bounds of a header olboot reads: lines, stanzas and the whole header (64 X25519 stanzas
+/// take under 8 KiB; without it a stanza body of endless full lines grows without end).
 const MAX_LINE: u64 = 4096;
 const MAX_STANZAS: usize = 64;
+const MAX_HEADER: usize = 64 * 1024;
 
 fn bad(msg: impl Into<String>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg.into())
@@ -230,10 +232,17 @@ impl Recipient {
 
 // ---- header ----
 
-/// One line of the header, at most [`MAX_LINE`] bytes, with its newline.
+/// One line of the header, at most [`MAX_LINE`] bytes, with its newline; the header so far,
+/// `header`, stays within [`MAX_HEADER`].
 fn line(r: &mut impl BufRead, header: &mut Vec<u8>) -> io::Result<Vec<u8>> {
     let mut l = Vec::new();
     r.by_ref().take(MAX_LINE).read_until(b'\n', &mut l)?;
+    if header.len() + l.len() > MAX_HEADER {
+        return Err(bad(format!(
+            "the age header goes on past {} KiB",
+            MAX_HEADER / 1024
+        )));
+    }
     if l.last() != Some(&b'\n') {
         return Err(bad(
             "not an age file: the header ends early or has a line too long",
@@ -495,6 +504,18 @@ mod tests {
         assert!(bech32_bytes("abcdef1qpzry9x8gf2tvdw0s3jn54khce6mua7lmqqqxx", "abcdef").is_none());
         assert!(bech32_bytes(s, "abc").is_none());
         assert!(bech32_decode(s, "abcdef").is_none(), "not 32 bytes");
+    }
+
+    #[test]
+    fn a_stanza_body_of_endless_full_lines_stops_at_the_header_bound() {
+        let mut file = format!("age-encryption.org/v1\n-> X25519 {}\n", "A".repeat(43));
+        let line = format!("{}\n", "A".repeat(4092));
+        file.push_str(&line.repeat(2 * MAX_HEADER / line.len()));
+        let e = open(&mut file.as_bytes(), &[]).err().unwrap();
+        assert_eq!(
+            e,
+            OpenError::Bad("the age header goes on past 64 KiB".into())
+        );
     }
 
     #[test]

@@ -1,8 +1,13 @@
 //! Decompression chosen by the stream's magic bytes, never by the file name.
 
 use super::pipe::PipeWriter;
-use anyhow::{bail, Result};
-use std::io::{BufRead, Read};
+use anyhow::{bail, Context, Result};
+use std::io::{self, BufRead, Read};
+
+/// The most memory the xz decoder may take: 128 MiB, as much as the largest zstd window
+/// accepted (frames.rs) and twice the dictionary of `xz -9`. The dictionary size is the
+/// archive's to choose: without a bound a small archive could ask for gigabytes.
+const XZ_MEMLIMIT: u64 = 128 << 20;
 
 /// The compression of an archive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,11 +56,34 @@ pub fn copy(format: Format, r: impl BufRead, out: &mut PipeWriter, verified: boo
             return Ok(());
         }
         Format::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(r)),
-        Format::Xz => Box::new(liblzma::bufread::XzDecoder::new_multi_decoder(r)),
+        Format::Xz => {
+            let stream = liblzma::stream::Stream::new_stream_decoder(
+                XZ_MEMLIMIT,
+                liblzma::stream::CONCATENATED,
+            )
+            .context("cannot make an xz decompressor")?;
+            let mut d = liblzma::bufread::XzDecoder::new_stream(r, stream);
+            out.copy_from(&mut d).map_err(xz_error)?;
+            return Ok(());
+        }
         Format::Tar => Box::new(r),
     };
     out.copy_from(&mut d)?;
     Ok(())
+}
+
+/// An xz decoding error, the memory limit said in words.
+fn xz_error(e: io::Error) -> anyhow::Error {
+    let inner = e.get_ref().and_then(|i| i.downcast_ref());
+    if inner == Some(&liblzma::stream::Error::MemLimit) {
+        anyhow::anyhow!(
+            "the xz stream needs more than {} MiB of memory to decompress (its dictionary is \
+             too large): recompress it with a dictionary of 64 MiB or less (xz -9 or lower)",
+            XZ_MEMLIMIT >> 20
+        )
+    } else {
+        anyhow::Error::new(e)
+    }
 }
 
 #[cfg(test)]
@@ -108,5 +136,21 @@ mod tests {
             assert!(decompressed(&g).is_err());
         }
         assert!(detect(b"PK\x03\x04").is_err());
+    }
+
+    #[test]
+    fn an_xz_dictionary_over_the_memory_limit_is_refused() {
+        let data = sample();
+        let mut opts = liblzma::stream::LzmaOptions::new_preset(0).unwrap();
+        opts.dict_size(256 << 20);
+        let mut filters = liblzma::stream::Filters::new();
+        filters.lzma2(&opts);
+        let stream =
+            liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc64)
+                .unwrap();
+        let mut x = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+        x.write_all(&data).unwrap();
+        let e = decompressed(&x.finish().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("more than 128 MiB of memory"), "{e}");
     }
 }

@@ -39,26 +39,30 @@ impl fmt::Display for MirrorFailed {
 impl std::error::Error for MirrorFailed {}
 
 /// The bounds of one mirror's transfer (curl's `--speed-limit`/`--speed-time` and
-/// `--max-time`, and the archive's size).
-#[derive(Debug, Clone)]
+/// `--max-time`, and the archive's size). Made once per mirror: every pass over the stream
+/// (a restart included) shares its deadline.
+#[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// Fewer bytes per second than this, averaged over `speed_time`, fails the mirror.
     pub speed_limit: u64,
     /// The window of the rate check.
     pub speed_time: Duration,
-    /// The whole transfer from this mirror, retries included, ends within this.
+    /// The whole transfer from this mirror, retries and restarts included, ends within this.
     pub deadline: Duration,
+    /// When: `deadline` after the mirror was first tried.
+    pub ends: Instant,
     /// The archive's size when the config gives it: never more is passed on.
     pub size: Option<u64>,
 }
 
 impl Limits {
-    /// The limits of `tuning`, with the archive's `size` if known.
+    /// The limits of `tuning` from now on, with the archive's `size` if known.
     pub fn new(tuning: &Tuning, size: Option<u64>) -> Limits {
         Limits {
             speed_limit: tuning.speed_limit,
             speed_time: tuning.speed_time,
             deadline: tuning.mirror_deadline,
+            ends: Instant::now() + tuning.mirror_deadline,
             size,
         }
     }
@@ -78,8 +82,7 @@ pub struct Resuming {
     /// Failures since the last byte that arrived.
     backoff: Backoff,
     limits: Limits,
-    deadline: Instant,
-    /// Start of the current rate window, and the bytes that came in it.
+    /// Start of the current rate window, and the bytes that came in it (reconnects included).
     window: (Instant, u64),
 }
 
@@ -109,11 +112,12 @@ impl Resuming {
             total: None,
             validator: None,
             backoff: Backoff::new(tuning),
-            deadline: now + limits.deadline,
             limits,
             window: (now, 0),
         };
         r.connect()?;
+        // The rate is counted from the first response, not from the tries before it.
+        r.window = (Instant::now(), 0);
         Ok(r)
     }
 
@@ -132,7 +136,7 @@ impl Resuming {
                 self.backoff.failures()
             )));
         };
-        if Instant::now() + wait >= self.deadline {
+        if Instant::now() + wait >= self.limits.ends {
             return Err(mirror_failed(format!(
                 "{why} (no time left before the deadline of {})",
                 humantime::format_duration(self.limits.deadline)
@@ -143,15 +147,15 @@ impl Resuming {
             self.shown,
             humantime::format_duration(wait)
         );
-        std::thread::sleep(wait);
-        // A new connection starts a new rate window: the wait is not the server's slowness.
-        self.window = (Instant::now(), 0);
-        Ok(())
+        // The rate window goes on across the wait and the new connection: a server that sends
+        // a few bytes per connection and closes is measured over all of them.
+        crate::sys::signal::sleep(wait)
     }
 
     /// (Re)connect at `self.offset`.
     fn connect(&mut self) -> io::Result<()> {
         loop {
+            crate::sys::signal::check()?;
             let mut headers = Vec::new();
             if self.offset > 0 {
                 headers.push((header::RANGE, format!("bytes={}-", self.offset)));
@@ -164,7 +168,7 @@ impl Resuming {
                 &self.url,
                 self.creds.as_ref(),
                 &headers,
-                Some(self.deadline),
+                Some(self.limits.ends),
             ) {
                 Ok(r) => r,
                 Err(Failure::Transient(e)) => {
@@ -287,7 +291,7 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
 impl Read for Resuming {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
-            if Instant::now() >= self.deadline {
+            if Instant::now() >= self.limits.ends {
                 return Err(mirror_failed(format!(
                     "not done at byte {} after the deadline of {}",
                     self.offset,
@@ -319,8 +323,9 @@ impl Read for Resuming {
                     self.check_rate(n)?;
                     return Ok(n);
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) if Instant::now() >= self.deadline => {}
+                // EINTR: a signal came (no SA_RESTART); stop if it asks olboot to.
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => crate::sys::signal::check()?,
+                Err(_) if Instant::now() >= self.limits.ends => {}
                 Err(e) => {
                     let why = format!("the transfer broke at byte {}: {e}", self.offset);
                     self.failed(why)?;

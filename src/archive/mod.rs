@@ -133,6 +133,7 @@ pub fn install(archive: &Source, dest: &Path, tuning: &Tuning) -> Result<Install
             agent: agent.as_ref(),
             archive,
             tuning,
+            limits: fetch::Limits::new(tuning, archive.size),
         };
         let r = mirror
             .install(&staging)
@@ -180,6 +181,8 @@ struct Mirror<'a> {
     agent: Option<&'a ureq::Agent>,
     archive: &'a Source,
     tuning: &'a Tuning,
+    /// Made when the mirror is first tried, so that its deadline holds across restarts.
+    limits: fetch::Limits,
 }
 
 impl Mirror<'_> {
@@ -234,8 +237,7 @@ impl Mirror<'_> {
             .auth
             .as_ref()
             .map(|a| Credentials::new(a.clone(), self.url, &self.archive.trusted_hosts));
-        let limits = fetch::Limits::new(self.tuning, self.archive.size);
-        let r = fetch::Resuming::open(agent, self.url, creds, self.tuning, limits)
+        let r = fetch::Resuming::open(agent, self.url, creds, self.tuning, self.limits)
             .map_err(unwrap_io)?;
         let total = r.total();
         Ok((Box::new(r), total))

@@ -9,7 +9,7 @@
 //! feature is off): the archive's sha256 and Range offsets are about the bytes on the wire.
 
 use crate::retry::Backoff;
-use crate::secret::{Auth, ShownUrl};
+use crate::secret::{split_scheme, Auth, ShownUrl};
 use crate::tuning::Tuning;
 use anyhow::{Context, Result};
 use std::path::Path;
@@ -274,10 +274,11 @@ pub fn get(
 
 /// The absolute URL of `location` as found in a response to `base`.
 fn resolve(base: &str, location: &str) -> String {
-    if location.contains("://") {
+    // Only a scheme makes it absolute: a relative one's query may carry a `://` (a return URL).
+    if split_scheme(location).is_some() {
         return location.to_string();
     }
-    let (scheme, rest) = base.split_once("://").unwrap_or(("http", base));
+    let (scheme, rest) = split_scheme(base).unwrap_or(("http", base));
     if let Some(net) = location.strip_prefix("//") {
         return format!("{scheme}://{net}");
     }
@@ -307,31 +308,45 @@ pub fn transient(e: &ureq::Error) -> bool {
     )
 }
 
-/// Fetch a small text document (a config file) from `url`, with `auth` for its host.
+/// Fetch a small text document (a config file) from `url`, with `auth` for its host, within
+/// [`Tuning::text_deadline`].
 pub fn get_text(url: &str, auth: Option<&Auth>) -> Result<String> {
     let tuning = Tuning::from_env();
     let agent = agent(&tuning, None)?;
     let shown = ShownUrl::new(url);
     let creds = auth.map(|a| Credentials::new(a.clone(), url, &[]));
+    // One deadline for the tries, their waits and the body: the stall timeout alone lets a
+    // server that trickles a byte now and then hold olboot for ever.
+    let deadline = Instant::now() + tuning.text_deadline;
+    let late = || {
+        anyhow::anyhow!(
+            "{shown}: not fetched within the deadline of {}",
+            humantime::format_duration(tuning.text_deadline)
+        )
+    };
     // At first boot the network may come up a little after olboot starts: connection errors
     // and the named statuses are retried with backoff, other answers are final.
     let mut backoff = Backoff::new(&tuning);
     loop {
-        let err = match get(&agent, url, creds.as_ref(), &[], None) {
+        let err = match get(&agent, url, creds.as_ref(), &[], Some(deadline)) {
             Ok(mut resp) => {
                 let status = resp.status().as_u16();
                 if status == 200 {
                     // ureq reads at most 10 MB this way: a config, not an endless body.
-                    return resp
-                        .body_mut()
-                        .read_to_string()
-                        .with_context(|| format!("{shown}: cannot read the body"));
+                    return resp.body_mut().read_to_string().map_err(|e| {
+                        if Instant::now() >= deadline {
+                            late()
+                        } else {
+                            anyhow::anyhow!("{shown}: cannot read the body: {}", explain(&e, url))
+                        }
+                    });
                 }
                 if !RETRY_STATUSES.contains(&status) {
                     anyhow::bail!("{shown}: HTTP status {status}");
                 }
                 format!("HTTP status {status}")
             }
+            Err(_) if Instant::now() >= deadline => return Err(late()),
             Err(Failure::Final(e)) => anyhow::bail!("{shown}: cannot fetch: {e}"),
             Err(Failure::Transient(e)) => e,
         };
@@ -341,8 +356,14 @@ pub fn get_text(url: &str, auth: Option<&Auth>) -> Result<String> {
                 backoff.failures()
             );
         };
+        if Instant::now() + delay >= deadline {
+            anyhow::bail!(
+                "{shown}: cannot fetch: {err} (no time left before the deadline of {})",
+                humantime::format_duration(tuning.text_deadline)
+            );
+        }
         log::warn!("{shown}: {err}; retrying in {delay:?}");
-        std::thread::sleep(delay);
+        crate::sys::signal::sleep(delay)?;
     }
 }
 
@@ -373,6 +394,14 @@ mod tests {
         assert_eq!(resolve("https://a:8/x", "//b/z"), "https://b/z");
         assert_eq!(resolve("https://a", "z"), "https://a/z");
         assert_eq!(resolve("http://a/x", "https://c/d"), "https://c/d");
+        assert_eq!(
+            resolve("http://a:1/start", "/dl?sig=s&next=http://b/x"),
+            "http://a:1/dl?sig=s&next=http://b/x"
+        );
+        assert_eq!(
+            resolve("http://a/x/y", "z?r=ftp://b"),
+            "http://a/x/z?r=ftp://b"
+        );
     }
 
     #[test]

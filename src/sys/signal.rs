@@ -1,10 +1,15 @@
 //! SIGTERM and SIGINT (what systemd, a shutdown and Ctrl-C send): the handler only records
-//! the signal in an atomic (async-signal-safe); the long loops of the opt step (fetching,
-//! decompressing, unpacking) poll [`check`] and stop with [`Interrupted`], so the step's own
-//! cleanup runs (staging removed), the report is written with the step failed, the lock is
-//! released, and olboot exits non-zero. SIGKILL cannot be caught: the next run cleans up.
+//! the signal in an atomic (async-signal-safe); the long loops of the opt step (fetching and
+//! its retry waits, decompressing, unpacking) poll [`check`] and stop with [`Interrupted`], so
+//! the step's own cleanup runs (staging removed), the report is written with the step failed,
+//! the lock is released, and olboot exits non-zero. SIGKILL cannot be caught: the next run
+//! cleans up.
 
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How soon a wait in [`sleep`] notices a signal.
+const SLICE: Duration = Duration::from_millis(100);
 
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
 
@@ -57,5 +62,19 @@ pub fn check() -> std::io::Result<()> {
     match received() {
         None => Ok(()),
         Some(s) => Err(std::io::Error::other(Interrupted(s))),
+    }
+}
+
+/// Sleep for `d` (a retry's backoff), in slices of [`SLICE`] that poll [`check`]: a signal
+/// ends the wait with Err([`Interrupted`]) at once rather than after it (up to minutes).
+pub fn sleep(d: Duration) -> std::io::Result<()> {
+    let end = Instant::now() + d;
+    loop {
+        check()?;
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        std::thread::sleep(left.min(SLICE));
     }
 }

@@ -9,9 +9,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the server does with one request (taken in order; `Normal` once the script is used up).
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +30,10 @@ pub enum Fault {
     Hang(usize),
     /// Send up to this offset, then one byte every 50 ms.
     Trickle(usize),
+    /// Answer `302 Found` with this `Location`.
+    Redirect(&'static str),
+    /// Serve honestly but close the connection after this many bytes of the body.
+    Chunk(usize),
 }
 
 /// One request as the server saw it.
@@ -121,6 +125,10 @@ fn serve(
         Fault::Status(s) => {
             w.write_all(head(&format!("{s} Oops"), "Content-Length: 0\r\n".into()).as_bytes())?;
         }
+        Fault::Redirect(to) => {
+            let extra = format!("Location: {to}\r\nContent-Length: 0\r\n");
+            w.write_all(head("302 Found", extra).as_bytes())?;
+        }
         Fault::IgnoreRange => {
             w.write_all(head("200 OK", format!("Content-Length: {len}\r\n")).as_bytes())?;
             w.write_all(data)?;
@@ -129,7 +137,7 @@ fn serve(
             w.write_all(head("200 OK", format!("Content-Length: {}\r\n", len + extra)).as_bytes())?;
             w.write_all(data)?;
         }
-        Fault::Normal | Fault::CutAt(_) | Fault::Hang(_) | Fault::Trickle(_) => {
+        Fault::Normal | Fault::CutAt(_) | Fault::Hang(_) | Fault::Trickle(_) | Fault::Chunk(_) => {
             let from = if honor { start.unwrap_or(0) } else { 0 };
             if from >= len && honor {
                 w.write_all(
@@ -158,6 +166,7 @@ fn serve(
             }
             match fault {
                 Fault::CutAt(at) => w.write_all(&data[from..at.max(from).min(len)])?,
+                Fault::Chunk(n) => w.write_all(&data[from..(from + n).min(len)])?,
                 Fault::Hang(at) => {
                     w.write_all(&data[from..at.max(from).min(len)])?;
                     w.flush()?;
@@ -367,13 +376,25 @@ impl Scratch {
     }
 
     /// [`Scratch::run`] with the command `c` (olboot under a wrapper, say).
-    pub fn run_with(
+    pub fn run_with(&self, c: Command, verb: &str, config: &Path, env: &[(&str, &str)]) -> Output {
+        let out = self.command(c, verb, config, env).output().unwrap();
+        eprintln!(
+            "--- olboot {verb}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// The command `c` set up as [`Scratch::run_with`] runs it.
+    pub fn command(
         &self,
         mut c: Command,
         verb: &str,
         config: &Path,
         env: &[(&str, &str)],
-    ) -> Output {
+    ) -> Command {
         c.env("OLBOOT_BACKOFF_MS", "10")
             .env("OLBOOT_BACKOFF_MAX_MS", "50")
             .env("OLBOOT_RETRIES", "3");
@@ -387,14 +408,7 @@ impl Scratch {
         for (k, v) in env {
             c.env(k, v);
         }
-        let out = c.output().unwrap();
-        eprintln!(
-            "--- olboot {verb}: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
+        c
     }
 
     /// Nothing of olboot's beside opt.path but the tree itself.
@@ -470,3 +484,81 @@ pub fn opt_step(root: &Path) -> serde_json::Value {
 }
 
 pub use crate::common::stderr;
+
+/// Run `c` to its end as `Command::output` does, and its peak RSS in KiB (from `wait4`).
+pub fn output_and_peak_rss(mut c: Command) -> (Output, u64) {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    c.stdin(Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap());
+    // Reaped by wait4 below, which also gives the peak RSS that Child::wait does not.
+    #[allow(clippy::zombie_processes)]
+    let child = c.spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is valid; wait4 fills it and reaps the child (which is not
+    // waited for again: dropping a Child does not wait).
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::wait4(pid, &mut status, 0, &mut usage) }, pid);
+    let output = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout: fs::read(&out).unwrap(),
+        stderr: fs::read(&err).unwrap(),
+    };
+    eprintln!("--- olboot: {}\n{}", output.status, stderr(&output));
+    (output, usage.ru_maxrss as u64)
+}
+
+/// Start `olboot apply` of `config` on `s` with `env`, send it SIGTERM once `ready` holds,
+/// and check it stops `within`: exit 1, the opt step failed with `interrupted by SIGTERM`,
+/// nothing beside `opt.path`, the lock free again.
+pub fn sigterm_when(
+    s: &Scratch,
+    config: &Path,
+    env: &[(&str, &str)],
+    ready: impl Fn() -> bool,
+    within: Duration,
+) {
+    let log = s.dir.path().join("olboot.log");
+    let mut c = s.command(olboot(), "apply", config, env);
+    c.stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap());
+    let mut child = c.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ready() {
+        assert!(Instant::now() < deadline, "never got going");
+        assert!(child.try_wait().unwrap().is_none(), "ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if sent.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "still running {within:?} after SIGTERM:\n{}",
+                fs::read_to_string(&log).unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    eprintln!("stopped {:?} after SIGTERM", sent.elapsed());
+    let log = fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    let step = opt_step(&s.root());
+    assert_eq!(step["result"], "failed", "{step}");
+    assert_eq!(step["error"], "interrupted by SIGTERM", "{step}");
+    assert!(!s.staging().exists(), "staging left");
+    s.assert_nothing_beside();
+    assert!(!s.opt().exists());
+    // The lock is free: a plan (which takes no lock) and a second apply's lock both work.
+    let again = s.run("plan", config, &[]);
+    assert_eq!(again.status.code(), Some(3));
+}
