@@ -1259,6 +1259,44 @@ fn blank_partition_beside_one_with_data_is_formatted_and_nothing_else_changes() 
     assert_eq!(tag(&p1, "TYPE").as_deref(), Some("ext4"));
 }
 
+/// Start `sleep 300` holding `dev` open read-write (as `3<>dev`), kept in the lab until it
+/// ends; returns its pid once the file is open.
+fn hold_open(lab: &mut Lab, dev: &str) -> String {
+    let kid = Command::new("sh")
+        .args(["-c", "exec sleep 300 3<>\"$0\"", dev])
+        .spawn()
+        .unwrap();
+    let pid = kid.id().to_string();
+    lab.kids.push(kid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_link(format!("/proc/{pid}/exe")).map_or(true, |e| !e.ends_with("sleep"))
+        || !Path::new(&format!("/proc/{pid}/fd/3")).exists()
+    {
+        assert!(Instant::now() < deadline, "sleep did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pid
+}
+
+#[test]
+fn blank_partition_of_a_disk_a_process_holds_open_is_refused() {
+    let mut lab = Lab::new();
+    let d = disk_with_mbr(
+        &mut lab,
+        "disk-open",
+        96,
+        &[(2048, 32768), (36864, 32768)],
+        &[1, 2],
+    );
+    let p2 = partition_node(&lab, &d, 2);
+    let pid = hold_open(&mut lab, &d.dev);
+    let e = assert_refused_saying(&lab, &p2, &[&format!("process {pid} (sleep)")]);
+    assert!(
+        !e.contains('\n') && e.contains("the whole disk it is on"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_read_only_disk_is_never_promised_a_format() {
     let mut lab = Lab::new();

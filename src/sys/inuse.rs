@@ -6,7 +6,8 @@
 //! of it, when a partition overlaps another partition of its table, when a loop device is
 //! backed by it (at any offset), when it or a partition of it is mounted in any mount
 //! namespace (found by `major:minor` in every `/proc/PID/mountinfo`) or used as swap, when a
-//! process holds it open (`/proc/PID/fd`), and when an `O_EXCL` open of it fails.
+//! process holds it open (`/proc/PID/fd`), and when an `O_EXCL` open of it fails. For a
+//! partition, the loop devices, mounts, swap and open files of its whole disk count too.
 
 use super::blockdev::Device;
 use super::{cmd, mount};
@@ -73,17 +74,21 @@ pub fn users(dev: &Device) -> Result<Vec<String>> {
     }
     let mut ids: BTreeSet<String> = parts.iter().map(|(_, d)| d.clone()).collect();
     ids.insert(dev.dev());
+    // The whole disk a partition is on: whoever uses it (a loop device, a mount, swap, a
+    // process writing to it) may write over the partition's sectors.
     let mut near = ids.clone();
+    let mut disk = None;
     if let Some((pdir, pid)) = parent_disk(dev)? {
         found.extend(overlaps(&dir, &pdir)?);
         found.extend(table_overlaps(&dir, &pdir));
-        near.insert(pid);
+        near.insert(pid.clone());
+        disk = Some(pid);
     }
     found.extend(holders(&dir, &parts)?);
     found.extend(loops_over(&near)?);
     found.extend(mounts_of(&near)?);
-    found.extend(swaps_on(&ids));
-    found.extend(openers(&ids));
+    found.extend(swaps_on(&near));
+    found.extend(openers(&near, disk.as_deref()));
     if let Some(e) = exclusive_refused(dev)? {
         found.push(e);
     }
@@ -247,8 +252,9 @@ fn swaps_on(ids: &BTreeSet<String>) -> Vec<String> {
         .collect()
 }
 
-/// Processes other than this one with `ids` open.
-fn openers(ids: &BTreeSet<String>) -> Vec<String> {
+/// Processes other than this one with `ids` open; `disk`, one of them, is the whole disk the
+/// device is on.
+fn openers(ids: &BTreeSet<String>, disk: Option<&str>) -> Vec<String> {
     let me = std::process::id();
     let mut out = Vec::new();
     for pid in pids().into_iter().filter(|p| *p != me) {
@@ -258,7 +264,11 @@ fn openers(ids: &BTreeSet<String>) -> Vec<String> {
         let mut held = BTreeSet::new();
         for fd in fds.flatten() {
             if let Some(id) = block_id(&fd.path()).filter(|id| ids.contains(id)) {
-                held.insert(id);
+                held.insert(if disk == Some(id.as_str()) {
+                    format!("{id}, the whole disk it is on")
+                } else {
+                    id
+                });
             }
         }
         if !held.is_empty() {
