@@ -1298,6 +1298,39 @@ fn blank_partition_of_a_disk_a_process_holds_open_is_refused() {
 }
 
 #[test]
+fn symlinked_fstab_is_refused_before_the_disk_is_formatted() {
+    let mut lab = Lab::new();
+    let d = lab.disk("fstab-link", 64);
+    let etc = lab.root().join("etc");
+    std::fs::rename(etc.join("fstab"), etc.join("fstab.real")).unwrap();
+    std::os::unix::fs::symlink("fstab.real", etc.join("fstab")).unwrap();
+    let e = assert_refused_saying(&lab, &d.dev, &["is a symlink"]);
+    assert!(e.contains("refusing to format or mount it"), "{e}");
+    assert!(lab.mounts().is_empty());
+    assert_eq!(tag(&d.dev, "TYPE"), None);
+}
+
+#[test]
+fn a_volume_whose_fstab_write_fails_is_unmounted_again() {
+    let mut lab = Lab::new();
+    let d = lab.disk("fstab-fails", 64);
+    // Passes every check, but the write of its temporary file fails.
+    std::fs::create_dir(lab.root().join("etc/.fstab.olboot-tmp")).unwrap();
+    let cfg = lab.config(&volume(&d.dev, "/1", ""));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let e = error(&out);
+    assert!(e.contains(&format!("(unmounted {} from", d.dev)), "{e}");
+    assert!(lab.mounts().is_empty(), "{:?}", lab.mounts());
+    assert_eq!(lab.fstab(), FSTAB);
+    // What was done and stays done is reported; the mount that was undone is not.
+    assert_eq!(
+        changes(&out),
+        vec![format!("formatted {} as ext4 (label ol-data)", d.dev)]
+    );
+}
+
+#[test]
 fn a_read_only_disk_is_never_promised_a_format() {
     let mut lab = Lab::new();
     let img = lab.path().join("ro.img");

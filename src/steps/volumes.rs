@@ -158,12 +158,28 @@ impl Step for Volumes<'_> {
 
     fn apply(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         let mut failed: Vec<(AbsPath, String)> = Vec::new();
+        // The mounts made in this run: a volume that fails after its mount is unmounted again.
+        let mut mounted: Vec<&Change> = Vec::new();
         for c in changes {
             if failed.iter().any(|(m, _)| m == c.volume()) {
                 continue;
             }
-            if let Err(e) = make(ctx, c, done) {
-                failed.push((c.volume().clone(), format!("{e:#}")));
+            match make(ctx, c) {
+                Ok(true) => {
+                    done.record(c);
+                    if matches!(c, Change::Mount { .. }) {
+                        mounted.push(c);
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    let undone = mounted
+                        .iter()
+                        .find(|m| m.volume() == c.volume())
+                        .map(|m| undo_mount(m, done))
+                        .unwrap_or_default();
+                    failed.push((c.volume().clone(), format!("{e:#}{undone}")));
+                }
             }
         }
         if failed.is_empty() {
@@ -182,9 +198,8 @@ impl Step for Volumes<'_> {
     }
 }
 
-/// Make one change, recording it in `done` once it is made (not when it turns out to be made
-/// already).
-fn make(ctx: &Ctx, c: &Change, done: &mut Done<Change>) -> Result<()> {
+/// Make one change; whether it was made (not when it turns out to be made already).
+fn make(ctx: &Ctx, c: &Change) -> Result<bool> {
     match c {
         Change::Format {
             dev,
@@ -194,8 +209,7 @@ fn make(ctx: &Ctx, c: &Change, done: &mut Done<Change>) -> Result<()> {
             ..
         } => {
             format(ctx, dev, *fs, label.as_deref(), uuid)?;
-            done.record(c);
-            Ok(())
+            Ok(true)
         }
         Change::Mount {
             target,
@@ -204,18 +218,28 @@ fn make(ctx: &Ctx, c: &Change, done: &mut Done<Change>) -> Result<()> {
             uuid,
             options,
             ..
-        } => mount_volume(ctx, dev, *fs, uuid, target, options, || done.record(c)),
+        } => mount_volume(ctx, dev, *fs, uuid, target, options),
         Change::Fstab {
             file, entry, edit, ..
-        } => {
-            if persist(file, entry, edit)? {
-                done.record(c);
-            }
-            Ok(())
-        }
+        } => persist(file, entry, edit),
     }
 }
 
+/// Unmount what `mount` (a [`Change::Mount`] made in this run) mounted, since a later change
+/// of its volume failed, and take it out of the report; what to add to the error.
+fn undo_mount(mount: &Change, done: &mut Done<Change>) -> String {
+    let Change::Mount { target, dev, .. } = mount else {
+        return String::new();
+    };
+    match mount::unmount(target) {
+        Ok(()) => {
+            let line = mount.describe(Tense::Done);
+            done.lines.retain(|l| *l != line);
+            format!(" (unmounted {dev} from {} again)", target.display())
+        }
+        Err(e) => format!(" ({dev} stays mounted at {}: {e:#})", target.display()),
+    }
+}
 /// The fstab line for a volume whose filesystem has `uuid`.
 fn entry(v: &config::Volume, uuid: &str) -> fstab::Entry {
     let mut options: Vec<&str> = v
@@ -361,6 +385,20 @@ fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<
     } else {
         existing_volume(v, &dev, &probe, mounted_here)?
     };
+    let file = ctx.root.path(Path::new(fstab::PATH));
+    let content = fs::read_optional(&file)?.unwrap_or_default();
+    let entry = entry(v, &uuid);
+    let edit = fstab::plan(&content, &entry);
+    if edit != fstab::Edit::Unchanged {
+        // Checked now, not when writing: a disk formatted and mounted whose line cannot be
+        // written is a half-done volume.
+        fs::check_writable(&file).with_context(|| {
+            format!(
+                "{dev} would be mounted without its line in {}; refusing to format or mount it",
+                fstab::PATH
+            )
+        })?;
+    }
     if !mounted_here {
         check_mountpoint(&target, v, &dev, warnings)?;
         changes.push(Change::Mount {
@@ -372,10 +410,6 @@ fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<
             options: v.options.clone(),
         });
     }
-    let file = ctx.root.path(Path::new(fstab::PATH));
-    let content = fs::read_optional(&file)?.unwrap_or_default();
-    let entry = entry(v, &uuid);
-    let edit = fstab::plan(&content, &entry);
     if edit != fstab::Edit::Unchanged {
         changes.push(Change::Fstab {
             mountpoint: v.mountpoint.clone(),
@@ -508,8 +542,8 @@ fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &s
     Ok(())
 }
 
-/// Mount `dev` at `target` and check it is mounted there and nowhere else; `made` records
-/// the change once it is mounted. Nothing to do when it is mounted there already.
+/// Mount `dev` at `target` and check it is mounted there and nowhere else, unmounting it
+/// again when not; whether it was mounted (not when it is mounted there already).
 fn mount_volume(
     ctx: &Ctx,
     dev: &Device,
@@ -517,8 +551,7 @@ fn mount_volume(
     uuid: &str,
     target: &Path,
     options: &[String],
-    made: impl FnOnce(),
-) -> Result<()> {
+) -> Result<bool> {
     let fs = fs.name();
     let probe = blockdev::probe(dev, ctx.root)?;
     if probe.filesystem() != Some(fs) || probe.uuid() != Some(uuid) {
@@ -526,12 +559,21 @@ fn mount_volume(
     }
     if mounted_at_target(dev, target, &probe.to_string())? {
         // Mounted since `plan` looked (by someone else): nothing left to do.
-        return Ok(());
+        return Ok(false);
     }
     check_target_free(dev, target)?;
     std::fs::create_dir_all(target)
         .with_context(|| format!("cannot create the mountpoint {}", target.display()))?;
     mount::mount_with(&dev.path, target, fs, options)?;
+    check_mounted(dev, target).map_err(|e| match mount::unmount(target) {
+        Ok(()) => anyhow!("{e:#} (unmounted {dev} from {} again)", target.display()),
+        Err(u) => anyhow!("{e:#} ({dev} stays mounted at {}: {u:#})", target.display()),
+    })?;
+    Ok(true)
+}
+
+/// Fail unless `dev`, just mounted at `target`, is on top there and mounted nowhere else.
+fn check_mounted(dev: &Device, target: &Path) -> Result<()> {
     match mount::at(target)? {
         Some(m) if m.dev == dev.dev() => {}
         other => bail!(
@@ -540,7 +582,6 @@ fn mount_volume(
             other.map(|m| m.source)
         ),
     }
-    made();
     // It was mounted nowhere before; any other mount now is a copy made by mount propagation
     // (a shared subtree), which would leave the volume reachable where nobody expects it.
     let others: Vec<String> = blockdev::usage(dev)?
