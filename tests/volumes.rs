@@ -138,7 +138,11 @@ impl Lab {
 
     /// Run olboot `verb` (apply or plan) on the scratch root with `cfg`.
     fn olboot(&self, verb: &str, cfg: &Path) -> std::process::Output {
-        let root = self.root();
+        self.olboot_on(verb, cfg, &self.root())
+    }
+
+    /// [`Lab::olboot`] with `--root root`.
+    fn olboot_on(&self, verb: &str, cfg: &Path, root: &Path) -> std::process::Output {
         let mut args = vec![
             verb,
             "-c",
@@ -1327,6 +1331,76 @@ fn a_volume_whose_fstab_write_fails_is_unmounted_again() {
     assert_eq!(
         changes(&out),
         vec![format!("formatted {} as ext4 (label ol-data)", d.dev)]
+    );
+}
+
+/// Run olboot live (no `--root`) in a private mount namespace over a copy of `/etc` and
+/// empty `/run` and `/var/lib`, so the machine's own files are never touched: `apply` with
+/// `cfg` twice. Returns both outputs (stdout, exit code) and the fstab afterwards; the mounts
+/// vanish with the namespace.
+fn olboot_live_twice(lab: &Lab, cfg: &Path) -> (Vec<(String, i32)>, String) {
+    let script = r#"set -e
+cp -a /etc "$0/etc-copy"
+mount --bind "$0/etc-copy" /etc
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/lib
+printf '# live test\n' > /etc/fstab
+for n in 1 2; do
+    rc=0; "$1" apply -c "$2" --host x --json > "$0/out$n" 2> "$0/err$n" || rc=$?
+    echo $rc > "$0/rc$n"
+done
+cp /etc/fstab "$0/fstab-after""#;
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .arg(lab.path())
+        .arg(env!("CARGO_BIN_EXE_olboot"))
+        .arg(cfg)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |n: &str| std::fs::read_to_string(lab.path().join(n)).unwrap();
+    let runs = ["1", "2"]
+        .iter()
+        .map(|n| {
+            let rc = read(&format!("rc{n}")).trim().parse().unwrap();
+            (read(&format!("out{n}")), rc)
+        })
+        .collect();
+    (runs, read("fstab-after"))
+}
+
+#[test]
+fn live_mountpoint_below_a_symlink_is_mounted_and_then_unchanged() {
+    let mut lab = Lab::new();
+    let d = lab.disk("via-link", 64);
+    std::fs::create_dir(lab.path().join("real")).unwrap();
+    let link = lab.path().join("link");
+    std::os::unix::fs::symlink(lab.path().join("real"), &link).unwrap();
+    let mountpoint = link.join("1");
+    let cfg = lab.config(&volume(&d.dev, mountpoint.to_str().unwrap(), ""));
+    let (runs, fstab) = olboot_live_twice(&lab, &cfg);
+    let volumes = |out: &str| step(&serde_json::from_str(out).unwrap(), "volumes").clone();
+    let first = volumes(&runs[0].0);
+    assert_eq!(runs[0].1, 0, "{first}");
+    assert_eq!(first["changes"].as_array().unwrap().len(), 3, "{first}");
+    let second = volumes(&runs[1].0);
+    assert_eq!(
+        (runs[1].1, second["result"].as_str()),
+        (0, Some("unchanged")),
+        "{second}"
+    );
+    let uuid = tag(&d.dev, "UUID").unwrap();
+    assert_eq!(
+        fstab,
+        format!(
+            "# live test\nUUID={uuid} {} ext4 defaults,nofail 0 2\n",
+            mountpoint.display()
+        )
     );
 }
 

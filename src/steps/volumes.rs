@@ -368,7 +368,7 @@ fn prove_blank(dev: &Device) -> Result<()> {
 
 /// The changes one volume needs; an error when it cannot be converged.
 fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<Vec<Change>> {
-    let target = ctx.root.path(&v.mountpoint);
+    let target = mount_target(&ctx.root.path(&v.mountpoint));
     let (candidate, dev) = blockdev::wait_for(&v.device, v.wait.0)?;
     if candidate != dev.path {
         log::info!("{}: {} is {dev}", v.mountpoint, candidate.display());
@@ -419,6 +419,23 @@ fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<
         });
     }
     Ok(changes)
+}
+
+/// `path` as mountinfo will name it once mounted: the directories above it with symlinks
+/// resolved (live, [`crate::root::Root::path`] resolves nothing), the part of them that does
+/// not exist yet kept as it is (it is created so), the last component left alone (a symlink
+/// there is refused by [`check_mountpoint`]).
+fn mount_target(path: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_path_buf();
+    };
+    for above in dir.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(above) {
+            let rest = dir.strip_prefix(above).unwrap_or(Path::new(""));
+            return real.join(rest).join(name);
+        }
+    }
+    path.to_path_buf()
 }
 
 /// The format of a device without signature, once it is proven blank, and its new UUID.
@@ -633,6 +650,20 @@ mod tests {
             format: FormatPolicy::IfBlank,
             options: options.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn mount_targets_are_spelt_as_mountinfo_spells_them() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, d.path().join("link")).unwrap();
+        let link = d.path().join("link");
+        assert_eq!(mount_target(&link.join("1")), real.join("1"));
+        assert_eq!(mount_target(&link.join("a/b/1")), real.join("a/b/1"));
+        // The last component is not followed.
+        assert_eq!(mount_target(&link), link);
+        assert_eq!(mount_target(Path::new("/")), Path::new("/"));
     }
 
     #[test]
