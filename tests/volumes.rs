@@ -10,6 +10,7 @@ mod common;
 use common::{code, report, run, stderr, step, write};
 use sha2::{Digest, Sha256};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -1091,6 +1092,35 @@ fn disk_under_a_loop_device_at_an_offset_is_refused() {
         &[&format!(
             "loop device {over} is backed by it (offset 1048576)"
         )],
+    );
+}
+
+#[test]
+fn disk_under_a_loop_device_whose_backing_node_was_removed_is_refused() {
+    let mut lab = Lab::new();
+    let d = lab.disk("node-gone", 64);
+    let numbers = std::fs::metadata(&d.dev).unwrap().rdev();
+    let node = lab.path().join("disk-node");
+    let (major, minor) = (rustix::fs::major(numbers), rustix::fs::minor(numbers));
+    sh(
+        "mknod",
+        &[
+            node.to_str().unwrap(),
+            "b",
+            &major.to_string(),
+            &minor.to_string(),
+        ],
+    );
+    let over = sh("losetup", &["-f", "--show", node.to_str().unwrap()])
+        .trim()
+        .to_string();
+    lab.loops.push(over.clone());
+    // backing_file now reads "…/disk-node (deleted)": nothing there to stat.
+    std::fs::remove_file(&node).unwrap();
+    assert_refused_saying(
+        &lab,
+        &d.dev,
+        &[&format!("loop device {over} is backed by it (offset 0)")],
     );
 }
 
