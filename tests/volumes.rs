@@ -343,6 +343,42 @@ fn blank_disk_is_formatted_mounted_and_persisted_once() {
 }
 
 #[test]
+fn a_label_with_a_caret_is_formatted_and_reported() {
+    let mut lab = Lab::new();
+    let d = lab.disk("caret", 64);
+    // blkid's export format prints a literal ^ unescaped, and "^D" also spells Ctrl-D.
+    let cfg = lab.config(&format!(
+        "  - device: [{}]\n    wait: 1s\n    filesystem: ext4\n    label: \"ol^Data\"\n    mountpoint: /1\n",
+        d.dev
+    ));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        changes(&out)[0],
+        format!("formatted {} as ext4 (label ol^Data)", d.dev)
+    );
+    assert_eq!(tag(&d.dev, "LABEL").as_deref(), Some("ol^Data"));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(result(&out), "unchanged", "{}", stderr(&out));
+    // A literal "M-CM-^U" (blkid's export spelling of "Õ") is checked as stored, too.
+    for t in lab.mounts() {
+        olboot::sys::mount::unmount(&t).unwrap();
+    }
+    let d = lab.disk("meta", 64);
+    write(&lab.root().join("etc/fstab"), FSTAB);
+    let cfg = lab.config(&format!(
+        "  - device: [{}]\n    wait: 1s\n    filesystem: ext4\n    label: \"M-CM-^U\"\n    mountpoint: /1\n",
+        d.dev
+    ));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        changes(&out)[0],
+        format!("formatted {} as ext4 (label M-CM-^U)", d.dev)
+    );
+}
+
+#[test]
 fn blank_disk_is_formatted_as_xfs_when_configured() {
     let mut lab = Lab::new();
     // mkfs.xfs wants at least 300 MiB.

@@ -164,22 +164,20 @@ impl Step for Volumes<'_> {
             if failed.iter().any(|(m, _)| m == c.volume()) {
                 continue;
             }
-            match make(ctx, c) {
-                Ok(true) => {
-                    done.record(c);
-                    if matches!(c, Change::Mount { .. }) {
-                        mounted.push(c);
-                    }
+            let (made, ended) = make(ctx, c);
+            if made {
+                done.record(c);
+                if matches!(c, Change::Mount { .. }) {
+                    mounted.push(c);
                 }
-                Ok(false) => {}
-                Err(e) => {
-                    let undone = mounted
-                        .iter()
-                        .find(|m| m.volume() == c.volume())
-                        .map(|m| undo_mount(m, done))
-                        .unwrap_or_default();
-                    failed.push((c.volume().clone(), format!("{e:#}{undone}")));
-                }
+            }
+            if let Err(e) = ended {
+                let undone = mounted
+                    .iter()
+                    .find(|m| m.volume() == c.volume())
+                    .map(|m| undo_mount(m, done))
+                    .unwrap_or_default();
+                failed.push((c.volume().clone(), format!("{e:#}{undone}")));
             }
         }
         if failed.is_empty() {
@@ -198,8 +196,13 @@ impl Step for Volumes<'_> {
     }
 }
 
-/// Make one change; whether it was made (not when it turns out to be made already).
-fn make(ctx: &Ctx, c: &Change) -> Result<bool> {
+/// Make one change: whether it was made (not when it turns out to be made already; a format
+/// is made once mkfs succeeded, whatever follows), and how it ended.
+fn make(ctx: &Ctx, c: &Change) -> (bool, Result<()>) {
+    let split = |r: Result<bool>| match r {
+        Ok(made) => (made, Ok(())),
+        Err(e) => (false, Err(e)),
+    };
     match c {
         Change::Format {
             dev,
@@ -207,10 +210,11 @@ fn make(ctx: &Ctx, c: &Change) -> Result<bool> {
             label,
             uuid,
             ..
-        } => {
-            format(ctx, dev, *fs, label.as_deref(), uuid)?;
-            Ok(true)
-        }
+        } => match format(ctx, dev, *fs, label.as_deref(), uuid) {
+            // Checked still under the lock, which is released after.
+            Ok(_lock) => (true, check_format(ctx, dev, *fs, label.as_deref(), uuid)),
+            Err(e) => (false, Err(e)),
+        },
         Change::Mount {
             target,
             dev,
@@ -218,10 +222,10 @@ fn make(ctx: &Ctx, c: &Change) -> Result<bool> {
             uuid,
             options,
             ..
-        } => mount_volume(ctx, dev, *fs, uuid, target, options),
+        } => split(mount_volume(ctx, dev, *fs, uuid, target, options)),
         Change::Fstab {
             file, entry, edit, ..
-        } => persist(file, entry, edit),
+        } => split(persist(file, entry, edit)),
     }
 }
 
@@ -523,9 +527,15 @@ fn check_mountpoint(
     }
 }
 
-/// Format `dev` under the whole-disk lock, after proving once more that it is blank, and
-/// confirm, still under the lock, that it now holds the filesystem with `uuid` and `label`.
-fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &str) -> Result<()> {
+/// Format `dev` under the whole-disk lock, after proving once more that it is blank; the lock
+/// is returned, for [`check_format`] to run under it.
+fn format(
+    ctx: &Ctx,
+    dev: &Device,
+    fs: Filesystem,
+    label: Option<&str>,
+    uuid: &str,
+) -> Result<mkfs::DiskLock> {
     match blockdev::present(&dev.path)? {
         Some(d) if d == *dev => {}
         _ => bail!("{dev} is gone or changed since it was probed; not formatting it"),
@@ -543,10 +553,21 @@ fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &s
     let edges = blank::ends(size, 1 << 20);
     check_unused(dev, "format", || check_zeros(dev, &edges))?;
     mkfs::make(ctx.root, fs.name(), dev, label, uuid)?;
+    Ok(lock)
+}
+
+/// Fail unless `dev`, just formatted, holds the filesystem with `uuid` and `label`.
+fn check_format(
+    ctx: &Ctx,
+    dev: &Device,
+    fs: Filesystem,
+    label: Option<&str>,
+    uuid: &str,
+) -> Result<()> {
     let after = blockdev::probe(dev, ctx.root)?;
     let ok = after.filesystem() == Some(fs.name())
         && after.uuid() == Some(uuid)
-        && after.tags.get("LABEL").map(String::as_str) == label;
+        && blockdev::label(dev, ctx.root)?.as_deref() == label.map(str::as_bytes);
     if !ok {
         bail!(
             "after mkfs, {dev} holds {after}, not the {} filesystem with UUID {uuid}{} that \
@@ -555,7 +576,6 @@ fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &s
             label_note(&label.map(str::to_string))
         );
     }
-    drop(lock);
     Ok(())
 }
 
