@@ -10,6 +10,7 @@ mod common;
 use common::{code, report, run, stderr, step, write};
 use sha2::{Digest, Sha256};
 use std::io::Read;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,6 +105,31 @@ impl Lab {
         dev
     }
 
+    /// A loop device over `len` bytes of `img` from byte `offset` (a partition, as
+    /// `losetup -o` sees it).
+    fn attach_at(&mut self, img: &Path, offset: u64, len: u64) -> String {
+        let (o, l) = (offset.to_string(), len.to_string());
+        let args = [
+            "-f",
+            "--show",
+            "-o",
+            &o,
+            "--sizelimit",
+            &l,
+            img.to_str().unwrap(),
+        ];
+        let dev = sh("losetup", &args).trim().to_string();
+        self.loops.push(dev.clone());
+        dev
+    }
+
+    /// Detach a loop device made by this lab before the lab ends (its name is then free for
+    /// others, so it must not be detached again on drop).
+    fn detach(&mut self, dev: &str) {
+        sh("losetup", &["-d", dev]);
+        self.loops.retain(|l| l != dev);
+    }
+
     /// Write a single-host config with these volumes (YAML list items) and return its path.
     fn config(&self, volumes: &str) -> PathBuf {
         let p = self.path().join("olboot.yaml");
@@ -113,7 +139,11 @@ impl Lab {
 
     /// Run olboot `verb` (apply or plan) on the scratch root with `cfg`.
     fn olboot(&self, verb: &str, cfg: &Path) -> std::process::Output {
-        let root = self.root();
+        self.olboot_on(verb, cfg, &self.root())
+    }
+
+    /// [`Lab::olboot`] with `--root root`.
+    fn olboot_on(&self, verb: &str, cfg: &Path, root: &Path) -> std::process::Output {
         let mut args = vec![
             verb,
             "-c",
@@ -182,18 +212,26 @@ impl Drop for Lab {
 }
 
 /// sha256 of the whole device, read through the block device (so writes still in its page
-/// cache count).
+/// cache count). All-zero MiBs are not hashed, the others are with their offsets, and the
+/// size last: equal digests still mean equal bytes, and a sparse 4 GiB disk costs a `memcmp`
+/// instead of 4 GiB of sha256.
 fn digest(dev: &str) -> String {
     let mut f = std::fs::File::open(dev).unwrap();
     let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
+    let (mut buf, zero) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
+    let mut at = 0u64;
     loop {
         let n = f.read(&mut buf).unwrap();
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
+        if buf[..n] != zero[..n] {
+            h.update(at.to_le_bytes());
+            h.update(&buf[..n]);
+        }
+        at += n as u64;
     }
+    h.update(at.to_le_bytes());
     format!("{:x}", h.finalize())
 }
 
@@ -305,6 +343,42 @@ fn blank_disk_is_formatted_mounted_and_persisted_once() {
 }
 
 #[test]
+fn a_label_with_a_caret_is_formatted_and_reported() {
+    let mut lab = Lab::new();
+    let d = lab.disk("caret", 64);
+    // blkid's export format prints a literal ^ unescaped, and "^D" also spells Ctrl-D.
+    let cfg = lab.config(&format!(
+        "  - device: [{}]\n    wait: 1s\n    filesystem: ext4\n    label: \"ol^Data\"\n    mountpoint: /1\n",
+        d.dev
+    ));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        changes(&out)[0],
+        format!("formatted {} as ext4 (label ol^Data)", d.dev)
+    );
+    assert_eq!(tag(&d.dev, "LABEL").as_deref(), Some("ol^Data"));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(result(&out), "unchanged", "{}", stderr(&out));
+    // A literal "M-CM-^U" (blkid's export spelling of "Õ") is checked as stored, too.
+    for t in lab.mounts() {
+        olboot::sys::mount::unmount(&t).unwrap();
+    }
+    let d = lab.disk("meta", 64);
+    write(&lab.root().join("etc/fstab"), FSTAB);
+    let cfg = lab.config(&format!(
+        "  - device: [{}]\n    wait: 1s\n    filesystem: ext4\n    label: \"M-CM-^U\"\n    mountpoint: /1\n",
+        d.dev
+    ));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(
+        changes(&out)[0],
+        format!("formatted {} as ext4 (label M-CM-^U)", d.dev)
+    );
+}
+
+#[test]
 fn blank_disk_is_formatted_as_xfs_when_configured() {
     let mut lab = Lab::new();
     // mkfs.xfs wants at least 300 MiB.
@@ -406,11 +480,10 @@ fn assert_refused(lab: &Lab, dev: &str, holds: &str) {
     }
 }
 
-/// A loop disk with a partition table of `label` (gpt or dos) written by sfdisk.
-fn partitioned_disk(lab: &mut Lab, label: &str) -> Disk {
-    let d = lab.disk(label, 64);
+/// Write the partition table `script` (sfdisk's input) on `target`, a device or an image.
+fn sfdisk(target: &str, script: &str) {
     let mut c = Command::new("sfdisk")
-        .args(["-q", "--no-reread", &d.dev])
+        .args(["-q", "--no-reread", target])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -420,7 +493,7 @@ fn partitioned_disk(lab: &mut Lab, label: &str) -> Disk {
     c.stdin
         .take()
         .unwrap()
-        .write_all(format!("label: {label}\n,32M\n,\n").as_bytes())
+        .write_all(script.as_bytes())
         .unwrap();
     let out = c.wait_with_output().unwrap();
     assert!(
@@ -428,6 +501,12 @@ fn partitioned_disk(lab: &mut Lab, label: &str) -> Disk {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A loop disk with a partition table of `label` (gpt or dos) written by sfdisk.
+fn partitioned_disk(lab: &mut Lab, label: &str) -> Disk {
+    let d = lab.disk(label, 64);
+    sfdisk(&d.dev, &format!("label: {label}\n,32M\n,\n"));
     d
 }
 
@@ -993,6 +1072,32 @@ fn gpt_wiped_over_an_ext4_at_1_mib_is_refused() {
 }
 
 #[test]
+fn ext4_partition_at_1_mib_with_both_disk_ends_zeroed_is_refused() {
+    // On tmpfs: reading 4 GiB of holes through a loop device takes ~18 s on this disk.
+    let shm = tempfile::tempdir_in("/dev/shm").unwrap();
+    let mut lab = Lab::new();
+    // 4 GiB: the sample's stride is 2 MiB, so it never lands on the partition's ext4
+    // backups at 1 MiB + g x 128 MiB; only reading them where a partition puts them finds them.
+    let (size, start, len) = (4u64 << 30, 1u64 << 20, (4u64 << 30) - (2 << 20));
+    let img = shm.path().join("part-ext4.img");
+    std::fs::File::create(&img).unwrap().set_len(size).unwrap();
+    let img_s = img.to_str().unwrap();
+    sfdisk(
+        img_s,
+        &format!("label: gpt\nstart={}, size={}\n", start / 512, len / 512),
+    );
+    let part = lab.attach_at(&img, start, len);
+    sh("mkfs.ext4", &["-q", "-b", "4096", &part]);
+    lab.detach(&part);
+    zero(&img, 0, 16 << 20);
+    zero(&img, size - (16 << 20), 16 << 20);
+    let d = lab.attach(&img);
+    assert_no_signature(&d);
+    let e = assert_refused_saying(&lab, &d, DATA);
+    assert!(e.contains("ext4 backup superblock"), "{e}");
+}
+
+#[test]
 fn random_data_at_100_mib_behind_a_zeroed_start_is_refused() {
     let mut lab = Lab::new();
     let d = lab.disk_with("random", 2048, |img| {
@@ -1023,6 +1128,35 @@ fn disk_under_a_loop_device_at_an_offset_is_refused() {
         &[&format!(
             "loop device {over} is backed by it (offset 1048576)"
         )],
+    );
+}
+
+#[test]
+fn disk_under_a_loop_device_whose_backing_node_was_removed_is_refused() {
+    let mut lab = Lab::new();
+    let d = lab.disk("node-gone", 64);
+    let numbers = std::fs::metadata(&d.dev).unwrap().rdev();
+    let node = lab.path().join("disk-node");
+    let (major, minor) = (rustix::fs::major(numbers), rustix::fs::minor(numbers));
+    sh(
+        "mknod",
+        &[
+            node.to_str().unwrap(),
+            "b",
+            &major.to_string(),
+            &minor.to_string(),
+        ],
+    );
+    let over = sh("losetup", &["-f", "--show", node.to_str().unwrap()])
+        .trim()
+        .to_string();
+    lab.loops.push(over.clone());
+    // backing_file now reads "…/disk-node (deleted)": nothing there to stat.
+    std::fs::remove_file(&node).unwrap();
+    assert_refused_saying(
+        &lab,
+        &d.dev,
+        &[&format!("loop device {over} is backed by it (offset 0)")],
     );
 }
 
@@ -1193,6 +1327,147 @@ fn blank_partition_beside_one_with_data_is_formatted_and_nothing_else_changes() 
     flush(&p2);
     assert_eq!(outside(&d.dev), before, "bytes outside {p2} changed");
     assert_eq!(tag(&p1, "TYPE").as_deref(), Some("ext4"));
+}
+
+/// Start `sleep 300` holding `dev` open read-write (as `3<>dev`), kept in the lab until it
+/// ends; returns its pid once the file is open.
+fn hold_open(lab: &mut Lab, dev: &str) -> String {
+    let kid = Command::new("sh")
+        .args(["-c", "exec sleep 300 3<>\"$0\"", dev])
+        .spawn()
+        .unwrap();
+    let pid = kid.id().to_string();
+    lab.kids.push(kid);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_link(format!("/proc/{pid}/exe")).map_or(true, |e| !e.ends_with("sleep"))
+        || !Path::new(&format!("/proc/{pid}/fd/3")).exists()
+    {
+        assert!(Instant::now() < deadline, "sleep did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    pid
+}
+
+#[test]
+fn blank_partition_of_a_disk_a_process_holds_open_is_refused() {
+    let mut lab = Lab::new();
+    let d = disk_with_mbr(
+        &mut lab,
+        "disk-open",
+        96,
+        &[(2048, 32768), (36864, 32768)],
+        &[1, 2],
+    );
+    let p2 = partition_node(&lab, &d, 2);
+    let pid = hold_open(&mut lab, &d.dev);
+    let e = assert_refused_saying(&lab, &p2, &[&format!("process {pid} (sleep)")]);
+    assert!(
+        !e.contains('\n') && e.contains("the whole disk it is on"),
+        "{e}"
+    );
+}
+
+#[test]
+fn symlinked_fstab_is_refused_before_the_disk_is_formatted() {
+    let mut lab = Lab::new();
+    let d = lab.disk("fstab-link", 64);
+    let etc = lab.root().join("etc");
+    std::fs::rename(etc.join("fstab"), etc.join("fstab.real")).unwrap();
+    std::os::unix::fs::symlink("fstab.real", etc.join("fstab")).unwrap();
+    let e = assert_refused_saying(&lab, &d.dev, &["is a symlink"]);
+    assert!(e.contains("refusing to format or mount it"), "{e}");
+    assert!(lab.mounts().is_empty());
+    assert_eq!(tag(&d.dev, "TYPE"), None);
+}
+
+#[test]
+fn a_volume_whose_fstab_write_fails_is_unmounted_again() {
+    let mut lab = Lab::new();
+    let d = lab.disk("fstab-fails", 64);
+    // Passes every check, but the write of its temporary file fails.
+    std::fs::create_dir(lab.root().join("etc/.fstab.olboot-tmp")).unwrap();
+    let cfg = lab.config(&volume(&d.dev, "/1", ""));
+    let out = lab.olboot("apply", &cfg);
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let e = error(&out);
+    assert!(e.contains(&format!("(unmounted {} from", d.dev)), "{e}");
+    assert!(lab.mounts().is_empty(), "{:?}", lab.mounts());
+    assert_eq!(lab.fstab(), FSTAB);
+    // What was done and stays done is reported; the mount that was undone is not.
+    assert_eq!(
+        changes(&out),
+        vec![format!("formatted {} as ext4 (label ol-data)", d.dev)]
+    );
+}
+
+/// Run olboot live (no `--root`) in a private mount namespace over a copy of `/etc` and
+/// empty `/run` and `/var/lib`, so the machine's own files are never touched: `apply` with
+/// `cfg` twice. Returns both outputs (stdout, exit code) and the fstab afterwards; the mounts
+/// vanish with the namespace.
+fn olboot_live_twice(lab: &Lab, cfg: &Path) -> (Vec<(String, i32)>, String) {
+    let script = r#"set -e
+cp -a /etc "$0/etc-copy"
+mount --bind "$0/etc-copy" /etc
+mount -t tmpfs tmpfs /run
+mount -t tmpfs tmpfs /var/lib
+printf '# live test\n' > /etc/fstab
+for n in 1 2; do
+    rc=0; "$1" apply -c "$2" --host x --json > "$0/out$n" 2> "$0/err$n" || rc=$?
+    echo $rc > "$0/rc$n"
+done
+cp /etc/fstab "$0/fstab-after""#;
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", script])
+        .arg(lab.path())
+        .arg(env!("CARGO_BIN_EXE_olboot"))
+        .arg(cfg)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |n: &str| std::fs::read_to_string(lab.path().join(n)).unwrap();
+    let runs = ["1", "2"]
+        .iter()
+        .map(|n| {
+            let rc = read(&format!("rc{n}")).trim().parse().unwrap();
+            (read(&format!("out{n}")), rc)
+        })
+        .collect();
+    (runs, read("fstab-after"))
+}
+
+#[test]
+fn live_mountpoint_below_a_symlink_is_mounted_and_then_unchanged() {
+    let mut lab = Lab::new();
+    let d = lab.disk("via-link", 64);
+    std::fs::create_dir(lab.path().join("real")).unwrap();
+    let link = lab.path().join("link");
+    std::os::unix::fs::symlink(lab.path().join("real"), &link).unwrap();
+    let mountpoint = link.join("1");
+    let cfg = lab.config(&volume(&d.dev, mountpoint.to_str().unwrap(), ""));
+    let (runs, fstab) = olboot_live_twice(&lab, &cfg);
+    let volumes = |out: &str| step(&serde_json::from_str(out).unwrap(), "volumes").clone();
+    let first = volumes(&runs[0].0);
+    assert_eq!(runs[0].1, 0, "{first}");
+    assert_eq!(first["changes"].as_array().unwrap().len(), 3, "{first}");
+    let second = volumes(&runs[1].0);
+    assert_eq!(
+        (runs[1].1, second["result"].as_str()),
+        (0, Some("unchanged")),
+        "{second}"
+    );
+    let uuid = tag(&d.dev, "UUID").unwrap();
+    assert_eq!(
+        fstab,
+        format!(
+            "# live test\nUUID={uuid} {} ext4 defaults,nofail 0 2\n",
+            mountpoint.display()
+        )
+    );
 }
 
 #[test]

@@ -158,12 +158,26 @@ impl Step for Volumes<'_> {
 
     fn apply(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
         let mut failed: Vec<(AbsPath, String)> = Vec::new();
+        // The mounts made in this run: a volume that fails after its mount is unmounted again.
+        let mut mounted: Vec<&Change> = Vec::new();
         for c in changes {
             if failed.iter().any(|(m, _)| m == c.volume()) {
                 continue;
             }
-            if let Err(e) = make(ctx, c, done) {
-                failed.push((c.volume().clone(), format!("{e:#}")));
+            let (made, ended) = make(ctx, c);
+            if made {
+                done.record(c);
+                if matches!(c, Change::Mount { .. }) {
+                    mounted.push(c);
+                }
+            }
+            if let Err(e) = ended {
+                let undone = mounted
+                    .iter()
+                    .find(|m| m.volume() == c.volume())
+                    .map(|m| undo_mount(m, done))
+                    .unwrap_or_default();
+                failed.push((c.volume().clone(), format!("{e:#}{undone}")));
             }
         }
         if failed.is_empty() {
@@ -182,9 +196,13 @@ impl Step for Volumes<'_> {
     }
 }
 
-/// Make one change, recording it in `done` once it is made (not when it turns out to be made
-/// already).
-fn make(ctx: &Ctx, c: &Change, done: &mut Done<Change>) -> Result<()> {
+/// Make one change: whether it was made (not when it turns out to be made already; a format
+/// is made once mkfs succeeded, whatever follows), and how it ended.
+fn make(ctx: &Ctx, c: &Change) -> (bool, Result<()>) {
+    let split = |r: Result<bool>| match r {
+        Ok(made) => (made, Ok(())),
+        Err(e) => (false, Err(e)),
+    };
     match c {
         Change::Format {
             dev,
@@ -192,11 +210,11 @@ fn make(ctx: &Ctx, c: &Change, done: &mut Done<Change>) -> Result<()> {
             label,
             uuid,
             ..
-        } => {
-            format(ctx, dev, *fs, label.as_deref(), uuid)?;
-            done.record(c);
-            Ok(())
-        }
+        } => match format(ctx, dev, *fs, label.as_deref(), uuid) {
+            // Checked still under the lock, which is released after.
+            Ok(_lock) => (true, check_format(ctx, dev, *fs, label.as_deref(), uuid)),
+            Err(e) => (false, Err(e)),
+        },
         Change::Mount {
             target,
             dev,
@@ -204,18 +222,28 @@ fn make(ctx: &Ctx, c: &Change, done: &mut Done<Change>) -> Result<()> {
             uuid,
             options,
             ..
-        } => mount_volume(ctx, dev, *fs, uuid, target, options, || done.record(c)),
+        } => split(mount_volume(ctx, dev, *fs, uuid, target, options)),
         Change::Fstab {
             file, entry, edit, ..
-        } => {
-            if persist(file, entry, edit)? {
-                done.record(c);
-            }
-            Ok(())
-        }
+        } => split(persist(file, entry, edit)),
     }
 }
 
+/// Unmount what `mount` (a [`Change::Mount`] made in this run) mounted, since a later change
+/// of its volume failed, and take it out of the report; what to add to the error.
+fn undo_mount(mount: &Change, done: &mut Done<Change>) -> String {
+    let Change::Mount { target, dev, .. } = mount else {
+        return String::new();
+    };
+    match mount::unmount(target) {
+        Ok(()) => {
+            let line = mount.describe(Tense::Done);
+            done.lines.retain(|l| *l != line);
+            format!(" (unmounted {dev} from {} again)", target.display())
+        }
+        Err(e) => format!(" ({dev} stays mounted at {}: {e:#})", target.display()),
+    }
+}
 /// The fstab line for a volume whose filesystem has `uuid`.
 fn entry(v: &config::Volume, uuid: &str) -> fstab::Entry {
     let mut options: Vec<&str> = v
@@ -344,7 +372,7 @@ fn prove_blank(dev: &Device) -> Result<()> {
 
 /// The changes one volume needs; an error when it cannot be converged.
 fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<Vec<Change>> {
-    let target = ctx.root.path(&v.mountpoint);
+    let target = mount_target(&ctx.root.path(&v.mountpoint));
     let (candidate, dev) = blockdev::wait_for(&v.device, v.wait.0)?;
     if candidate != dev.path {
         log::info!("{}: {} is {dev}", v.mountpoint, candidate.display());
@@ -361,6 +389,20 @@ fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<
     } else {
         existing_volume(v, &dev, &probe, mounted_here)?
     };
+    let file = ctx.root.path(Path::new(fstab::PATH));
+    let content = fs::read_optional(&file)?.unwrap_or_default();
+    let entry = entry(v, &uuid);
+    let edit = fstab::plan(&content, &entry);
+    if edit != fstab::Edit::Unchanged {
+        // Checked now, not when writing: a disk formatted and mounted whose line cannot be
+        // written is a half-done volume.
+        fs::check_writable(&file).with_context(|| {
+            format!(
+                "{dev} would be mounted without its line in {}; refusing to format or mount it",
+                fstab::PATH
+            )
+        })?;
+    }
     if !mounted_here {
         check_mountpoint(&target, v, &dev, warnings)?;
         changes.push(Change::Mount {
@@ -372,10 +414,6 @@ fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<
             options: v.options.clone(),
         });
     }
-    let file = ctx.root.path(Path::new(fstab::PATH));
-    let content = fs::read_optional(&file)?.unwrap_or_default();
-    let entry = entry(v, &uuid);
-    let edit = fstab::plan(&content, &entry);
     if edit != fstab::Edit::Unchanged {
         changes.push(Change::Fstab {
             mountpoint: v.mountpoint.clone(),
@@ -385,6 +423,23 @@ fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<
         });
     }
     Ok(changes)
+}
+
+/// `path` as mountinfo will name it once mounted: the directories above it with symlinks
+/// resolved (live, [`crate::root::Root::path`] resolves nothing), the part of them that does
+/// not exist yet kept as it is (it is created so), the last component left alone (a symlink
+/// there is refused by [`check_mountpoint`]).
+fn mount_target(path: &Path) -> PathBuf {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+        return path.to_path_buf();
+    };
+    for above in dir.ancestors() {
+        if let Ok(real) = std::fs::canonicalize(above) {
+            let rest = dir.strip_prefix(above).unwrap_or(Path::new(""));
+            return real.join(rest).join(name);
+        }
+    }
+    path.to_path_buf()
 }
 
 /// The format of a device without signature, once it is proven blank, and its new UUID.
@@ -472,9 +527,15 @@ fn check_mountpoint(
     }
 }
 
-/// Format `dev` under the whole-disk lock, after proving once more that it is blank, and
-/// confirm, still under the lock, that it now holds the filesystem with `uuid` and `label`.
-fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &str) -> Result<()> {
+/// Format `dev` under the whole-disk lock, after proving once more that it is blank; the lock
+/// is returned, for [`check_format`] to run under it.
+fn format(
+    ctx: &Ctx,
+    dev: &Device,
+    fs: Filesystem,
+    label: Option<&str>,
+    uuid: &str,
+) -> Result<mkfs::DiskLock> {
     match blockdev::present(&dev.path)? {
         Some(d) if d == *dev => {}
         _ => bail!("{dev} is gone or changed since it was probed; not formatting it"),
@@ -492,10 +553,21 @@ fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &s
     let edges = blank::ends(size, 1 << 20);
     check_unused(dev, "format", || check_zeros(dev, &edges))?;
     mkfs::make(ctx.root, fs.name(), dev, label, uuid)?;
+    Ok(lock)
+}
+
+/// Fail unless `dev`, just formatted, holds the filesystem with `uuid` and `label`.
+fn check_format(
+    ctx: &Ctx,
+    dev: &Device,
+    fs: Filesystem,
+    label: Option<&str>,
+    uuid: &str,
+) -> Result<()> {
     let after = blockdev::probe(dev, ctx.root)?;
     let ok = after.filesystem() == Some(fs.name())
         && after.uuid() == Some(uuid)
-        && after.tags.get("LABEL").map(String::as_str) == label;
+        && blockdev::label(dev, ctx.root)?.as_deref() == label.map(str::as_bytes);
     if !ok {
         bail!(
             "after mkfs, {dev} holds {after}, not the {} filesystem with UUID {uuid}{} that \
@@ -504,12 +576,11 @@ fn format(ctx: &Ctx, dev: &Device, fs: Filesystem, label: Option<&str>, uuid: &s
             label_note(&label.map(str::to_string))
         );
     }
-    drop(lock);
     Ok(())
 }
 
-/// Mount `dev` at `target` and check it is mounted there and nowhere else; `made` records
-/// the change once it is mounted. Nothing to do when it is mounted there already.
+/// Mount `dev` at `target` and check it is mounted there and nowhere else, unmounting it
+/// again when not; whether it was mounted (not when it is mounted there already).
 fn mount_volume(
     ctx: &Ctx,
     dev: &Device,
@@ -517,8 +588,7 @@ fn mount_volume(
     uuid: &str,
     target: &Path,
     options: &[String],
-    made: impl FnOnce(),
-) -> Result<()> {
+) -> Result<bool> {
     let fs = fs.name();
     let probe = blockdev::probe(dev, ctx.root)?;
     if probe.filesystem() != Some(fs) || probe.uuid() != Some(uuid) {
@@ -526,12 +596,21 @@ fn mount_volume(
     }
     if mounted_at_target(dev, target, &probe.to_string())? {
         // Mounted since `plan` looked (by someone else): nothing left to do.
-        return Ok(());
+        return Ok(false);
     }
     check_target_free(dev, target)?;
     std::fs::create_dir_all(target)
         .with_context(|| format!("cannot create the mountpoint {}", target.display()))?;
     mount::mount_with(&dev.path, target, fs, options)?;
+    check_mounted(dev, target).map_err(|e| match mount::unmount(target) {
+        Ok(()) => anyhow!("{e:#} (unmounted {dev} from {} again)", target.display()),
+        Err(u) => anyhow!("{e:#} ({dev} stays mounted at {}: {u:#})", target.display()),
+    })?;
+    Ok(true)
+}
+
+/// Fail unless `dev`, just mounted at `target`, is on top there and mounted nowhere else.
+fn check_mounted(dev: &Device, target: &Path) -> Result<()> {
     match mount::at(target)? {
         Some(m) if m.dev == dev.dev() => {}
         other => bail!(
@@ -540,7 +619,6 @@ fn mount_volume(
             other.map(|m| m.source)
         ),
     }
-    made();
     // It was mounted nowhere before; any other mount now is a copy made by mount propagation
     // (a shared subtree), which would leave the volume reachable where nobody expects it.
     let others: Vec<String> = blockdev::usage(dev)?
@@ -592,6 +670,20 @@ mod tests {
             format: FormatPolicy::IfBlank,
             options: options.iter().map(|s| s.to_string()).collect(),
         }
+    }
+
+    #[test]
+    fn mount_targets_are_spelt_as_mountinfo_spells_them() {
+        let d = tempfile::tempdir().unwrap();
+        let real = d.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, d.path().join("link")).unwrap();
+        let link = d.path().join("link");
+        assert_eq!(mount_target(&link.join("1")), real.join("1"));
+        assert_eq!(mount_target(&link.join("a/b/1")), real.join("a/b/1"));
+        // The last component is not followed.
+        assert_eq!(mount_target(&link), link);
+        assert_eq!(mount_target(Path::new("/")), Path::new("/"));
     }
 
     #[test]

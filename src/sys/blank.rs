@@ -9,17 +9,24 @@
 //! - the secondary headers further in: ext2/3/4 backup superblocks of the sparse-super groups
 //!   (1, 3ⁿ, 5ⁿ, 7ⁿ) for 1, 2 and 4 KiB blocks, btrfs superblock mirrors at 64 MiB and
 //!   256 GiB, XFS secondary superblocks at each quarter (mkfs.xfs' default of 4 allocation
-//!   groups), and every power-of-two offset from 16 MiB up;
+//!   groups), each both from byte 0 and from the usual partition starts ([`STARTS`]: 63
+//!   sectors, 1, 2 and 4 MiB), since a disk whose partition table was zeroed still holds its
+//!   partition's filesystem there; and every power-of-two offset from 16 MiB up;
 //! - a sparse sample: [`SAMPLES`] reads of 64 KiB spread evenly over the whole device.
 //!
 //! Reads are large and aligned (block devices have no `SEEK_DATA`); the zero test is a
 //! `memcmp` against a zeroed buffer, fast even in a debug build. On a 100 GiB disk this is
-//! ~32 MiB at the ends, ~0.2 MiB of secondary headers and 128 MiB of sample.
+//! ~32 MiB at the ends, ~11 MiB of secondary headers (mostly the XFS windows, five starts
+//! over) and 128 MiB of sample.
 //!
 //! What it proves: no filesystem, table or volume manager that writes any of the headers
-//! above is on the disk, and no data extent larger than the sample stride (size / 2048,
-//! 50 MiB on 100 GiB) is anywhere on it. What it cannot prove: that raw data smaller than the
-//! stride, written without any header (a `dd` of a small blob into the middle), is absent.
+//! above is on the disk, neither at its start nor in a partition starting at one of
+//! [`STARTS`] (even with the table and both ends zeroed), and no data extent larger than the
+//! sample stride (size / 2048, 50 MiB on 100 GiB) is anywhere on it. What it cannot prove:
+//! that raw data smaller than the stride, written without any header (a `dd` of a small blob
+//! into the middle), is absent, nor that a filesystem in a partition starting elsewhere whose
+//! table and first 16 MiB were zeroed is (its backups are found only when the sample hits
+//! them).
 
 use anyhow::{Context, Result};
 use std::fs::File;
@@ -34,6 +41,10 @@ const SAMPLE: u64 = 64 << 10;
 /// Why the first and the last bytes are read.
 const HEAD: &str = "the start of the device";
 const TAIL: &str = "the end of the device";
+/// How far around a quarter of the filesystem an XFS secondary superblock is looked for.
+const XFS_SLACK: u64 = 64 << 10;
+/// How far before the device's end a filesystem in a partition may end.
+const XFS_END_GAP: u64 = (1 << 20) + (64 << 10);
 /// Size of one read.
 const CHUNK: usize = 1 << 20;
 
@@ -71,6 +82,56 @@ fn backup_groups(groups: u64) -> Vec<u64> {
     out
 }
 
+/// The secondary headers of a filesystem that starts at byte `start` of a device of `size`
+/// bytes (and ends at its end).
+fn secondaries(r: &mut Vec<Region>, start: u64, size: u64) {
+    let fs_size = size.saturating_sub(start);
+    // ext4: group g starts at block g * blocks_per_group (+1 for 1 KiB blocks), with
+    // blocks_per_group = 8 * block size.
+    for (block, first, why) in [
+        (1024u64, 1024u64, "an ext4 backup superblock (1 KiB blocks)"),
+        (2048, 0, "an ext4 backup superblock (2 KiB blocks)"),
+        (4096, 0, "an ext4 backup superblock (4 KiB blocks)"),
+    ] {
+        let group = 8 * block * block;
+        for g in backup_groups(fs_size / group + 1) {
+            r.push(Region {
+                offset: start + first + g * group,
+                len: 4096,
+                why,
+            });
+        }
+    }
+    for (at, why) in [
+        (64u64 << 20, "a btrfs superblock mirror (64 MiB)"),
+        (256 << 30, "a btrfs superblock mirror (256 GiB)"),
+    ] {
+        r.push(Region {
+            offset: start + at,
+            len: 4096,
+            why,
+        });
+    }
+    // XFS: allocation group q starts at q * agsize, agsize a quarter of the filesystem rounded
+    // down to its blocks; a filesystem that ends before the device does (a partition aligned
+    // below the GPT backup) has its quarters lower still.
+    for q in 1..4 {
+        let below = q * (XFS_END_GAP / 4) + XFS_SLACK;
+        r.push(Region {
+            offset: (start + fs_size / 4 * q).saturating_sub(below) & !0xfff,
+            len: below + XFS_SLACK,
+            why: "an XFS secondary superblock",
+        });
+    }
+}
+
+/// Where the partitions that hold a filesystem usually start, in bytes; a zeroed or lost
+/// partition table leaves the filesystem's secondary headers shifted by this much: 0 (no
+/// table), 63 sectors (DOS-era fdisk, parted without alignment), 1 MiB (fdisk, sfdisk, sgdisk
+/// and parted align the first partition to 2048 sectors), 2 and 4 MiB (a partition behind a
+/// small BIOS-boot or EFI partition, as in cloud images).
+pub const STARTS: [u64; 5] = [0, 63 * 512, 1 << 20, 2 << 20, 4 << 20];
+
 /// The regions to read on a device of `size` bytes, sorted by offset (they may overlap).
 pub fn regions(size: u64) -> Vec<Region> {
     let mut r = vec![
@@ -85,38 +146,8 @@ pub fn regions(size: u64) -> Vec<Region> {
             why: TAIL,
         },
     ];
-    // ext4: group g starts at block g * blocks_per_group (+1 for 1 KiB blocks), with
-    // blocks_per_group = 8 * block size.
-    for (block, first, why) in [
-        (1024u64, 1024u64, "an ext4 backup superblock (1 KiB blocks)"),
-        (2048, 0, "an ext4 backup superblock (2 KiB blocks)"),
-        (4096, 0, "an ext4 backup superblock (4 KiB blocks)"),
-    ] {
-        let group = 8 * block * block;
-        for g in backup_groups(size / group + 1) {
-            r.push(Region {
-                offset: first + g * group,
-                len: 4096,
-                why,
-            });
-        }
-    }
-    for (at, why) in [
-        (64u64 << 20, "a btrfs superblock mirror (64 MiB)"),
-        (256 << 30, "a btrfs superblock mirror (256 GiB)"),
-    ] {
-        r.push(Region {
-            offset: at,
-            len: 4096,
-            why,
-        });
-    }
-    for q in 1..4 {
-        r.push(Region {
-            offset: (size / 4 * q) & !0xfff,
-            len: 64 << 10,
-            why: "an XFS secondary superblock",
-        });
+    for start in STARTS {
+        secondaries(&mut r, start, size);
     }
     let mut p = END;
     while p < size {
@@ -222,6 +253,18 @@ mod tests {
         // 4 KiB-block ext4: group 1 at 128 MiB, group 3 at 384 MiB; 1 KiB: 8 MiB + 1 KiB.
         assert!(covers(128 << 20) && covers(384 << 20) && covers((8 << 20) + 1024));
         assert!(covers(64 << 20));
+        // The same in a partition at 63 sectors, 1 MiB, 4 MiB.
+        assert!(covers((129 << 20) + 1) && covers((4 << 20) + (384 << 20) + 4095));
+        assert!(covers(32256 + (8 << 20) + 1024) && covers(32256 + (64 << 20)));
+        // XFS in a partition at 1 MiB: AG 3 at 1 MiB + 3 x (a quarter, rounded down).
+        let ag = (size - (2 << 20)) / 4 / 4096 * 4096;
+        assert!(covers((1 << 20) + 3 * ag));
+        let secondary: u64 = r
+            .iter()
+            .filter(|x| x.why.contains("ext4") || x.why.contains("XFS") || x.why.contains("btrfs"))
+            .map(|x| x.len)
+            .sum();
+        assert!(secondary < 12 << 20, "secondary headers: {secondary} bytes");
         let read: u64 = r.iter().map(|x| x.len).sum();
         assert!(read < 200 << 20, "reads {read} bytes");
         assert!(r.iter().all(|x| x.offset + x.len <= size));

@@ -299,6 +299,23 @@ pub fn probe(dev: &Device, root: &Root) -> Result<Probe> {
     }
 }
 
+/// The label of the filesystem on `dev` as stored, `None` when it has none: `blkid -o value`
+/// prints it raw, where the export format prints a literal `^` or `M-` as if it were an
+/// escape.
+pub fn label(dev: &Device, root: &Root) -> Result<Option<Vec<u8>>> {
+    let mut c = Command::new("blkid");
+    c.args(["-p", "-o", "value", "-s", "LABEL"]).arg(&dev.path);
+    let out = chroot::output_here_or_in(root, &mut c)?;
+    if !out.status.success() {
+        bail!("cannot read the label of {dev}: {}", cmd::failure(&c, &out));
+    }
+    let mut v = out.stdout;
+    if v.last() == Some(&b'\n') {
+        v.pop();
+    }
+    Ok((!v.is_empty()).then_some(v))
+}
+
 /// Read the first and the last MiB of `dev`, where signatures live, so that an unreadable
 /// device is an error and never taken for a blank one.
 fn readable(dev: &Device) -> Result<()> {
@@ -344,9 +361,10 @@ pub fn parse_export(text: &str) -> Vec<BTreeMap<String, String>> {
 }
 
 /// Undo blkid's export escaping: a backslash makes the next character literal, `M-x` is a
-/// byte with the high bit set and `^x` a control character (blkid's `safe_print`). A literal
-/// `M-` or `^` in a label is printed unescaped, so when undoing the escapes does not give
-/// UTF-8 text, the value is kept as printed.
+/// byte with the high bit set, `M-^x` one with the high bit set from a control character
+/// (blkid's `safe_print`). A literal `M-` or `^` in a label is printed unescaped: `^x` alone
+/// is read literally, since a `^` in a label ("ol^Data") is far likelier than a control
+/// character; when undoing `M-` does not give UTF-8 text, the value is kept as printed.
 fn unescape(v: &str) -> String {
     let b = v.as_bytes();
     let mut o = Vec::with_capacity(b.len());
@@ -363,10 +381,6 @@ fn unescape(v: &str) -> String {
                     (b'\\', Some(n)) => (n | 0x80, 4),
                     (n, _) => (n | 0x80, 3),
                 }
-            }
-            (b'^', Some(n), _) if (b'?'..=b'_').contains(n) => {
-                meta = true;
-                (n ^ 0x40, 2)
             }
             (c, _, _) => (c, 1),
         };
@@ -478,7 +492,9 @@ mod tests {
     fn labels_with_non_ascii_characters_read_as_written() {
         // blkid -o export prints "Õ-data" (C3 95) as M-CM-^U-data.
         assert_eq!(parse_export("LABEL=M-CM-^U-data")[0]["LABEL"], "Õ-data");
-        assert_eq!(parse_export("LABEL=caf^?")[0]["LABEL"], "caf\u{7f}");
+        // A lone ^x is literal: blkid prints a label's ^ unescaped.
+        assert_eq!(parse_export("LABEL=ol^Data")[0]["LABEL"], "ol^Data");
+        assert_eq!(parse_export("LABEL=caf^?")[0]["LABEL"], "caf^?");
         // A literal "M-" that does not decode to text is kept as printed.
         assert_eq!(parse_export("LABEL=M-DATA")[0]["LABEL"], "M-DATA");
         assert_eq!(parse_export("LABEL=ol\\ data")[0]["LABEL"], "ol data");

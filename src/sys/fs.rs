@@ -49,6 +49,32 @@ pub fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Fail unless [`write_atomic`] can replace `path`: it is not a symlink, and it (when it
+/// exists) and the nearest existing directory above it are writable; for a caller that must
+/// know before it starts something the write completes.
+pub fn check_writable(path: &Path) -> Result<()> {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            anyhow::bail!("{} is a symlink: not replacing it", path.display())
+        }
+        Ok(_) => writable(path)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot stat {}", path.display())),
+    }
+    let dir = path
+        .ancestors()
+        .skip(1)
+        .find(|d| d.is_dir())
+        .with_context(|| format!("{}: no parent directory", path.display()))?;
+    writable(dir)
+}
+
+/// `access(W_OK)`: it fails on a read-only filesystem or an immutable file even for root.
+fn writable(path: &Path) -> Result<()> {
+    rustix::fs::access(path, rustix::fs::Access::WRITE_OK)
+        .with_context(|| format!("{} is not writable", path.display()))
+}
+
 /// The content of `path`, or `None` when it does not exist.
 pub fn read_optional(path: &Path) -> Result<Option<String>> {
     match fs::read_to_string(path) {

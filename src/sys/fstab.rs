@@ -73,6 +73,18 @@ fn fields(line: &str) -> Vec<String> {
     f
 }
 
+/// Whether two fstab mountpoints name the same directory as mount(8) reads them: `/1`, `/1/`
+/// and `//1` are one.
+fn same_mountpoint(a: &str, b: &str) -> bool {
+    let parts = |p: &str| -> Vec<String> {
+        p.split('/')
+            .filter(|c| !c.is_empty())
+            .map(String::from)
+            .collect()
+    };
+    a.starts_with('/') == b.starts_with('/') && parts(a) == parts(b)
+}
+
 /// The lines that concern `entry`: those for its mountpoint, and those that mount its device
 /// elsewhere (which would mount it twice at boot). Returns (index, line) pairs and the index
 /// of the first one that is exactly `entry`, which is kept.
@@ -82,7 +94,9 @@ fn concerned<'a>(content: &'a str, entry: &Entry) -> (Vec<(usize, &'a str)>, Opt
         .lines()
         .enumerate()
         .filter(|(_, l)| {
-            spec_and_file(l).is_some_and(|(spec, file)| file == entry.file || spec == entry.spec)
+            spec_and_file(l).is_some_and(|(spec, file)| {
+                same_mountpoint(&file, &entry.file) || spec == entry.spec
+            })
         })
         .collect();
     let keep = lines
@@ -221,6 +235,27 @@ mod tests {
         let out = apply(base, &e());
         assert_eq!(out.lines().filter(|l| l.starts_with("UUID")).count(), 1);
         assert_eq!(plan(&out, &e()), Edit::Unchanged);
+    }
+
+    #[test]
+    fn other_spellings_of_the_mountpoint_are_the_same_mountpoint() {
+        let base = "UUID=old /1/ ext4 defaults 0 2\nUUID=older //1 ext4 defaults 0 2\n\
+                    UUID=other /10 ext4 defaults 0 2\n";
+        assert_eq!(
+            plan(base, &e()),
+            Edit::Replace(vec![
+                "UUID=old /1/ ext4 defaults 0 2".into(),
+                "UUID=older //1 ext4 defaults 0 2".into()
+            ])
+        );
+        let out = apply(base, &e());
+        assert_eq!(
+            out.lines().filter(|l| !l.starts_with('#')).count(),
+            2,
+            "{out}"
+        );
+        assert_eq!(plan(&out, &e()), Edit::Unchanged);
+        assert!(same_mountpoint("/", "//") && !same_mountpoint("/1", "/1/2"));
     }
 
     #[test]

@@ -1,12 +1,15 @@
 //! The kernel half of the blank proof: is anything using a block device? Everything here is
-//! read from `/sys` and `/proc` and costs a few milliseconds.
+//! read from `/sys`, `/proc` and each loop device's `LOOP_GET_STATUS64`, and costs a few
+//! milliseconds.
 //!
 //! A device is in use when the kernel marks it read-only, when it has partitions in sysfs
 //! (even if its on-disk table was zeroed), when device-mapper or md holds it or a partition
 //! of it, when a partition overlaps another partition of its table, when a loop device is
-//! backed by it (at any offset), when it or a partition of it is mounted in any mount
-//! namespace (found by `major:minor` in every `/proc/PID/mountinfo`) or used as swap, when a
-//! process holds it open (`/proc/PID/fd`), and when an `O_EXCL` open of it fails.
+//! backed by it (at any offset; the device the kernel holds, whatever path `backing_file`
+//! shows), when it or a partition of it is mounted in any mount namespace (found by
+//! `major:minor` in every `/proc/PID/mountinfo`) or used as swap, when a process holds it
+//! open (`/proc/PID/fd`), and when an `O_EXCL` open of it fails. For a partition, the loop
+//! devices, mounts, swap and open files of its whole disk count too.
 
 use super::blockdev::Device;
 use super::{cmd, mount};
@@ -73,17 +76,21 @@ pub fn users(dev: &Device) -> Result<Vec<String>> {
     }
     let mut ids: BTreeSet<String> = parts.iter().map(|(_, d)| d.clone()).collect();
     ids.insert(dev.dev());
+    // The whole disk a partition is on: whoever uses it (a loop device, a mount, swap, a
+    // process writing to it) may write over the partition's sectors.
     let mut near = ids.clone();
+    let mut disk = None;
     if let Some((pdir, pid)) = parent_disk(dev)? {
         found.extend(overlaps(&dir, &pdir)?);
         found.extend(table_overlaps(&dir, &pdir));
-        near.insert(pid);
+        near.insert(pid.clone());
+        disk = Some(pid);
     }
     found.extend(holders(&dir, &parts)?);
     found.extend(loops_over(&near)?);
     found.extend(mounts_of(&near)?);
-    found.extend(swaps_on(&ids));
-    found.extend(openers(&ids));
+    found.extend(swaps_on(&near));
+    found.extend(openers(&near, disk.as_deref()));
     if let Some(e) = exclusive_refused(dev)? {
         found.push(e);
     }
@@ -168,7 +175,10 @@ fn table_overlaps(dir: &Path, parent: &Path) -> Vec<String> {
     out
 }
 
-/// Loop devices whose backing file is one of `ids`, with their offset.
+/// Loop devices backed by one of `ids`, with their offset. The backing device is the one the
+/// kernel holds ([`loop_backing`]); the path in `backing_file` may name another file by now,
+/// or nothing (a node removed: "… (deleted)", or a path in another mount namespace). A loop
+/// device whose backing can be read neither way counts as a user.
 fn loops_over(ids: &BTreeSet<String>) -> Result<Vec<String>> {
     let mut out = Vec::new();
     let Ok(entries) = std::fs::read_dir("/sys/block") else {
@@ -179,15 +189,82 @@ fn loops_over(ids: &BTreeSet<String>) -> Result<Vec<String>> {
         let Some(backing) = attr(&ldir, "backing_file") else {
             continue;
         };
-        if block_id(Path::new(&backing)).is_some_and(|id| ids.contains(&id)) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let over = match loop_backing(&e.path(), &name) {
+            Ok(id) => id.is_some_and(|id| ids.contains(&id)),
+            Err(err) => match std::fs::metadata(&backing) {
+                Ok(m) if !m.file_type().is_block_device() => false,
+                Ok(_) => block_id(Path::new(&backing)).is_some_and(|id| ids.contains(&id)),
+                Err(_) => {
+                    out.push(format!(
+                        "loop device /dev/{name} is backed by {backing}, which cannot be \
+                         checked ({err:#}), so it may be this disk"
+                    ));
+                    continue;
+                }
+            },
+        };
+        if over {
             let offset = attr(&ldir, "offset").unwrap_or_else(|| "?".into());
             out.push(format!(
-                "loop device /dev/{} is backed by it (offset {offset})",
-                e.file_name().to_string_lossy()
+                "loop device /dev/{name} is backed by it (offset {offset})"
             ));
         }
     }
     Ok(out)
+}
+
+/// `struct loop_info64` of `<linux/loop.h>`, as `LOOP_GET_STATUS64` fills it.
+#[repr(C)]
+struct LoopInfo64 {
+    device: u64,
+    inode: u64,
+    /// `st_rdev` of the backing file: the device, for a loop device over a device node.
+    rdevice: u64,
+    offset: u64,
+    sizelimit: u64,
+    number: u32,
+    encrypt_type: u32,
+    encrypt_key_size: u32,
+    flags: u32,
+    file_name: [u8; 64],
+    crypt_name: [u8; 64],
+    encrypt_key: [u8; 32],
+    init: [u64; 2],
+}
+
+/// `LOOP_GET_STATUS64`.
+const LOOP_GET_STATUS64: rustix::ioctl::Opcode = 0x4C05;
+
+/// The `major:minor` of the block device the loop device `name` (sysfs directory `dir`) is
+/// backed by, from the kernel's own handle on it; `None` when it is backed by a regular file
+/// or by nothing (detached meanwhile).
+fn loop_backing(dir: &Path, name: &str) -> Result<Option<String>> {
+    let node = Path::new("/dev").join(name);
+    let want = attr(dir, "dev").with_context(|| format!("no dev in {}", dir.display()))?;
+    if block_id(&node).as_deref() != Some(want.as_str()) {
+        anyhow::bail!("{} is not the loop device {want}", node.display());
+    }
+    let fd = rustix::fs::open(&node, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .with_context(|| format!("cannot open {}", node.display()))?;
+    // SAFETY: LOOP_GET_STATUS64 writes exactly one `struct loop_info64`, which `LoopInfo64`
+    // lays out field for field.
+    let got = unsafe {
+        rustix::ioctl::ioctl(
+            &fd,
+            rustix::ioctl::Getter::<LOOP_GET_STATUS64, LoopInfo64>::new(),
+        )
+    };
+    match got {
+        Ok(info) if info.rdevice == 0 => Ok(None),
+        Ok(info) => Ok(Some(format!(
+            "{}:{}",
+            rustix::fs::major(info.rdevice),
+            rustix::fs::minor(info.rdevice)
+        ))),
+        Err(rustix::io::Errno::NXIO) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("LOOP_GET_STATUS64 on {}", node.display())),
+    }
 }
 
 /// The process ids in `/proc`.
@@ -247,8 +324,9 @@ fn swaps_on(ids: &BTreeSet<String>) -> Vec<String> {
         .collect()
 }
 
-/// Processes other than this one with `ids` open.
-fn openers(ids: &BTreeSet<String>) -> Vec<String> {
+/// Processes other than this one with `ids` open; `disk`, one of them, is the whole disk the
+/// device is on.
+fn openers(ids: &BTreeSet<String>, disk: Option<&str>) -> Vec<String> {
     let me = std::process::id();
     let mut out = Vec::new();
     for pid in pids().into_iter().filter(|p| *p != me) {
@@ -258,7 +336,11 @@ fn openers(ids: &BTreeSet<String>) -> Vec<String> {
         let mut held = BTreeSet::new();
         for fd in fds.flatten() {
             if let Some(id) = block_id(&fd.path()).filter(|id| ids.contains(id)) {
-                held.insert(id);
+                held.insert(if disk == Some(id.as_str()) {
+                    format!("{id}, the whole disk it is on")
+                } else {
+                    id
+                });
             }
         }
         if !held.is_empty() {
