@@ -745,14 +745,6 @@ fn numeric_fields_and_pax_records_are_read_as_gnu_tar_reads_them_or_refused() {
             sum_again(h);
         }
     };
-    let pax = |records: &[u8]| {
-        let mut h = header("PaxHeaders/f", b'x', records.len() as u64);
-        sum_again(&mut h);
-        let mut v = h.to_vec();
-        v.extend_from_slice(records);
-        v.resize(v.len().div_ceil(512) * 512, 0);
-        v
-    };
     let cases: Vec<(&str, Vec<u8>, bool)> = vec![
         // A leading NUL is skipped: `f` holds 1024 bytes, which hide `evil` from both.
         (
@@ -780,7 +772,7 @@ fn numeric_fields_and_pax_records_are_read_as_gnu_tar_reads_them_or_refused() {
         // Blanks after a PAX record's length are skipped: the file is `ab`.
         (
             "pax-blanks",
-            [pax(b"12  path=ab\n"), entry_with("f", b"x", |_| {})].concat(),
+            [pax_entry(b"12  path=ab\n"), entry_with("f", b"x", |_| {})].concat(),
             true,
         ),
         // GNU tar refuses these (exit 2); olboot must too.
@@ -791,7 +783,7 @@ fn numeric_fields_and_pax_records_are_read_as_gnu_tar_reads_them_or_refused() {
         ),
         (
             "pax-plus",
-            [pax(b"+11 path=ab\n"), entry_with("f", b"x", |_| {})].concat(),
+            [pax_entry(b"+11 path=ab\n"), entry_with("f", b"x", |_| {})].concat(),
             false,
         ),
         (
