@@ -76,13 +76,8 @@ fn fields(line: &str) -> Vec<String> {
 /// Whether two fstab mountpoints name the same directory as mount(8) reads them: `/1`, `/1/`
 /// and `//1` are one.
 fn same_mountpoint(a: &str, b: &str) -> bool {
-    let parts = |p: &str| -> Vec<String> {
-        p.split('/')
-            .filter(|c| !c.is_empty())
-            .map(String::from)
-            .collect()
-    };
-    a.starts_with('/') == b.starts_with('/') && parts(a) == parts(b)
+    let parts = |p| str::split(p, '/').filter(|c: &&str| !c.is_empty());
+    a.starts_with('/') == b.starts_with('/') && parts(a).eq(parts(b))
 }
 
 /// The lines that concern `entry`: those for its mountpoint, and those that mount its device

@@ -454,7 +454,6 @@ fn apply_record(e: &mut Entry, k: &str, v: &[u8]) -> Result<()> {
         "mtime" => e.mtime = pax_time(v)?,
         "SCHILY.acl.access" => e.acl_access = Some(text(v)?),
         "SCHILY.acl.default" => e.acl_default = Some(text(v)?),
-        "GNU.sparse.name" => e.name = v.to_vec(),
         "GNU.dumpdir" => bail!("a GNU incremental dumpdir is not supported"),
         _ => {
             if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
