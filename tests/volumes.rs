@@ -1636,6 +1636,125 @@ fn a_writer_racing_olboot_is_never_formatted_over() {
     );
 }
 
+#[test]
+fn mkfs_itself_looks_at_both_ends_once_more() {
+    use std::os::unix::fs::FileExt;
+    // What a writer finishing between olboot's proof and mkfs's start leaves: bytes with no
+    // signature in the first or the last MiB, which mkfs.ext4 run without a terminal ignores.
+    let mut lab = Lab::new();
+    let root = olboot::root::Root::live();
+    for at in [4096u64, (32 << 20) - 512] {
+        let d = lab.disk(&format!("late-{at}"), 32);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&d.dev)
+            .unwrap();
+        f.write_all_at(b"a writer came late", at).unwrap();
+        f.sync_all().unwrap();
+        let before = digest(&d.dev);
+        let dev = olboot::sys::blockdev::present(Path::new(&d.dev))
+            .unwrap()
+            .unwrap();
+        let e = olboot::sys::mkfs::make(
+            &root,
+            "ext4",
+            &dev,
+            None,
+            "0b0b0b0b-0000-4000-8000-000000000000",
+        )
+        .expect_err("mkfs ran over data");
+        let e = format!("{e:#}");
+        assert!(
+            e.contains(&format!("{} was written to", d.dev))
+                && e.contains("just before mkfs started; refusing to format it"),
+            "{e}"
+        );
+        assert_eq!(digest(&d.dev), before, "{} was changed", d.dev);
+    }
+}
+
+#[test]
+fn a_writer_after_mkfs_was_exec_d_is_caught_by_mkfs_own_probe() {
+    use std::os::unix::fs::PermissionsExt;
+    // The writer finishes after olboot's last look and after the exec, but before mkfs.ext4
+    // probes: only mkfs's own probe, which it makes on a terminal, is left to see it.
+    let mut lab = Lab::new();
+    let d = lab.disk("after-exec", 32);
+    let theirs = lab.path().join("theirs.img");
+    std::fs::File::create(&theirs)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    sh("mkfs.ext4", &["-q", theirs.to_str().unwrap()]);
+    let bin = lab.path().join("bin");
+    write(
+        &bin.join("mkfs.ext4"),
+        &format!(
+            "#!/bin/sh\ndd if={} of={} bs=1M conv=fsync,notrunc status=none\nexec /usr/sbin/mkfs.ext4 \"$@\"\n",
+            theirs.display(),
+            d.dev
+        ),
+    );
+    std::fs::set_permissions(
+        bin.join("mkfs.ext4"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let cfg = lab.config(&volume(&d.dev, "/1", ""));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let root = lab.root();
+    let out = common::olboot()
+        .args(["apply", "--json", "-c", cfg.to_str().unwrap()])
+        .args(["--root", root.to_str().unwrap(), "--host", "x"])
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let e = error(&out);
+    assert!(
+        e.contains(&format!("{} contains a ext4 file system", d.dev))
+            && e.contains("refusing to format it"),
+        "{e}"
+    );
+    flush(&d.dev);
+    assert_eq!(digest(&d.dev), digest(theirs.to_str().unwrap()));
+    assert_eq!(lab.fstab(), FSTAB);
+}
+
+#[test]
+fn a_stale_blkid_cache_does_not_refuse_a_blank_disk() {
+    // libblkid's cache, which mkfs.ext4 asks, still says ext4 for a device just zeroed (as
+    // it does for a reused loop device name): mkfs must probe the disk itself.
+    let mut lab = Lab::new();
+    let d = lab.disk("was-ext4", 32);
+    let image = lab.path().join("was-ext4.img");
+    sh("mkfs.ext4", &["-q", &d.dev]);
+    let cache = lab.path().join("blkid.tab");
+    let primed = Instant::now();
+    sh("blkid", &["-c", cache.to_str().unwrap(), &d.dev]);
+    // Zeroed through the image, not the device node: a write through the node would date the
+    // node after the cache entry, and libblkid would probe again.
+    let img = std::fs::OpenOptions::new().write(true).open(image).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&img, &vec![0; 32 << 20], 0).unwrap();
+    img.sync_all().unwrap();
+    sh("blockdev", &["--flushbufs", &d.dev]);
+    let cfg = lab.config(&volume(&d.dev, "/1", ""));
+    let root = lab.root();
+    let out = common::olboot()
+        .args(["apply", "--json", "-c", cfg.to_str().unwrap()])
+        .args(["--root", root.to_str().unwrap(), "--host", "x"])
+        .env("BLKID_FILE", &cache)
+        .output()
+        .unwrap();
+    // libblkid trusts an entry for 2 s without probing again.
+    let within = primed.elapsed() < Duration::from_secs(2);
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(tag(&d.dev, "LABEL").as_deref(), Some("ol-data"));
+    let cached = std::fs::read_to_string(&cache).unwrap();
+    assert!(cached.contains("TYPE=\"ext4\""), "{cached}");
+    assert!(within, "the run took over 2 s: the cache was not tested");
+}
+
 /// The blank proof (kernel users, then the content read) of `dev`, timed.
 fn time_proof(dev: &str) -> Duration {
     let d = olboot::sys::blockdev::present(Path::new(dev))

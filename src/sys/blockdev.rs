@@ -275,7 +275,7 @@ pub fn probe(dev: &Device, root: &Root) -> Result<Probe> {
     still_there()?;
     let mut c = Command::new("blkid");
     c.args(["-p", "-o", "export"]).arg(&dev.path);
-    let out = chroot::output_here_or_in(root, &mut c)?;
+    let out = chroot::output_here_or_in(root, &mut c, |_| {})?;
     still_there()?;
     let text = String::from_utf8_lossy(&out.stdout);
     match out.status.code() {
@@ -305,7 +305,7 @@ pub fn probe(dev: &Device, root: &Root) -> Result<Probe> {
 pub fn label(dev: &Device, root: &Root) -> Result<Option<Vec<u8>>> {
     let mut c = Command::new("blkid");
     c.args(["-p", "-o", "value", "-s", "LABEL"]).arg(&dev.path);
-    let out = chroot::output_here_or_in(root, &mut c)?;
+    let out = chroot::output_here_or_in(root, &mut c, |_| {})?;
     if !out.status.success() {
         bail!("cannot read the label of {dev}: {}", cmd::failure(&c, &out));
     }

@@ -144,19 +144,23 @@ impl Drop for Session {
 /// Run `cmd`, built for this system, and return its output. Under `--root`, when this system
 /// lacks the program (a busybox rescue system has neither util-linux's `blkid -p` nor
 /// `mkfs.ext4`), the target's own copy runs instead, through `chroot DIR` with `/proc`, `/sys`
-/// and `/dev` bound in for the call; device paths mean the same devices there.
+/// and `/dev` bound in for the call; device paths mean the same devices there. `finish` is
+/// applied to the command that runs.
 pub fn output_here_or_in(
     root: &Root,
     cmd: &mut std::process::Command,
+    finish: impl FnOnce(&mut std::process::Command),
 ) -> Result<std::process::Output> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     if root.is_live() || super::cmd::exists(&program) {
+        finish(cmd);
         return super::cmd::output(cmd);
     }
     let mut inner = std::process::Command::new("chroot");
     inner.arg(root.dir()).arg(&program).args(cmd.get_args());
     inner.env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
     log::debug!("{program} is not on this system: running the target's copy");
+    finish(&mut inner);
     let session = Session::binds(root)?;
     let out = super::cmd::output(&mut inner);
     session.close()?;

@@ -8,15 +8,20 @@
 //!
 //! [`make`] runs `mkfs.ext4 -E nodiscard` or `mkfs.xfs -K` (a wrong format on a thin or
 //! SSD-backed disk must not also throw every block away) with a UUID olboot chose, so that
-//! the filesystem found afterwards can be told apart from one another program made.
+//! the filesystem found afterwards can be told apart from one another program made, after two
+//! last looks at the device from the child process ([`LastLook`], then mkfs's own probe on a
+//! [`Terminal`]) that leave another writer as short a window as a check can.
 
 use super::blockdev::Device;
 use super::{chroot, cmd, inuse};
 use crate::root::Root;
 use anyhow::{bail, Context, Result};
 use rustix::fs::FlockOperation;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -105,15 +110,162 @@ pub fn command(fs: &str, dev: &Device, label: Option<&str>, uuid: &str) -> Resul
     Ok(c)
 }
 
+/// How much of each end of the device the mkfs child reads right before it becomes mkfs.
+const LAST_LOOK: u64 = 1 << 20;
+
+/// The last look at a device, taken by the child process between fork and exec: an exclusive
+/// open (which fails while a mount or another mkfs holds the device) and a read of its first
+/// and last MiB. A writer that finishes after olboot's proof but before mkfs starts is seen
+/// there, also one whose bytes carry no signature that mkfs's own probe (see [`Terminal`])
+/// would know. Code between fork and exec must not allocate or lock, so the path and the
+/// buffer are made beforehand and the check is `open`, `pread` and a comparison.
+struct LastLook {
+    path: std::ffi::CString,
+    /// Where the two reads start.
+    at: [u64; 2],
+    buf: Vec<u8>,
+}
+
+impl LastLook {
+    fn new(dev: &Device) -> Result<LastLook> {
+        let size = dev.size()?;
+        let len = LAST_LOOK.min(size);
+        let path = std::ffi::CString::new(dev.path.as_os_str().as_bytes())
+            .with_context(|| format!("{dev}: a NUL in the device path"))?;
+        Ok(LastLook {
+            path,
+            at: [0, size - len],
+            buf: vec![0; len as usize],
+        })
+    }
+
+    /// `EBUSY` when the device is held exclusively, `ENOTEMPTY` when a byte is no longer zero
+    /// (execve fails with neither).
+    fn check(&mut self) -> std::io::Result<()> {
+        use rustix::fs::{Mode, OFlags};
+        let fd = rustix::fs::open(
+            self.path.as_c_str(),
+            OFlags::RDONLY | OFlags::EXCL | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        for at in self.at {
+            let mut done = 0;
+            while done < self.buf.len() {
+                match rustix::io::pread(&fd, &mut self.buf[done..], at + done as u64)? {
+                    0 => return Err(rustix::io::Errno::IO.into()),
+                    n => done += n,
+                }
+            }
+            if self.buf.iter().any(|b| *b != 0) {
+                return Err(rustix::io::Errno::NOTEMPTY.into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The refusal of [`LastLook::check`] in `e`, if it is one, as the error to give for `dev`.
+fn refusal(e: &anyhow::Error, dev: &Device) -> Option<anyhow::Error> {
+    let errno = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<std::io::Error>()?.raw_os_error())?;
+    let what = match rustix::io::Errno::from_raw_os_error(errno) {
+        rustix::io::Errno::NOTEMPTY => "was written to (its first or last MiB is no longer zero)",
+        rustix::io::Errno::BUSY => "was opened exclusively by another program (a mount, a mkfs)",
+        _ => return None,
+    };
+    Some(anyhow::anyhow!(
+        "{dev} {what} just before mkfs started; refusing to format it"
+    ))
+}
+
+/// A terminal for mkfs to run on, with an end-of-file already typed. mkfs.ext4 probes the
+/// device for a filesystem or partition table only when its standard input and output are a
+/// terminal, and then asks whether to go on; the end-of-file answers no. That probe is the
+/// latest look there can be, mkfs's own just before it writes.
+struct Terminal {
+    slave: std::os::fd::OwnedFd,
+    /// What mkfs printed, read by a thread so that mkfs never blocks on a full terminal.
+    said: std::sync::mpsc::Receiver<Vec<u8>>,
+}
+
+impl Terminal {
+    fn open() -> std::io::Result<Terminal> {
+        use rustix::pty::OpenptFlags;
+        let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+        let master = rustix::pty::openpt(flags)?;
+        rustix::pty::grantpt(&master)?;
+        rustix::pty::unlockpt(&master)?;
+        let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags)?;
+        rustix::io::write(&master, b"\x04")?;
+        let (tx, said) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let (mut all, mut buf) = (Vec::new(), [0u8; 1024]);
+            // Ends with EIO once the last copy of the slave is closed.
+            while let Ok(n @ 1..) = rustix::io::read(&master, &mut buf) {
+                let keep = n.min(TERMINAL_KEPT.saturating_sub(all.len()));
+                all.extend_from_slice(&buf[..keep]);
+            }
+            let _ = tx.send(all);
+        });
+        Ok(Terminal { slave, said })
+    }
+
+    /// Close olboot's copy of the slave, and return what mkfs printed.
+    fn finish(self) -> String {
+        drop(self.slave);
+        let said = self.said.recv_timeout(Duration::from_secs(1));
+        String::from_utf8_lossy(&said.unwrap_or_default()).into_owned()
+    }
+}
+
+/// How much of what mkfs prints on its terminal olboot keeps.
+const TERMINAL_KEPT: usize = 4096;
+
+/// What mkfs.ext4 said its own probe found (its first line: "… contains a ext4 file system",
+/// "Found a dos partition table in …"), when it then asked whether to go on.
+fn found_by_mkfs(said: &str) -> Option<&str> {
+    let (before, _) = said.split_once("Proceed anyway?")?;
+    before.lines().map(str::trim).find(|l| !l.is_empty())
+}
+
 /// Run `mkfs` as [`command`] builds it (under `--root`, the target's when this system has
-/// none).
+/// none), after a last look at both ends of `dev` in the child process, on a [`Terminal`] so
+/// that mkfs looks once more itself.
 pub fn make(root: &Root, fs: &str, dev: &Device, label: Option<&str>, uuid: &str) -> Result<()> {
     let mut c = command(fs, dev, label, uuid)?;
-    let out = chroot::output_here_or_in(root, &mut c)?;
-    if !out.status.success() {
-        bail!("cannot format {dev} as {fs}: {}", cmd::failure(&c, &out));
+    let mut look = LastLook::new(dev)?;
+    let tty = Terminal::open().context("cannot open a pseudo-terminal for mkfs")?;
+    let slave = tty.slave.as_raw_fd();
+    let guard = move |c: &mut Command| {
+        // mkfs.ext4 asks libblkid's cache, which answers from a probe up to 200 s old and
+        // so from the disk a reused device name (a loop device, a re-attached volume) had.
+        c.env("BLKID_FILE", "/dev/null");
+        // SAFETY: between fork and exec the closure only opens, reads into its own buffer,
+        // compares bytes and duplicates a descriptor that outlives the child.
+        unsafe {
+            c.pre_exec(move || {
+                look.check()?;
+                let tty = std::os::fd::BorrowedFd::borrow_raw(slave);
+                rustix::stdio::dup2_stdin(tty)?;
+                Ok(rustix::stdio::dup2_stdout(tty)?)
+            });
+        }
+    };
+    let out = chroot::output_here_or_in(root, &mut c, guard);
+    let said = tty.finish();
+    let out = out.map_err(|e| refusal(&e, dev).unwrap_or(e))?;
+    if out.status.success() {
+        return Ok(());
     }
-    Ok(())
+    if let Some(found) = found_by_mkfs(&said) {
+        bail!("{dev} is no longer blank when mkfs probes it ({found}); refusing to format it");
+    }
+    let out = std::process::Output {
+        stdout: said.into_bytes(),
+        ..out
+    };
+    bail!("cannot format {dev} as {fs}: {}", cmd::failure(&c, &out))
 }
 
 #[cfg(test)]
@@ -135,5 +287,19 @@ mod tests {
         let c = command("xfs", &dev, None, "u-2").unwrap();
         assert_eq!(cmd::display(&c), "mkfs.xfs -q -K -m uuid=u-2 /dev/vdb");
         assert!(command("btrfs", &dev, None, "u").is_err());
+    }
+
+    #[test]
+    fn mkfs_own_finding_is_its_contains_line_and_only_when_it_asked() {
+        let asked = "/dev/loop7 contains a ext4 file system\n\tcreated on Thu Dec  3\nProceed anyway? (y,N) \n";
+        assert_eq!(
+            found_by_mkfs(asked),
+            Some("/dev/loop7 contains a ext4 file system")
+        );
+        assert_eq!(
+            found_by_mkfs("/dev/loop7 contains a ext4 file system\n"),
+            None
+        );
+        assert_eq!(found_by_mkfs("Proceed anyway? (y,N)"), None);
     }
 }
