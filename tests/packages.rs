@@ -437,9 +437,8 @@ impl Scratch {
 
     /// Run olboot `cmd` (`plan` or `apply`) on this root, checking on the way that the
     /// host's package database is left alone and that nothing of the apt session remains.
-    fn olboot(&self, cmd: &str) -> Output {
-        let status = std::fs::read("/var/lib/dpkg/status").unwrap();
-        let host_apt = host_apt_sources();
+    /// `olboot CMD` of the packages step on this root, with quick retries.
+    fn command(&self, cmd: &str) -> Command {
         let mut c = olboot();
         c.arg(cmd)
             .arg("-c")
@@ -454,7 +453,13 @@ impl Scratch {
         if cmd == "apply" {
             c.arg("--json");
         }
-        let out = c.output().expect("cannot run olboot");
+        c
+    }
+
+    fn olboot(&self, cmd: &str) -> Output {
+        let status = std::fs::read("/var/lib/dpkg/status").unwrap();
+        let host_apt = host_apt_sources();
+        let out = self.command(cmd).output().expect("cannot run olboot");
         assert!(
             std::fs::read("/var/lib/dpkg/status").unwrap() == status,
             "the host's /var/lib/dpkg/status changed"
@@ -722,6 +727,49 @@ fn mirror_that_never_answers_fails_after_bounded_retries() {
         .filter(|l| l.contains("running chroot") && l.ends_with(" update"))
         .count();
     assert_eq!(updates, 4, "OLBOOT_RETRIES=4 attempts:\n{}", stderr(&o));
+}
+
+#[test]
+fn sigterm_during_a_retry_wait_stops_at_once() {
+    let mirror = Mirror::start(Fault::Unavailable, usize::MAX, "");
+    let s = Scratch::new(&mirror, &["hello"]);
+    let log = s.root.parent().unwrap().join("olboot.log");
+    let mut child = s
+        .command("apply")
+        .env("OLBOOT_BACKOFF_MS", "30000")
+        .env("OLBOOT_BACKOFF_MAX_MS", "30000")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("retrying in 30s")
+    {
+        assert!(Instant::now() < deadline, "never retried");
+        assert!(child.try_wait().unwrap().is_none(), "ended early");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let asked = mirror.requests();
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if sent.elapsed() > Duration::from_secs(5) {
+            let _ = child.kill();
+            panic!("still waiting 5 s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(status.code(), Some(1), "{log}");
+    assert!(log.contains("interrupted by SIGTERM"), "{log}");
+    assert_eq!(mirror.requests(), asked, "retried after SIGTERM: {log}");
+    assert_eq!(s.mounts(), Vec::<String>::new(), "mounts left in the root");
 }
 
 #[test]

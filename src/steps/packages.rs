@@ -591,7 +591,8 @@ fn retrying(ctx: &Ctx, what: &str, make: impl Fn() -> Command) -> Result<Ran> {
             },
             _ => return Ok(ran),
         };
-        std::thread::sleep(delay);
+        // A shutdown during a wait of minutes stops it at once, not after it.
+        crate::sys::signal::sleep(delay)?;
     }
 }
 
