@@ -1755,6 +1755,30 @@ fn a_stale_blkid_cache_does_not_refuse_a_blank_disk() {
     assert!(within, "the run took over 2 s: the cache was not tested");
 }
 
+#[test]
+fn a_volume_whose_uuid_a_copy_also_carries_is_not_mounted_by_that_uuid() {
+    let mut lab = Lab::new();
+    let d = lab.disk("original", 32);
+    sh("mkfs.ext4", &["-q", "-L", "ol-data", &d.dev]);
+    flush(&d.dev);
+    let copy = lab.path().join("copy.img");
+    std::fs::copy(lab.path().join("original.img"), &copy).unwrap();
+    let copied = lab.attach(&copy);
+    assert_refused_saying(
+        &lab,
+        &d.dev,
+        &[
+            &format!("and {copied} carries the same UUID"),
+            "tune2fs -U random",
+        ],
+    );
+    // Once the copy has a UUID of its own, the original is mounted.
+    sh("tune2fs", &["-U", "random", &copied]);
+    let out = lab.olboot("apply", &lab.config(&volume(&d.dev, "/1", "")));
+    assert_eq!(code(&out), 0, "{}", stderr(&out));
+    assert_eq!(lab.mounts().len(), 1);
+}
+
 /// The blank proof (kernel users, then the content read) of `dev`, timed.
 fn time_proof(dev: &str) -> Duration {
     let d = olboot::sys::blockdev::present(Path::new(dev))

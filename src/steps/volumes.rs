@@ -16,8 +16,10 @@
 //! `apply` makes it again under the whole-disk lock ([`crate::sys::mkfs::DiskLock`]), reads
 //! both ends once more, runs `mkfs` with a UUID chosen at plan time and, still under the lock,
 //! checks that the device now carries exactly that filesystem, UUID and label. A disk holding
-//! exactly the configured filesystem is used as it is; a disk holding anything else, or in use,
-//! makes the volume fail with what was found, and nothing is written to it.
+//! exactly the configured filesystem is used as it is, unless another device carries the same
+//! UUID (a copied volume: the fstab line by UUID could mount either at boot); a disk holding
+//! anything else, or in use, makes the volume fail with what was found, and nothing is written
+//! to it.
 //!
 //! Each volume is handled on its own: one that fails does not stop the others; the step fails
 //! at the end with the errors of all failed volumes. `plan` finds and probes the devices
@@ -387,7 +389,7 @@ fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<
         changes.push(format.0);
         uuid
     } else {
-        existing_volume(v, &dev, &probe, mounted_here)?
+        existing_volume(v, &dev, &probe, mounted_here, ctx.root)?
     };
     let file = ctx.root.path(Path::new(fstab::PATH));
     let content = fs::read_optional(&file)?.unwrap_or_default();
@@ -474,13 +476,14 @@ fn blank_volume(
     Ok((change, uuid))
 }
 
-/// The UUID of a device that already holds the configured filesystem, unused by anyone else;
-/// an error for anything else.
+/// The UUID of a device that already holds the configured filesystem, unused by anyone else
+/// and the only one to carry that UUID; an error for anything else.
 fn existing_volume(
     v: &config::Volume,
     dev: &Device,
     probe: &Probe,
     mounted_here: bool,
+    root: &crate::root::Root,
 ) -> Result<String> {
     let fs = v.filesystem.name();
     if probe.filesystem() != Some(fs) {
@@ -493,10 +496,21 @@ fn existing_volume(
         // Mounted in another mount namespace, under a loop device, open: not ours to mount.
         check_unused(dev, "mount", || Ok(()))?;
     }
-    Ok(probe
+    let uuid = probe
         .uuid()
-        .with_context(|| format!("{dev} holds {probe} but blkid reports no UUID"))?
-        .to_string())
+        .with_context(|| format!("{dev} holds {probe} but blkid reports no UUID"))?;
+    let others = blockdev::others_with_uuid(dev, uuid, root)?;
+    if !others.is_empty() {
+        let names: Vec<String> = others.iter().map(|d| d.to_string()).collect();
+        bail!(
+            "{dev} holds {probe}, and {} carries the same UUID (a copy of the volume?): \
+             the line UUID={uuid} in {} could mount either at boot; refusing to mount or \
+             persist it (give the copy a new UUID: tune2fs -U random, xfs_admin -U generate)",
+            names.join(", "),
+            fstab::PATH
+        );
+    }
+    Ok(uuid.to_string())
 }
 
 /// Fail when the mountpoint exists and is not a directory; warn when it is not empty.

@@ -299,6 +299,36 @@ pub fn probe(dev: &Device, root: &Root) -> Result<Probe> {
     }
 }
 
+/// The other devices carrying a filesystem with `uuid`, as a copied volume (a cloned disk, an
+/// LVM snapshot) does: not `dev` itself, and not devices held by device-mapper or md (the
+/// paths of a multipath disk, the members of a mirror), whose holder is the device. `blkid
+/// -t` without a cache probes every block device.
+pub fn others_with_uuid(dev: &Device, uuid: &str, root: &Root) -> Result<Vec<Device>> {
+    let mut c = Command::new("blkid");
+    c.args(["-c", "/dev/null", "-o", "device", "-t"])
+        .arg(format!("UUID={uuid}"));
+    let out = chroot::output_here_or_in(root, &mut c, |_| {})?;
+    match out.status.code() {
+        Some(0) => {}
+        Some(2) if out.stderr.is_empty() => return Ok(Vec::new()),
+        _ => bail!(
+            "cannot look for other devices with UUID {uuid}: {}",
+            cmd::failure(&c, &out)
+        ),
+    }
+    let mut others = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        // One that vanished since blkid saw it cannot be mounted by the UUID either.
+        let Some(d) = present(Path::new(line.trim()))? else {
+            continue;
+        };
+        if d.dev() != dev.dev() && holders(&d.sysfs(), &[])?.is_empty() {
+            others.push(d);
+        }
+    }
+    Ok(others)
+}
+
 /// The label of the filesystem on `dev` as stored, `None` when it has none: `blkid -o value`
 /// prints it raw, where the export format prints a literal `^` or `M-` as if it were an
 /// escape.
