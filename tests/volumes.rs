@@ -1779,6 +1779,33 @@ fn a_volume_whose_uuid_a_copy_also_carries_is_not_mounted_by_that_uuid() {
     assert_eq!(lab.mounts().len(), 1);
 }
 
+#[test]
+fn a_subdirectory_of_the_volume_mounted_at_its_mountpoint_is_refused() {
+    let mut lab = Lab::new();
+    let d = lab.disk("bound", 32);
+    sh("mkfs.ext4", &["-q", "-L", "ol-data", &d.dev]);
+    let whole = lab.path().join("whole");
+    let target = lab.root().join("1");
+    std::fs::create_dir_all(&target).unwrap();
+    std::fs::create_dir(&whole).unwrap();
+    sh("mount", &[&d.dev, whole.to_str().unwrap()]);
+    std::fs::create_dir(whole.join("sub")).unwrap();
+    sh(
+        "mount",
+        &[
+            "--bind",
+            whole.join("sub").to_str().unwrap(),
+            target.to_str().unwrap(),
+        ],
+    );
+    sh("umount", &[whole.to_str().unwrap()]);
+    let out = lab.olboot("apply", &lab.config(&volume(&d.dev, "/1", "")));
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    let e = error(&out);
+    assert!(e.contains("from its directory /sub, not as a whole"), "{e}");
+    assert_eq!(lab.fstab(), FSTAB);
+}
+
 /// The blank proof (kernel users, then the content read) of `dev`, timed.
 fn time_proof(dev: &str) -> Duration {
     let d = olboot::sys::blockdev::present(Path::new(dev))

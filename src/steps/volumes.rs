@@ -292,6 +292,19 @@ fn mounted_at_target(dev: &Device, target: &Path, holds: &str) -> Result<bool> {
             list(&usage.partition_mounts)
         );
     }
+    if let Some(m) = usage
+        .mounts
+        .iter()
+        .find(|m| m.target == target && m.fs_root != Path::new("/"))
+    {
+        // The fstab line mounts the whole filesystem: what is written below the target now
+        // would not be there after a reboot.
+        bail!(
+            "{dev} is mounted at {} from its directory {}, not as a whole; unmount it first",
+            target.display(),
+            m.fs_root.display()
+        );
+    }
     let here = usage.mounts.iter().any(|m| m.target == target);
     if !here && !usage.mounts.is_empty() {
         bail!(
