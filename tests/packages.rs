@@ -752,19 +752,8 @@ fn sigterm_during_a_retry_wait_stops_at_once() {
         std::thread::sleep(Duration::from_millis(20));
     }
     let asked = mirror.requests();
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let sent = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if sent.elapsed() > Duration::from_secs(5) {
-            let _ = child.kill();
-            panic!("still waiting 5 s after SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::sigterm_and_wait(&mut child, Duration::from_secs(5))
+        .expect("still waiting 5 s after SIGTERM");
     let log = std::fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(1), "{log}");
     assert!(log.contains("interrupted by SIGTERM"), "{log}");

@@ -1559,6 +1559,30 @@ fn race_trial(
     (over, started.is_some(), code(&out) == 0)
 }
 
+/// A 32 MiB image file at `path` holding an ext4 filesystem.
+fn ext4_image(path: &Path) -> PathBuf {
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    sh("mkfs.ext4", &["-q", path.to_str().unwrap()]);
+    path.to_path_buf()
+}
+
+/// A directory to put first on olboot's PATH, whose `mkfs.ext4` runs the shell line `first`
+/// and then is the real one.
+fn mkfs_before(lab: &Lab, first: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = lab.path().join("bin");
+    let mkfs = bin.join("mkfs.ext4");
+    write(
+        &mkfs,
+        &format!("#!/bin/sh\n{first}\nexec /usr/sbin/mkfs.ext4 \"$@\"\n"),
+    );
+    std::fs::set_permissions(&mkfs, std::fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
 /// Back to a blank 32 MiB disk, nothing mounted, the original fstab.
 fn race_reset(lab: &Lab, dev: &str) {
     for t in lab.mounts() {
@@ -1571,7 +1595,6 @@ fn race_reset(lab: &Lab, dev: &str) {
 
 #[test]
 fn a_writer_racing_olboot_is_never_formatted_over() {
-    use std::os::unix::fs::PermissionsExt;
     let mut lab = Lab::new();
     // On tmpfs: 100 trials must not write gigabytes to this machine's disk.
     let shm = tempfile::tempdir_in("/dev/shm").unwrap();
@@ -1581,23 +1604,9 @@ fn a_writer_racing_olboot_is_never_formatted_over() {
         .set_len(32 << 20)
         .unwrap();
     let dev = lab.attach(&img);
-    let theirs = shm.path().join("theirs.img");
-    std::fs::File::create(&theirs)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    sh("mkfs.ext4", &["-q", theirs.to_str().unwrap()]);
+    let theirs = ext4_image(&shm.path().join("theirs.img"));
     // olboot's mkfs.ext4 notes when it starts, then is the real one.
-    let bin = lab.path().join("bin");
-    write(
-        &bin.join("mkfs.ext4"),
-        "#!/bin/sh\ndate +%s%N >> \"$OLBOOT_TEST_MKFS_STAMP\"\nexec /usr/sbin/mkfs.ext4 \"$@\"\n",
-    );
-    std::fs::set_permissions(
-        bin.join("mkfs.ext4"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
+    let bin = mkfs_before(&lab, "date +%s%N >> \"$OLBOOT_TEST_MKFS_STAMP\"");
     let cfg = lab.config(&volume(&dev, "/1", ""));
     let t = Instant::now();
     let (_, ran, ok) = race_trial(&lab, &cfg, &bin, None, Duration::ZERO);
@@ -1675,31 +1684,19 @@ fn mkfs_itself_looks_at_both_ends_once_more() {
 
 #[test]
 fn a_writer_after_mkfs_was_exec_d_is_caught_by_mkfs_own_probe() {
-    use std::os::unix::fs::PermissionsExt;
     // The writer finishes after olboot's last look and after the exec, but before mkfs.ext4
     // probes: only mkfs's own probe, which it makes on a terminal, is left to see it.
     let mut lab = Lab::new();
     let d = lab.disk("after-exec", 32);
-    let theirs = lab.path().join("theirs.img");
-    std::fs::File::create(&theirs)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
-    sh("mkfs.ext4", &["-q", theirs.to_str().unwrap()]);
-    let bin = lab.path().join("bin");
-    write(
-        &bin.join("mkfs.ext4"),
+    let theirs = ext4_image(&lab.path().join("theirs.img"));
+    let bin = mkfs_before(
+        &lab,
         &format!(
-            "#!/bin/sh\ndd if={} of={} bs=1M conv=fsync,notrunc status=none\nexec /usr/sbin/mkfs.ext4 \"$@\"\n",
+            "dd if={} of={} bs=1M conv=fsync,notrunc status=none",
             theirs.display(),
             d.dev
         ),
     );
-    std::fs::set_permissions(
-        bin.join("mkfs.ext4"),
-        std::fs::Permissions::from_mode(0o755),
-    )
-    .unwrap();
     let cfg = lab.config(&volume(&d.dev, "/1", ""));
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let root = lab.root();

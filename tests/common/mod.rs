@@ -14,6 +14,29 @@ pub fn olboot() -> Command {
     c
 }
 
+/// Send SIGTERM to `child` and wait up to `within` for it to end: its status, or `None` (and
+/// the child killed) when it was still running.
+pub fn sigterm_and_wait(
+    child: &mut std::process::Child,
+    within: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let pid = rustix::process::Pid::from_child(child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let sent = std::time::Instant::now();
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            eprintln!("stopped {:?} after SIGTERM", sent.elapsed());
+            return Some(st);
+        }
+        if sent.elapsed() > within {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// Run olboot with `args`, feeding `stdin`.
 pub fn run(args: &[&str], stdin: Option<&str>) -> Output {
     let mut c = olboot();

@@ -532,24 +532,12 @@ pub fn sigterm_when(
         assert!(child.try_wait().unwrap().is_none(), "ended early");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let sent = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if sent.elapsed() > within {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "still running {within:?} after SIGTERM:\n{}",
-                fs::read_to_string(&log).unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    let Some(status) = crate::common::sigterm_and_wait(&mut child, within) else {
+        panic!(
+            "still running {within:?} after SIGTERM:\n{}",
+            fs::read_to_string(&log).unwrap()
+        );
     };
-    eprintln!("stopped {:?} after SIGTERM", sent.elapsed());
     let log = fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(1), "{log}");
     let step = opt_step(&s.root());
