@@ -402,12 +402,16 @@ fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<
         changes.push(format.0);
         uuid
     } else {
-        existing_volume(v, &dev, &probe, mounted_here, ctx.root)?
+        existing_volume(v, &dev, &probe, mounted_here)?
     };
     let file = ctx.root.path(Path::new(fstab::PATH));
     let content = fs::read_optional(&file)?.unwrap_or_default();
     let entry = entry(v, &uuid);
     let edit = fstab::plan(&content, &entry);
+    if !probe.is_blank() {
+        let converged = mounted_here && edit == fstab::Edit::Unchanged;
+        check_one_uuid(ctx, &dev, &uuid, converged, warnings)?;
+    }
     if edit != fstab::Edit::Unchanged {
         // Checked now, not when writing: a disk formatted and mounted whose line cannot be
         // written is a half-done volume.
@@ -489,14 +493,13 @@ fn blank_volume(
     Ok((change, uuid))
 }
 
-/// The UUID of a device that already holds the configured filesystem, unused by anyone else
-/// and the only one to carry that UUID; an error for anything else.
+/// The UUID of a device that already holds the configured filesystem, unused by anyone else;
+/// an error for anything else.
 fn existing_volume(
     v: &config::Volume,
     dev: &Device,
     probe: &Probe,
     mounted_here: bool,
-    root: &crate::root::Root,
 ) -> Result<String> {
     let fs = v.filesystem.name();
     if probe.filesystem() != Some(fs) {
@@ -509,21 +512,39 @@ fn existing_volume(
         // Mounted in another mount namespace, under a loop device, open: not ours to mount.
         check_unused(dev, "mount", || Ok(()))?;
     }
-    let uuid = probe
+    Ok(probe
         .uuid()
-        .with_context(|| format!("{dev} holds {probe} but blkid reports no UUID"))?;
-    let others = blockdev::others_with_uuid(dev, uuid, root)?;
-    if !others.is_empty() {
-        let names: Vec<String> = others.iter().map(|d| d.to_string()).collect();
-        bail!(
-            "{dev} holds {probe}, and {} carries the same UUID (a copy of the volume?): \
-             the line UUID={uuid} in {} could mount either at boot; refusing to mount or \
-             persist it (give the copy a new UUID: tune2fs -U random, xfs_admin -U generate)",
-            names.join(", "),
-            fstab::PATH
-        );
+        .with_context(|| format!("{dev} holds {probe} but blkid reports no UUID"))?
+        .to_string())
+}
+
+/// Fail when another device carries `uuid` too (a copy of the volume): the fstab line by UUID
+/// could mount either at boot. A volume already mounted and persisted (`converged`) only gets
+/// a warning: olboot would change nothing, and failing would stop the steps after it.
+fn check_one_uuid(
+    ctx: &Ctx,
+    dev: &Device,
+    uuid: &str,
+    converged: bool,
+    warnings: &mut Vec<String>,
+) -> Result<()> {
+    let others = blockdev::others_with_uuid(dev, uuid, ctx.root)?;
+    if others.is_empty() {
+        return Ok(());
     }
-    Ok(uuid.to_string())
+    let names: Vec<String> = others.iter().map(|d| d.to_string()).collect();
+    let why = format!(
+        "{dev} and {} carry the same UUID (a copy of the volume?): the line UUID={uuid} in {} \
+         could mount either at boot (give the copy a new UUID: tune2fs -U random, xfs_admin -U \
+         generate)",
+        names.join(", "),
+        fstab::PATH
+    );
+    if !converged {
+        bail!("{why}; refusing to mount or persist {dev}");
+    }
+    warnings.push(why);
+    Ok(())
 }
 
 /// Fail when the mountpoint exists and is not a directory; warn when it is not empty.

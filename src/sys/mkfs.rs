@@ -139,44 +139,59 @@ impl LastLook {
         })
     }
 
-    /// `EBUSY` when the device is held exclusively, `ENOTEMPTY` when a byte is no longer zero
-    /// (execve fails with neither).
-    fn check(&mut self) -> std::io::Result<()> {
+    /// What was seen, as a [`Note`] and the errno to fail the exec with.
+    fn check(&mut self) -> Result<(), (u8, rustix::io::Errno)> {
         use rustix::fs::{Mode, OFlags};
-        let fd = rustix::fs::open(
-            self.path.as_c_str(),
-            OFlags::RDONLY | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        use rustix::io::Errno;
+        let flags = OFlags::RDONLY | OFlags::EXCL | OFlags::CLOEXEC;
+        let fd = rustix::fs::open(self.path.as_c_str(), flags, Mode::empty()).map_err(|e| {
+            let note = if e == Errno::BUSY { BUSY } else { FAILED };
+            (note, e)
+        })?;
         for at in self.at {
             let mut done = 0;
             while done < self.buf.len() {
-                match rustix::io::pread(&fd, &mut self.buf[done..], at + done as u64)? {
-                    0 => return Err(rustix::io::Errno::IO.into()),
-                    n => done += n,
+                match rustix::io::pread(&fd, &mut self.buf[done..], at + done as u64) {
+                    Ok(0) => return Err((FAILED, Errno::IO)),
+                    Ok(n) => done += n,
+                    Err(e) => return Err((FAILED, e)),
                 }
             }
             if self.buf.iter().any(|b| *b != 0) {
-                return Err(rustix::io::Errno::NOTEMPTY.into());
+                return Err((WRITTEN, Errno::NOTEMPTY));
             }
         }
         Ok(())
     }
 }
 
-/// The refusal of [`LastLook::check`] in `e`, if it is one, as the error to give for `dev`.
-fn refusal(e: &anyhow::Error, dev: &Device) -> Option<anyhow::Error> {
-    let errno = e
-        .chain()
-        .find_map(|c| c.downcast_ref::<std::io::Error>()?.raw_os_error())?;
-    let what = match rustix::io::Errno::from_raw_os_error(errno) {
-        rustix::io::Errno::NOTEMPTY => "was written to (its first or last MiB is no longer zero)",
-        rustix::io::Errno::BUSY => "was opened exclusively by another program (a mount, a mkfs)",
-        _ => return None,
-    };
-    Some(anyhow::anyhow!(
-        "{dev} {what} just before mkfs started; refusing to format it"
-    ))
+/// What the mkfs child notes, one byte in a pipe, when it fails before the exec (the exec's
+/// own failure leaves no note), so that the error says which.
+type Note = u8;
+const WRITTEN: Note = b'W';
+const BUSY: Note = b'B';
+const FAILED: Note = b'F';
+const NO_TERMINAL: Note = b'T';
+
+/// The error to give for `dev` when running mkfs failed with `e`, by the child's note.
+fn noted(notes: &std::os::fd::OwnedFd, e: anyhow::Error, dev: &Device) -> anyhow::Error {
+    let mut note = [0u8];
+    if !matches!(rustix::io::read(notes, &mut note), Ok(1)) {
+        return e;
+    }
+    let just = "just before mkfs started; refusing to format it";
+    match note[0] {
+        WRITTEN => {
+            anyhow::anyhow!("{dev} was written to (its first or last MiB is no longer zero) {just}")
+        }
+        BUSY => anyhow::anyhow!(
+            "{dev} was opened exclusively by another program (a mount, a mkfs) {just}"
+        ),
+        NO_TERMINAL => e.context("cannot give mkfs its terminal"),
+        _ => e.context(format!(
+            "cannot take the last look at {dev} before mkfs; not formatting it"
+        )),
+    }
 }
 
 /// A terminal for mkfs to run on, with an end-of-file already typed. mkfs.ext4 probes the
@@ -199,15 +214,22 @@ impl Terminal {
         let slave = rustix::pty::ioctl_tiocgptpeer(&master, flags)?;
         rustix::io::write(&master, b"\x04")?;
         let (tx, said) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
+        std::thread::Builder::new().spawn(move || {
             let (mut all, mut buf) = (Vec::new(), [0u8; 1024]);
-            // Ends with EIO once the last copy of the slave is closed.
-            while let Ok(n @ 1..) = rustix::io::read(&master, &mut buf) {
-                let keep = n.min(TERMINAL_KEPT.saturating_sub(all.len()));
-                all.extend_from_slice(&buf[..keep]);
+            // Ends with EIO once the last copy of the slave is closed. A signal caught on this
+            // thread must not end it early: mkfs would lose its terminal.
+            loop {
+                match rustix::io::read(&master, &mut buf) {
+                    Ok(n @ 1..) => {
+                        let keep = n.min(TERMINAL_KEPT.saturating_sub(all.len()));
+                        all.extend_from_slice(&buf[..keep]);
+                    }
+                    Err(rustix::io::Errno::INTR) => {}
+                    _ => break,
+                }
             }
             let _ = tx.send(all);
-        });
+        })?;
         Ok(Terminal { slave, said })
     }
 
@@ -215,6 +237,9 @@ impl Terminal {
     fn finish(self) -> String {
         drop(self.slave);
         let said = self.said.recv_timeout(Duration::from_secs(1));
+        if said.is_err() {
+            log::debug!("mkfs's terminal is still open elsewhere; not waiting for its output");
+        }
         String::from_utf8_lossy(&said.unwrap_or_default()).into_owned()
     }
 }
@@ -225,7 +250,9 @@ const TERMINAL_KEPT: usize = 4096;
 /// What mkfs.ext4 said its own probe found (its first line: "… contains a ext4 file system",
 /// "Found a dos partition table in …"), when it then asked whether to go on.
 fn found_by_mkfs(said: &str) -> Option<&str> {
-    let (before, _) = said.split_once("Proceed anyway?")?;
+    // "Proceed anyway? (y,N)", or "Proceed anyway (or wait N seconds to proceed) ? (y,N)"
+    // with a proceed_delay in mke2fs.conf; in English, as LC_ALL=C makes it.
+    let (before, _) = said.split_once("Proceed anyway")?;
     before.lines().map(str::trim).find(|l| !l.is_empty())
 }
 
@@ -236,25 +263,38 @@ pub fn make(root: &Root, fs: &str, dev: &Device, label: Option<&str>, uuid: &str
     let mut c = command(fs, dev, label, uuid)?;
     let mut look = LastLook::new(dev)?;
     let tty = Terminal::open().context("cannot open a pseudo-terminal for mkfs")?;
-    let slave = tty.slave.as_raw_fd();
+    let (notes, note) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .context("cannot make a pipe for mkfs's last look")?;
+    rustix::io::ioctl_fionbio(&notes, true).context("cannot make mkfs's note pipe non-blocking")?;
+    let (slave, note_fd) = (tty.slave.as_raw_fd(), note.as_raw_fd());
     let guard = move |c: &mut Command| {
         // mkfs.ext4 asks libblkid's cache, which answers from a probe up to 200 s old and
         // so from the disk a reused device name (a loop device, a re-attached volume) had.
-        c.env("BLKID_FILE", "/dev/null");
+        c.env("BLKID_FILE", "/dev/null").env("LC_ALL", "C");
         // SAFETY: between fork and exec the closure only opens, reads into its own buffer,
-        // compares bytes and duplicates a descriptor that outlives the child.
+        // compares bytes, writes one byte and duplicates descriptors that outlive the child.
         unsafe {
             c.pre_exec(move || {
-                look.check()?;
                 let tty = std::os::fd::BorrowedFd::borrow_raw(slave);
-                rustix::stdio::dup2_stdin(tty)?;
-                Ok(rustix::stdio::dup2_stdout(tty)?)
+                let on_tty = || {
+                    rustix::stdio::dup2_stdin(tty)?;
+                    rustix::stdio::dup2_stdout(tty)
+                };
+                let r = look
+                    .check()
+                    .and_then(|()| on_tty().map_err(|e| (NO_TERMINAL, e)));
+                r.map_err(|(what, e)| {
+                    let note = std::os::fd::BorrowedFd::borrow_raw(note_fd);
+                    let _ = rustix::io::write(note, &[what]);
+                    e.into()
+                })
             });
         }
     };
     let out = chroot::output_here_or_in(root, &mut c, guard);
     let said = tty.finish();
-    let out = out.map_err(|e| refusal(&e, dev).unwrap_or(e))?;
+    drop(note);
+    let out = out.map_err(|e| noted(&notes, e, dev))?;
     if out.status.success() {
         return Ok(());
     }
