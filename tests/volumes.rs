@@ -159,6 +159,14 @@ impl Lab {
         run(&args, None)
     }
 
+    /// `olboot apply --json` of `cfg` on the lab's root, to be given more before it runs.
+    fn apply_command(&self, cfg: &Path) -> Command {
+        let mut c = common::olboot();
+        c.args(["apply", "--json", "-c", cfg.to_str().unwrap()])
+            .args(["--root", self.root().to_str().unwrap(), "--host", "x"]);
+        c
+    }
+
     /// The mounts below the lab directory, deepest first.
     fn mounts(&self) -> Vec<PathBuf> {
         let mut m: Vec<PathBuf> = olboot::sys::mount::mounts()
@@ -619,10 +627,8 @@ fn disk_attached_while_olboot_waits_is_found() {
         "  - device: [{}]\n    wait: 30s\n    label: ol-data\n    mountpoint: /1\n",
         link.display()
     ));
-    let root = lab.root();
-    let child = common::olboot()
-        .args(["apply", "--json", "-c", cfg.to_str().unwrap()])
-        .args(["--root", root.to_str().unwrap(), "--host", "x"])
+    let child = lab
+        .apply_command(&cfg)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -1526,10 +1532,8 @@ fn race_trial(
         bin.display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    let root = lab.root();
-    let child = common::olboot()
-        .args(["apply", "--json", "-c", cfg.to_str().unwrap()])
-        .args(["--root", root.to_str().unwrap(), "--host", "x"])
+    let child = lab
+        .apply_command(cfg)
         .env("PATH", path)
         .env("OLBOOT_TEST_MKFS_STAMP", &stamp)
         .stdin(Stdio::null())
@@ -1707,13 +1711,7 @@ fn a_writer_after_mkfs_was_exec_d_is_caught_by_mkfs_own_probe() {
     );
     let cfg = lab.config(&volume(&d.dev, "/1", ""));
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
-    let root = lab.root();
-    let out = common::olboot()
-        .args(["apply", "--json", "-c", cfg.to_str().unwrap()])
-        .args(["--root", root.to_str().unwrap(), "--host", "x"])
-        .env("PATH", path)
-        .output()
-        .unwrap();
+    let out = lab.apply_command(&cfg).env("PATH", path).output().unwrap();
     assert_eq!(code(&out), 1, "{}", stderr(&out));
     let e = error(&out);
     assert!(
@@ -1746,10 +1744,8 @@ fn a_stale_blkid_cache_does_not_refuse_a_blank_disk() {
         img.sync_all().unwrap();
         sh("blockdev", &["--flushbufs", &d.dev]);
         let cfg = lab.config(&volume(&d.dev, &format!("/{n}"), ""));
-        let root = lab.root();
-        let out = common::olboot()
-            .args(["apply", "--json", "-c", cfg.to_str().unwrap()])
-            .args(["--root", root.to_str().unwrap(), "--host", "x"])
+        let out = lab
+            .apply_command(&cfg)
             .env("BLKID_FILE", &cache)
             .output()
             .unwrap();

@@ -340,6 +340,11 @@ mod tests {
             found_by_mkfs("/dev/loop7 contains a ext4 file system\n"),
             None
         );
+        let delayed = "Found a dos partition table in /dev/loop7\nProceed anyway (or wait 5 seconds to proceed) ? (y,N) ";
+        assert_eq!(
+            found_by_mkfs(delayed),
+            Some("Found a dos partition table in /dev/loop7")
+        );
         assert_eq!(found_by_mkfs("Proceed anyway? (y,N)"), None);
     }
 }
