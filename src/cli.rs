@@ -229,7 +229,12 @@ fn converge(t: Target, mode: Mode, json: bool) -> Result<u8> {
     );
     let started = report::now();
     let steps = engine::run(&host_cfg, &ctx, mode, &t.only);
-    let result = Report::summarize(&steps);
+    // A signal stopped the run: whatever the steps that had finished say, the host has not
+    // converged, and a service manager must see it fail.
+    let result = match crate::sys::signal::received() {
+        Some(_) => Outcome::Failed,
+        None => Report::summarize(&steps),
+    };
     let rep = Report {
         version: 1,
         host,

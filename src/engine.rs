@@ -91,9 +91,12 @@ pub fn run(cfg: &HostConfig, ctx: &Ctx, mode: Mode, only: &[StepName]) -> Vec<St
                     report: None,
                 };
                 let before = board.wait_for(names, &after(cfg, name, mode));
-                // A signal stops what has not started yet.
-                let interrupted =
-                    crate::sys::signal::received().map(|s| format!("interrupted by {s}"));
+                // A signal stops what has not started yet (a step not configured stays
+                // "not configured": it had nothing to do).
+                let interrupted = configured(cfg, name)
+                    .then(crate::sys::signal::received)
+                    .flatten()
+                    .map(|s| format!("interrupted by {s}"));
                 slot.report = Some(
                     match interrupted.or_else(|| blocker(cfg, name, &before, mode)) {
                         Some(why) => skipped(name, why),
@@ -202,6 +205,17 @@ pub fn same_step() -> std::thread::Builder {
     match std::thread::current().name() {
         Some(n) => std::thread::Builder::new().name(n.into()),
         None => std::thread::Builder::new(),
+    }
+}
+
+/// Whether the host's config has anything for step `name` to do.
+fn configured(cfg: &HostConfig, name: StepName) -> bool {
+    match name {
+        StepName::Firewall => cfg.firewall.is_some(),
+        StepName::Volumes => !cfg.volumes.is_empty(),
+        StepName::Opt => cfg.opt.is_some(),
+        StepName::Packages => cfg.packages.is_some(),
+        StepName::Links => !cfg.links.is_empty(),
     }
 }
 

@@ -2,7 +2,7 @@
 //! them (`opt`) fetching from a deliberately slow server on 127.0.0.1 while another
 //! (`volumes`) waits for a disk that never comes. The report's per-step `started`/`finished`
 //! show the overlap; the report keeps the spec's order, each log line names its step, and a
-//! failure stops only the steps that need the failed one.
+//! failure stops only the steps that need the failed one; a SIGTERM fails the run.
 
 mod common;
 use common::{code, olboot, report, stderr, step};
@@ -183,4 +183,86 @@ fn a_failure_stops_only_the_steps_that_need_it() {
     assert_eq!(packages["result"], "failed", "{packages}");
     assert!(packages["started"].is_string(), "packages ran: {packages}");
     assert!(!dir.path().join("1/opt").exists());
+}
+
+/// A SIGTERM while a step that does not poll for it (the firewall, in a slow `nft`) is
+/// running: that step finishes, the steps after it are skipped as interrupted, the steps the
+/// config does not mention stay "not configured", and the run fails: it has not converged,
+/// whatever the finished steps say.
+#[test]
+fn a_signal_between_steps_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    common::write(&root.join("usr/sbin/nft"), "");
+    common::write(&root.join("opt/olsystem/etc/app.conf"), "a\n");
+    // A check-only `nft` that takes its time; it refuses anything but a check.
+    let bin = dir.path().join("bin");
+    common::write(
+        &bin.join("nft"),
+        "#!/bin/sh\ncase \" $* \" in *\" -c \"*) sleep 2; exit 0;; esac\nexit 1\n",
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("nft"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = "version: 1\n\
+        firewall:\n  allow:\n    - { port: 22 }\n\
+        links:\n  - { from: /opt/olsystem/etc, to: /etc }\n";
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let o = apply_until_sigterm(&root, config, &path, Duration::from_secs(10));
+    assert_eq!(code(&o), 1, "a run stopped by SIGTERM must not exit 0");
+    let r = report(&o);
+    assert_eq!(r["result"], "failed", "{r}");
+    let firewall = step(&r, "firewall");
+    assert_ne!(
+        firewall["result"], "skipped",
+        "the firewall was running: {firewall}"
+    );
+    assert_eq!(step(&r, "links")["result"], "skipped");
+    assert_eq!(step(&r, "links")["error"], "interrupted by SIGTERM");
+    for name in ["volumes", "opt", "packages"] {
+        assert_eq!(step(&r, name)["error"], "not configured", "{name}");
+    }
+    assert!(
+        !root.join("etc/app.conf").exists(),
+        "links ran after SIGTERM"
+    );
+}
+
+/// Apply `config` on `root` with `PATH` set to `path`, send SIGTERM after 700 ms, and wait up
+/// to `within` for olboot to end.
+fn apply_until_sigterm(root: &Path, config: &str, path: &str, within: Duration) -> Output {
+    let mut child = olboot()
+        .args(["apply", "-c", "-", "--host", "h", "--json", "--root"])
+        .arg(root)
+        .env("PATH", path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(config.as_bytes())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    common::sigterm_and_wait(&mut child, within).expect("still running after SIGTERM");
+    let o = child.wait_with_output().unwrap();
+    eprintln!("--- olboot apply\n{}", stderr(&o));
+    o
+}
+
+/// A SIGTERM while `volumes` waits for its device ends the wait at once.
+#[test]
+fn a_signal_ends_the_wait_for_a_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = "version: 1\n\
+        volumes:\n  - { device: /dev/olboot-test-absent, wait: 30s, mountpoint: /1 }\n";
+    let path = std::env::var("PATH").unwrap();
+    let o = apply_until_sigterm(dir.path(), config, &path, Duration::from_secs(3));
+    assert_eq!(code(&o), 1);
+    let volumes = step(&report(&o), "volumes").clone();
+    assert_eq!(volumes["result"], "failed", "{volumes}");
+    let error = volumes["error"].as_str().unwrap();
+    assert!(error.contains("interrupted by SIGTERM"), "{error}");
 }

@@ -352,7 +352,7 @@ fn check_unused(dev: &Device, doing: &str, mut then: impl FnMut() -> Result<()>)
                 users.join("; ")
             );
         }
-        std::thread::sleep(Duration::from_millis(50));
+        crate::sys::signal::sleep(Duration::from_millis(50))?;
     }
 }
 

@@ -161,7 +161,7 @@ pub fn wait_for(candidates: &[impl AsRef<Path>], wait: Duration) -> Result<(Path
             );
             told = true;
         }
-        std::thread::sleep(POLL.min(deadline - now));
+        crate::sys::signal::sleep(POLL.min(deadline - now))?;
     }
 }
 
