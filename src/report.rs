@@ -85,7 +85,7 @@ impl Report {
     }
 
     /// The report's path on this machine.
-    pub fn path(root: &Root) -> PathBuf {
+    pub fn path(root: &Root) -> Result<PathBuf> {
         root.path(Path::new(PATH))
     }
 
@@ -93,12 +93,12 @@ impl Report {
     pub fn write(&self, root: &Root) -> Result<()> {
         let mut json = serde_json::to_vec_pretty(self).context("cannot encode the report")?;
         json.push(b'\n');
-        crate::sys::fs::write_atomic(&Report::path(root), &json, 0o644)
+        crate::sys::fs::write_atomic(&Report::path(root)?, &json, 0o644)
     }
 
     /// Read the last report below `root`.
     pub fn read(root: &Root) -> Result<Report> {
-        let path = Report::path(root);
+        let path = Report::path(root)?;
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("cannot read {} (has olboot apply run?)", path.display()))?;
         serde_json::from_str(&text)

@@ -5,6 +5,7 @@
 //! `/opt/openlibrary/olsystem -> /opt/openlibrary/deploys/olsystem/<sha>` points into DIR, never
 //! at the rescue system's own `/opt`. This type is the one place that does that.
 
+use anyhow::{bail, Result};
 use std::ffi::OsString;
 use std::path::{Component, Path, PathBuf};
 
@@ -44,24 +45,25 @@ impl Root {
     ///
     /// Every component but the last is resolved inside the root, following symlinks as the
     /// target system would; the last component is left as it is, so callers can `lstat` a
-    /// symlink itself. Missing components are kept literally.
-    pub fn path(&self, target: &Path) -> PathBuf {
+    /// symlink itself. Missing components are kept literally. A symlink loop is an error:
+    /// kept literally, the kernel would follow the looping link from this machine's `/`.
+    pub fn path(&self, target: &Path) -> Result<PathBuf> {
         if self.is_live() {
-            return target.to_path_buf();
+            return Ok(target.to_path_buf());
         }
         self.walk(target, false)
     }
 
     /// Like [`Root::path`], but a symlink in the last component is followed too: the path of
     /// the directory or file that `target` finally names.
-    pub fn resolve(&self, target: &Path) -> PathBuf {
+    pub fn resolve(&self, target: &Path) -> Result<PathBuf> {
         if self.is_live() {
-            return std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf());
+            return Ok(std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf()));
         }
         self.walk(target, true)
     }
 
-    fn walk(&self, target: &Path, follow_last: bool) -> PathBuf {
+    fn walk(&self, target: &Path, follow_last: bool) -> Result<PathBuf> {
         // `todo` holds the components still to walk, the next one on top.
         let mut todo: Vec<OsString> = Vec::new();
         push_components(&mut todo, target);
@@ -82,20 +84,24 @@ impl Root {
                 std::fs::read_link(&host).ok()
             };
             match link {
-                // Past the hop limit, keep the rest literally: using the path fails with ELOOP.
-                Some(link) if hops < MAX_HOPS => {
+                Some(_) if hops == MAX_HOPS => bail!(
+                    "{}: too many levels of symbolic links below {}",
+                    target.display(),
+                    self.dir.display()
+                ),
+                Some(link) => {
                     hops += 1;
                     if link.is_absolute() {
                         cur.clear();
                     }
                     push_components(&mut todo, &link);
                 }
-                _ => cur.push(comp),
+                None => cur.push(comp),
             }
         }
         let mut out = self.dir.clone();
         out.extend(&cur);
-        out
+        Ok(out)
     }
 }
 
@@ -119,7 +125,10 @@ mod tests {
     #[test]
     fn live_root_is_identity() {
         let r = Root::live();
-        assert_eq!(r.path(Path::new("/etc/fstab")), PathBuf::from("/etc/fstab"));
+        assert_eq!(
+            r.path(Path::new("/etc/fstab")).unwrap(),
+            PathBuf::from("/etc/fstab")
+        );
     }
 
     #[test]
@@ -134,12 +143,13 @@ mod tests {
         .unwrap();
         let r = Root::at(d);
         assert_eq!(
-            r.path(Path::new("/opt/openlibrary/olsystem/etc/x.conf")),
+            r.path(Path::new("/opt/openlibrary/olsystem/etc/x.conf"))
+                .unwrap(),
             d.join("opt/openlibrary/deploys/olsystem/abc/etc/x.conf")
         );
         // The last component is not followed.
         assert_eq!(
-            r.path(Path::new("/opt/openlibrary/olsystem")),
+            r.path(Path::new("/opt/openlibrary/olsystem")).unwrap(),
             d.join("opt/openlibrary/olsystem")
         );
     }
@@ -152,9 +162,15 @@ mod tests {
         symlink("a/b", d.join("opt/cur")).unwrap();
         symlink("../../../../../../etc", d.join("opt/esc")).unwrap();
         let r = Root::at(d);
-        assert_eq!(r.path(Path::new("/opt/cur/f")), d.join("opt/a/b/f"));
-        assert_eq!(r.path(Path::new("/opt/esc/passwd")), d.join("etc/passwd"));
-        assert_eq!(r.path(Path::new("/../../etc/x")), d.join("etc/x"));
+        assert_eq!(
+            r.path(Path::new("/opt/cur/f")).unwrap(),
+            d.join("opt/a/b/f")
+        );
+        assert_eq!(
+            r.path(Path::new("/opt/esc/passwd")).unwrap(),
+            d.join("etc/passwd")
+        );
+        assert_eq!(r.path(Path::new("/../../etc/x")).unwrap(), d.join("etc/x"));
     }
 
     #[test]
@@ -165,11 +181,11 @@ mod tests {
         symlink("/opt/deploys/x", d.join("opt/olsystem")).unwrap();
         let r = Root::at(d);
         assert_eq!(
-            r.resolve(Path::new("/opt/olsystem")),
+            r.resolve(Path::new("/opt/olsystem")).unwrap(),
             d.join("opt/deploys/x")
         );
         assert_eq!(
-            r.resolve(Path::new("/opt/olsystem/etc")),
+            r.resolve(Path::new("/opt/olsystem/etc")).unwrap(),
             d.join("opt/deploys/x/etc")
         );
     }
@@ -180,7 +196,17 @@ mod tests {
         let d = t.path();
         symlink("/b", d.join("a")).unwrap();
         symlink("/a", d.join("b")).unwrap();
+        // One that loops onto itself: in the root it is ELOOP; kept literally, the kernel
+        // would follow it from this machine's `/` and so out of the root.
+        symlink("/c", d.join("c")).unwrap();
         let r = Root::at(d);
-        assert_eq!(r.path(Path::new("/a/x")), d.join("a/x"));
+        for p in ["/a/x", "/c/x"] {
+            let e = r.path(Path::new(p)).unwrap_err().to_string();
+            assert!(e.contains("too many levels of symbolic links"), "{e}");
+        }
+        let e = r.resolve(Path::new("/a")).unwrap_err().to_string();
+        assert!(e.contains("/a: too many levels"), "{e}");
+        // The last component of `path` is not followed: no loop to walk.
+        assert_eq!(r.path(Path::new("/a")).unwrap(), d.join("a"));
     }
 }

@@ -15,7 +15,9 @@ use std::path::{Path, PathBuf};
 /// `a.ca_file`.
 pub fn source(a: &Archive, ca_file: Option<PathBuf>, root: &Root) -> Result<Source> {
     let read = |key: &str, p: &Path| {
-        SecretFile::read(&root.path(p)).map_err(|e| Invalid(format!("opt.archive.{key}: {e:#}")))
+        root.path(p)
+            .and_then(|p| SecretFile::read(&p))
+            .map_err(|e| Invalid(format!("opt.archive.{key}: {e:#}")))
     };
     let identities = match &a.identity_file {
         Some(p) => Some(
@@ -45,7 +47,8 @@ pub fn source(a: &Archive, ca_file: Option<PathBuf>, root: &Root) -> Result<Sour
 /// Check the secret files of `cfg`'s archive: present, root-only, and parseable.
 pub fn check(cfg: &HostConfig, root: &Root) -> Result<()> {
     if let Some(a) = cfg.opt.as_ref().and_then(|o| o.archive.as_ref()) {
-        source(a, a.ca_file.as_ref().map(|c| root.path(c)), root)?;
+        let ca_file = a.ca_file.as_ref().map(|c| root.path(c)).transpose()?;
+        source(a, ca_file, root)?;
     }
     Ok(())
 }

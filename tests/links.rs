@@ -374,3 +374,52 @@ fn backups_never_go_through_an_earlier_backup_symlink() {
         "edited in place\n"
     );
 }
+
+/// A symlink in the target that loops onto itself (`/x -> /x`) is ELOOP inside the root, but
+/// the very same path on this machine names this machine's `/x`: the walk must fail there,
+/// not hand the literal path to the kernel, which would follow it out of the root.
+#[test]
+fn a_symlink_loop_in_the_target_never_leads_out_of_the_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host-etc");
+    write(&host.join("app.conf"), "this machine's own\n");
+    let root = dir.path().join("root");
+    write(&root.join("opt/ol/etc/app.conf"), "the target's\n");
+    // In the root, the host directory's own path is a symlink to itself.
+    let looped = root.join(host.strip_prefix("/").unwrap());
+    std::fs::create_dir_all(looped.parent().unwrap()).unwrap();
+    symlink(&host, &looped).unwrap();
+    let config = dir.path().join("olboot.yaml");
+    let text = format!(
+        "version: 1\nlinks:\n  - {{ from: /opt/ol/etc, to: {} }}\n",
+        host.display()
+    );
+    write(&config, &text);
+    let out = run(
+        &[
+            "apply",
+            "-c",
+            config.to_str().unwrap(),
+            "--root",
+            root.to_str().unwrap(),
+            "--host",
+            "h",
+        ],
+        None,
+    );
+    assert_eq!(code(&out), 1, "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("too many levels of symbolic links"),
+        "{}",
+        stderr(&out)
+    );
+    let kept = host.join("app.conf");
+    assert!(
+        !kept.is_symlink(),
+        "this machine's file was replaced by a link"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&kept).unwrap(),
+        "this machine's own\n"
+    );
+}

@@ -213,13 +213,21 @@ impl Ruleset {
 
 /// Whether the target has `nft`: on the live system, on `PATH`; below `--root`, where
 /// Debian's package puts it.
-fn target_has_nft(ctx: &Ctx) -> bool {
+fn target_has_nft(ctx: &Ctx) -> Result<bool> {
     if ctx.root.is_live() {
-        return cmd::exists("nft");
+        return Ok(cmd::exists("nft"));
     }
-    NFT_PATHS
-        .iter()
-        .any(|p| ctx.root.path(Path::new(p)).is_file())
+    Ok(target_nft(ctx.root)?.is_some())
+}
+
+/// The first of [`NFT_PATHS`] that is a file in `root`.
+fn target_nft(root: &Root) -> Result<Option<&'static str>> {
+    for p in NFT_PATHS {
+        if root.path(Path::new(p))?.is_file() {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
 }
 
 /// Whether a table inet olboot is loaded, and why the running kernel needs the ruleset
@@ -231,7 +239,7 @@ fn kernel_drift(ctx: &Ctx, rules: &Ruleset) -> Result<(bool, Option<String>)> {
             Some(format!("table {} is not loaded", ruleset::TABLE)),
         ));
     };
-    let record = fs::read_optional(&ctx.root.path(Path::new(RECORD)))?;
+    let record = fs::read_optional(&ctx.root.path(Path::new(RECORD))?)?;
     let why = match record.as_deref().and_then(parse_record) {
         None => Some(format!("no record of olboot loading it ({RECORD})")),
         Some((hash, _)) if hash != rules.sha256 => Some("the rules changed".into()),
@@ -246,11 +254,11 @@ fn kernel_drift(ctx: &Ctx, rules: &Ruleset) -> Result<(bool, Option<String>)> {
 
 /// nftables.conf: the include line, and no `flush ruleset` that would remove Docker's tables.
 fn plan_conf(root: &Root, plan: &mut Plan<Change>) -> Result<()> {
-    let conf_path = root.path(Path::new(boot::CONF));
+    let conf_path = root.path(Path::new(boot::CONF))?;
     if let Ok(target) = std::fs::read_link(&conf_path) {
         // Managed elsewhere (e.g. linked from olsystem): read it, never rewrite it.
         let target = Path::new("/etc").join(target);
-        let text = fs::read_optional(&root.path(&target))?.unwrap_or_default();
+        let text = fs::read_optional(&root.path(&target)?)?.unwrap_or_default();
         if boot::flushes_ruleset(&text) {
             plan.warnings.push(format!(
                 "{} is a symlink to {}, which olboot leaves alone, and it runs `flush \
@@ -295,21 +303,18 @@ fn plan_conf(root: &Root, plan: &mut Plan<Change>) -> Result<()> {
 
 /// olboot's unit, written and enabled.
 fn plan_unit(root: &Root, plan: &mut Plan<Change>) -> Result<()> {
-    if !boot::has_systemd(root) {
+    if !boot::has_systemd(root)? {
         plan.warnings.push(format!(
             "no systemd on the target: make sure {FILE} is loaded at boot"
         ));
         return Ok(());
     }
-    let nft = NFT_PATHS
-        .iter()
-        .find(|p| root.path(Path::new(p)).is_file())
-        .unwrap_or(&NFT_PATHS[0]);
+    let nft = target_nft(root)?.unwrap_or(NFT_PATHS[0]);
     let text = boot::unit_text(Path::new(nft), FILE);
-    if fs::read_optional(&root.path(Path::new(boot::UNIT_PATH)))?.as_deref() != Some(&text) {
+    if fs::read_optional(&root.path(Path::new(boot::UNIT_PATH))?)?.as_deref() != Some(&text) {
         plan.changes.push(Change::Unit { text });
     }
-    if !boot::enabled(root) {
+    if !boot::enabled(root)? {
         plan.changes.push(Change::Enable {
             link: boot::unit_link(),
             dest: boot::UNIT_PATH.into(),
@@ -343,7 +348,7 @@ fn plan_warnings(ctx: &Ctx, cfg: &config::Firewall, plan: &mut Plan<Change>) -> 
             ));
         }
     }
-    if root.is_live() && target_has_nft(ctx) && Path::new(boot::CONF).exists() {
+    if root.is_live() && target_has_nft(ctx)? && Path::new(boot::CONF).exists() {
         // nftables.service loads the whole file or nothing: a mistake anywhere in it means
         // none of its rules at boot.
         if let Err(e) = nft::check_file(Path::new(boot::CONF)) {
@@ -378,7 +383,7 @@ fn load(ctx: &Ctx, rules: &Ruleset) -> Result<()> {
     })?;
     let listing = nft::list_table(ruleset::FAMILY, ruleset::NAME)?
         .with_context(|| format!("table {} is missing right after loading it", ruleset::TABLE))?;
-    let record = ctx.root.path(Path::new(RECORD));
+    let record = ctx.root.path(Path::new(RECORD))?;
     fs::write_atomic(
         &record,
         record_text(&rules.sha256, &listing).as_bytes(),
@@ -395,13 +400,13 @@ fn apply_one(ctx: &Ctx, change: &Change) -> Result<()> {
         }
         Change::Load { ruleset, .. } => load(ctx, ruleset),
         Change::Write { ruleset, .. } => {
-            fs::write_atomic(&root.path(Path::new(FILE)), ruleset.text.as_bytes(), 0o644)
+            fs::write_atomic(&root.path(Path::new(FILE))?, ruleset.text.as_bytes(), 0o644)
         }
         Change::Conf { text, .. } => {
-            fs::write_atomic(&root.path(Path::new(boot::CONF)), text.as_bytes(), 0o755)
+            fs::write_atomic(&root.path(Path::new(boot::CONF))?, text.as_bytes(), 0o755)
         }
         Change::Unit { text } => fs::write_atomic(
-            &root.path(Path::new(boot::UNIT_PATH)),
+            &root.path(Path::new(boot::UNIT_PATH))?,
             text.as_bytes(),
             0o644,
         ),
@@ -419,7 +424,7 @@ impl Step for Firewall<'_> {
         let mut plan = Plan::default();
         plan.warnings.extend(ruleset::empty_rules(self.cfg));
 
-        let has_nft = target_has_nft(ctx);
+        let has_nft = target_has_nft(ctx)?;
         if !has_nft {
             plan_nft(ctx, &mut plan)?;
         }
@@ -441,7 +446,7 @@ impl Step for Firewall<'_> {
                 .push("no nft on this system: the ruleset is written unchecked (nft -c)".into());
         }
 
-        let file = fs::read_optional(&root.path(Path::new(FILE)))?;
+        let file = fs::read_optional(&root.path(Path::new(FILE))?)?;
         if file.as_deref() != Some(rules.text.as_str()) {
             let d = diff::lines(file.as_deref().unwrap_or(""), &rules.text);
             plan.changes.push(Change::Write {

@@ -168,7 +168,7 @@ fn what_is(host: &Path) -> Result<Option<(InTheWay, fs::Metadata)>> {
 }
 
 fn plan_one(ctx: &Ctx, link: &Link, plan: &mut Plan<Change>) -> Result<()> {
-    let src_host = ctx.root.resolve(&link.from);
+    let src_host = ctx.root.resolve(&link.from)?;
     if !src_host.is_dir() {
         bail!(
             "source {} is not a directory (is /opt in place?)",
@@ -177,7 +177,7 @@ fn plan_one(ctx: &Ctx, link: &Link, plan: &mut Plan<Change>) -> Result<()> {
     }
     // `to` itself must be a real directory (it is `/etc`); everything below it is checked
     // here, so host paths below it are built by joining, never by resolving through links.
-    let to_host = ctx.root.resolve(&link.to);
+    let to_host = ctx.root.resolve(&link.to)?;
     if !to_host.is_dir() && to_host.exists() {
         bail!("target {} is not a directory", link.to);
     }
@@ -342,7 +342,7 @@ fn warn_ignored(target: &Path, src_host: &Path, plan: &mut Plan<Change>) {
 /// link), so its path is walked without following anything: a part that is not a real
 /// directory, or a name already taken, gets the next free `name.N` instead.
 fn back_up(ctx: &Ctx, target: &Path, host: &Path) -> Result<PathBuf> {
-    let base = ctx.root.path(Path::new(BACKUP_DIR));
+    let base = ctx.root.path(Path::new(BACKUP_DIR))?;
     fs::create_dir_all(&base).with_context(|| format!("cannot create {}", base.display()))?;
     let parts: Vec<_> = target.strip_prefix("/").unwrap_or(target).iter().collect();
     let mut dest = base;
@@ -379,7 +379,7 @@ fn back_up(ctx: &Ctx, target: &Path, host: &Path) -> Result<PathBuf> {
 fn apply_one(ctx: &Ctx, change: &Change) -> Result<()> {
     match change {
         Change::Dir { dir, in_way } => {
-            let host = ctx.root.path(dir);
+            let host = ctx.root.path(dir)?;
             if in_way.is_some() && what_is(&host)?.is_some() {
                 back_up(ctx, dir, &host)?;
             }
@@ -387,7 +387,7 @@ fn apply_one(ctx: &Ctx, change: &Change) -> Result<()> {
                 .with_context(|| format!("cannot create directory {}", dir.display()))
         }
         Change::Link { link, dest, in_way } => {
-            let host = ctx.root.path(link);
+            let host = ctx.root.path(link)?;
             if in_way.is_some() && what_is(&host)?.is_some() {
                 back_up(ctx, link, &host)?;
             }
@@ -395,7 +395,7 @@ fn apply_one(ctx: &Ctx, change: &Change) -> Result<()> {
                 .with_context(|| format!("cannot link {} -> {}", link.display(), dest.display()))
         }
         Change::RemoveStale { link, .. } => {
-            let host = ctx.root.path(link);
+            let host = ctx.root.path(link)?;
             fs::remove_file(&host).with_context(|| format!("cannot remove {}", link.display()))
         }
     }

@@ -149,8 +149,8 @@ impl Opt<'_> {
     }
 
     fn plan_bind(&self, ctx: &Ctx, fetching: bool, plan: &mut Plan<Change>) -> Result<()> {
-        let opt = ctx.root.path(Path::new(OPT));
-        let host = ctx.root.path(&self.cfg.path);
+        let opt = ctx.root.path(Path::new(OPT))?;
+        let host = ctx.root.path(&self.cfg.path)?;
         let bound = !fetching && sysfs::same_inode(&opt, &host);
         match look(&opt)? {
             Found::Missing => plan.changes.push(Change::CreateOpt(opt.clone())),
@@ -166,7 +166,7 @@ impl Opt<'_> {
             ),
             Found::Other => bail!("{OPT} exists and is not a directory"),
         }
-        let fstab_path = ctx.root.path(Path::new(FSTAB));
+        let fstab_path = ctx.root.path(Path::new(FSTAB))?;
         let content = sysfs::read_optional(&fstab_path)?.unwrap_or_default();
         let entry = self.fstab_entry();
         match fstab::plan(&content, &entry) {
@@ -188,7 +188,7 @@ impl Opt<'_> {
     }
 
     fn plan_symlink(&self, ctx: &Ctx, plan: &mut Plan<Change>) -> Result<()> {
-        let opt = ctx.root.path(Path::new(OPT));
+        let opt = ctx.root.path(Path::new(OPT))?;
         let want = self.cfg.path.to_string();
         let replacing = match look(&opt)? {
             Found::Missing => None,
@@ -219,7 +219,7 @@ impl Step for Opt<'_> {
 
     fn plan(&self, ctx: &Ctx) -> Result<Plan<Change>> {
         let mut plan = Plan::default();
-        let host = ctx.root.path(&self.cfg.path);
+        let host = ctx.root.path(&self.cfg.path)?;
         let staging = archive::staging_for(&host);
         if !matches!(look(&staging)?, Found::Missing) {
             plan.changes.push(Change::RemoveStaging(staging));
@@ -234,7 +234,7 @@ impl Step for Opt<'_> {
             })?;
             plan.changes.push(Change::Fetch(Box::new(Fetch {
                 archive: a.clone(),
-                ca_file: a.ca_file.as_ref().map(|c| ctx.root.path(c)),
+                ca_file: a.ca_file.as_ref().map(|c| ctx.root.path(c)).transpose()?,
                 dest: host.clone(),
                 shown: self.cfg.path.to_string(),
             })));

@@ -181,7 +181,7 @@ impl Step for Packages<'_> {
         let missing = missing(&names, &installed);
         let update = !writes.is_empty()
             || (!missing.is_empty()
-                && (lists_stale(ctx)? || !sources::lists_present(ctx.root, &cfg.sources)));
+                && (lists_stale(ctx)? || !sources::lists_present(ctx.root, &cfg.sources)?));
         let watched = cfg
             .sources
             .iter()
@@ -362,7 +362,7 @@ impl<'c> Run<'_, '_, 'c> {
         match change {
             Change::Repair => self.repair()?,
             Change::Write { path, text, .. } => {
-                fs::write_atomic(&self.ctx.root.path(path), text.as_bytes(), 0o644)?;
+                fs::write_atomic(&self.ctx.root.path(path)?, text.as_bytes(), 0o644)?;
                 self.pending.push(change);
                 return Ok(());
             }
@@ -398,7 +398,13 @@ impl<'c> Run<'_, '_, 'c> {
             let Change::Write { path, old, .. } = c else {
                 continue;
             };
-            let at = self.ctx.root.path(path);
+            let at = match self.ctx.root.path(path) {
+                Ok(at) => at,
+                Err(e) => {
+                    said.push(format!("{e:#}"));
+                    continue;
+                }
+            };
             let r = match old {
                 Some(text) => fs::write_atomic(&at, text.as_bytes(), 0o644)
                     .map(|()| format!("restored the previous {}", path.display())),

@@ -387,7 +387,7 @@ fn prove_blank(dev: &Device) -> Result<()> {
 
 /// The changes one volume needs; an error when it cannot be converged.
 fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<Vec<Change>> {
-    let target = mount_target(&ctx.root.path(&v.mountpoint));
+    let target = mount_target(&ctx.root.path(&v.mountpoint)?);
     let (candidate, dev) = blockdev::wait_for(&v.device, v.wait.0)?;
     if candidate != dev.path {
         log::info!("{}: {} is {dev}", v.mountpoint, candidate.display());
@@ -404,7 +404,7 @@ fn observe(ctx: &Ctx, v: &config::Volume, warnings: &mut Vec<String>) -> Result<
     } else {
         existing_volume(v, &dev, &probe, mounted_here)?
     };
-    let file = ctx.root.path(Path::new(fstab::PATH));
+    let file = ctx.root.path(Path::new(fstab::PATH))?;
     let content = fs::read_optional(&file)?.unwrap_or_default();
     let entry = entry(v, &uuid);
     let edit = fstab::plan(&content, &entry);

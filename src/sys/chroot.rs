@@ -29,7 +29,7 @@ impl Session {
         if root.is_live() {
             return Ok(s);
         }
-        let policy = root.path(Path::new("/usr/sbin/policy-rc.d"));
+        let policy = root.path(Path::new("/usr/sbin/policy-rc.d"))?;
         let saved = policy.with_file_name("policy-rc.d.olboot-saved");
         // A saved one left by a run that died means the one in place is ours: keep the saved.
         // Without one, a policy-rc.d with exactly our content is also ours, left by a run that
@@ -67,7 +67,7 @@ impl Session {
         }
         // On error `s` is dropped, which undoes what was done so far.
         for dir in ["/proc", "/sys", "/dev"] {
-            let target = root.path(Path::new(dir));
+            let target = root.path(Path::new(dir))?;
             // A symlink there would be followed on this machine, not inside the root.
             if target
                 .symlink_metadata()

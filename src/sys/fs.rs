@@ -90,7 +90,7 @@ pub struct Lock(#[allow(dead_code)] File);
 /// Take `/run/olboot.lock` (below the root) so that two runs (cloud-init's and a person's)
 /// never converge the same system at once; waits if another run holds it.
 pub fn lock(root: &crate::root::Root) -> Result<Lock> {
-    let path = root.path(Path::new("/run/olboot.lock"));
+    let path = root.path(Path::new("/run/olboot.lock"))?;
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }

@@ -136,10 +136,13 @@ pub fn unflushed(conf: &str) -> Option<(String, Vec<String>)> {
 }
 
 /// Whether the target boots with systemd.
-pub fn has_systemd(root: &Root) -> bool {
-    ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"]
-        .iter()
-        .any(|p| root.path(Path::new(p)).exists())
+pub fn has_systemd(root: &Root) -> Result<bool> {
+    for p in ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"] {
+        if root.path(Path::new(p))?.exists() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// olboot's unit, loading `file` with the target's `nft`.
@@ -174,13 +177,13 @@ pub fn unit_link() -> PathBuf {
 }
 
 /// Whether olboot's unit is enabled: its symlink points at it.
-pub fn enabled(root: &Root) -> bool {
-    std::fs::read_link(root.path(&unit_link())).is_ok_and(|t| t == Path::new(UNIT_PATH))
+pub fn enabled(root: &Root) -> Result<bool> {
+    Ok(std::fs::read_link(root.path(&unit_link())?).is_ok_and(|t| t == Path::new(UNIT_PATH)))
 }
 
 /// Link `link` (as the target sees it) to `dest`, replacing a wrong link.
 pub fn enable(root: &Root, link: &Path, dest: &Path) -> Result<()> {
-    let host = root.path(link);
+    let host = root.path(link)?;
     if let Some(dir) = host.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -196,7 +199,7 @@ pub fn enable(root: &Root, link: &Path, dest: &Path) -> Result<()> {
 /// removes every table.
 pub fn service_stop_flushes(root: &Root) -> Result<bool> {
     for unit in NFTABLES_UNITS {
-        if let Some(text) = crate::sys::fs::read_optional(&root.path(Path::new(unit)))? {
+        if let Some(text) = crate::sys::fs::read_optional(&root.path(Path::new(unit))?)? {
             return Ok(text.lines().any(|l| {
                 l.trim().strip_prefix("ExecStop=").is_some_and(|cmd| {
                     cmd.split_whitespace()
@@ -264,11 +267,11 @@ mod tests {
         assert!(text.contains("\nExecStart=/usr/sbin/nft -f /etc/nftables.d/olboot.nft\n"));
         assert!(text.contains("\nBefore=network-pre.target shutdown.target\n"));
         assert!(!text.contains("ExecStop"), "never flushes");
-        assert!(!enabled(&root));
+        assert!(!enabled(&root).unwrap());
         enable(&root, &unit_link(), Path::new(UNIT_PATH)).expect("enable");
-        assert!(enabled(&root));
+        assert!(enabled(&root).unwrap());
         enable(&root, &unit_link(), Path::new(UNIT_PATH)).expect("again");
-        assert!(enabled(&root));
+        assert!(enabled(&root).unwrap());
         assert!(!service_stop_flushes(&root).expect("read"));
         crate::sys::fs::write_atomic(
             &t.path().join("lib/systemd/system/nftables.service"),
