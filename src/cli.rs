@@ -175,7 +175,7 @@ fn host_of(host: Option<String>, root: &Root, cfg: &Config) -> Result<String> {
     if root.is_live() {
         return machine_hostname();
     }
-    let p = root.path(std::path::Path::new("/etc/hostname"))?;
+    let p = root.resolve(std::path::Path::new("/etc/hostname"))?;
     match std::fs::read_to_string(&p) {
         Ok(s) => Ok(short_name(s.trim()).to_string()),
         Err(_) if !cfg.is_fleet() => Ok(SINGLE_HOST.into()),

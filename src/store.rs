@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 /// `a.ca_file`.
 pub fn source(a: &Archive, ca_file: Option<PathBuf>, root: &Root) -> Result<Source> {
     let read = |key: &str, p: &Path| {
-        root.path(p)
+        root.resolve(p)
             .and_then(|p| SecretFile::read(&p))
             .map_err(|e| Invalid(format!("opt.archive.{key}: {e:#}")))
     };
@@ -47,7 +47,7 @@ pub fn source(a: &Archive, ca_file: Option<PathBuf>, root: &Root) -> Result<Sour
 /// Check the secret files of `cfg`'s archive: present, root-only, and parseable.
 pub fn check(cfg: &HostConfig, root: &Root) -> Result<()> {
     if let Some(a) = cfg.opt.as_ref().and_then(|o| o.archive.as_ref()) {
-        let ca_file = a.ca_file.as_ref().map(|c| root.path(c)).transpose()?;
+        let ca_file = a.ca_file.as_ref().map(|c| root.resolve(c)).transpose()?;
         source(a, ca_file, root)?;
     }
     Ok(())

@@ -204,6 +204,17 @@ fn host_name_comes_from_the_target_under_root() {
     assert_eq!(r["result"], "unchanged");
     assert_eq!(r["steps"].as_array().unwrap().len(), 5);
     assert!(dir.path().join("var/lib/olboot/report.json").is_file());
+
+    // An absolute symlink names the target's own file, not this machine's (which lacks it).
+    let dir = tempfile::tempdir().unwrap();
+    let real = "/etc/olboot-test-hostname.not-on-this-machine";
+    assert!(!std::path::Path::new(real).exists());
+    write(&dir.path().join(&real[1..]), "ol-mem5\n");
+    std::os::unix::fs::symlink(real, dir.path().join("etc/hostname")).unwrap();
+    let root = dir.path().to_str().unwrap();
+    let o = run(&["apply", "-c", "-", "--root", root, "--json"], Some(fleet));
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(report(&o)["host"], "ol-mem5");
 }
 
 #[test]

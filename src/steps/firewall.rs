@@ -223,7 +223,7 @@ fn target_has_nft(ctx: &Ctx) -> Result<bool> {
 /// The first of [`NFT_PATHS`] that is a file in `root`.
 fn target_nft(root: &Root) -> Result<Option<&'static str>> {
     for p in NFT_PATHS {
-        if root.path(Path::new(p))?.is_file() {
+        if root.resolve(Path::new(p))?.is_file() {
             return Ok(Some(p));
         }
     }
@@ -239,7 +239,7 @@ fn kernel_drift(ctx: &Ctx, rules: &Ruleset) -> Result<(bool, Option<String>)> {
             Some(format!("table {} is not loaded", ruleset::TABLE)),
         ));
     };
-    let record = fs::read_optional(&ctx.root.path(Path::new(RECORD))?)?;
+    let record = fs::read_optional(&ctx.root.resolve(Path::new(RECORD))?)?;
     let why = match record.as_deref().and_then(parse_record) {
         None => Some(format!("no record of olboot loading it ({RECORD})")),
         Some((hash, _)) if hash != rules.sha256 => Some("the rules changed".into()),
@@ -258,7 +258,7 @@ fn plan_conf(root: &Root, plan: &mut Plan<Change>) -> Result<()> {
     if let Ok(target) = std::fs::read_link(&conf_path) {
         // Managed elsewhere (e.g. linked from olsystem): read it, never rewrite it.
         let target = Path::new("/etc").join(target);
-        let text = fs::read_optional(&root.path(&target)?)?.unwrap_or_default();
+        let text = fs::read_optional(&root.resolve(&target)?)?.unwrap_or_default();
         if boot::flushes_ruleset(&text) {
             plan.warnings.push(format!(
                 "{} is a symlink to {}, which olboot leaves alone, and it runs `flush \
@@ -311,7 +311,7 @@ fn plan_unit(root: &Root, plan: &mut Plan<Change>) -> Result<()> {
     }
     let nft = target_nft(root)?.unwrap_or(NFT_PATHS[0]);
     let text = boot::unit_text(Path::new(nft), FILE);
-    if fs::read_optional(&root.path(Path::new(boot::UNIT_PATH))?)?.as_deref() != Some(&text) {
+    if fs::read_optional(&root.resolve(Path::new(boot::UNIT_PATH))?)?.as_deref() != Some(&text) {
         plan.changes.push(Change::Unit { text });
     }
     if !boot::enabled(root)? {
@@ -446,7 +446,7 @@ impl Step for Firewall<'_> {
                 .push("no nft on this system: the ruleset is written unchecked (nft -c)".into());
         }
 
-        let file = fs::read_optional(&root.path(Path::new(FILE))?)?;
+        let file = fs::read_optional(&root.resolve(Path::new(FILE))?)?;
         if file.as_deref() != Some(rules.text.as_str()) {
             let d = diff::lines(file.as_deref().unwrap_or(""), &rules.text);
             plan.changes.push(Change::Write {

@@ -234,7 +234,11 @@ impl Step for Opt<'_> {
             })?;
             plan.changes.push(Change::Fetch(Box::new(Fetch {
                 archive: a.clone(),
-                ca_file: a.ca_file.as_ref().map(|c| ctx.root.path(c)).transpose()?,
+                ca_file: a
+                    .ca_file
+                    .as_ref()
+                    .map(|c| ctx.root.resolve(c))
+                    .transpose()?,
                 dest: host.clone(),
                 shown: self.cfg.path.to_string(),
             })));

@@ -118,7 +118,7 @@ pub fn parse_installed(text: &str) -> BTreeMap<String, String> {
 /// journal entries left in `/var/lib/dpkg/updates` (what apt checks for its "dpkg was
 /// interrupted" error) or packages `dpkg --audit` finds half installed.
 pub fn interrupted(root: &Root) -> Result<bool> {
-    let updates = root.path(Path::new("/var/lib/dpkg/updates"))?;
+    let updates = root.resolve(Path::new("/var/lib/dpkg/updates"))?;
     if let Ok(dir) = std::fs::read_dir(&updates) {
         for e in dir {
             let e = e.with_context(|| format!("cannot read {}", updates.display()))?;
@@ -147,7 +147,7 @@ pub fn interrupted(root: &Root) -> Result<bool> {
 /// to the mirror's `Last-Modified`, which for a stable release can be months old right
 /// after an update.
 pub fn lists_written(root: &Root) -> Result<Option<SystemTime>> {
-    let dir = root.path(Path::new("/var/lib/apt/lists"))?;
+    let dir = root.resolve(Path::new("/var/lib/apt/lists"))?;
     let entries = match std::fs::read_dir(&dir) {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),

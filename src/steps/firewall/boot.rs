@@ -138,7 +138,7 @@ pub fn unflushed(conf: &str) -> Option<(String, Vec<String>)> {
 /// Whether the target boots with systemd.
 pub fn has_systemd(root: &Root) -> Result<bool> {
     for p in ["/lib/systemd/systemd", "/usr/lib/systemd/systemd"] {
-        if root.path(Path::new(p))?.exists() {
+        if root.resolve(Path::new(p))?.exists() {
             return Ok(true);
         }
     }
@@ -199,7 +199,7 @@ pub fn enable(root: &Root, link: &Path, dest: &Path) -> Result<()> {
 /// removes every table.
 pub fn service_stop_flushes(root: &Root) -> Result<bool> {
     for unit in NFTABLES_UNITS {
-        if let Some(text) = crate::sys::fs::read_optional(&root.path(Path::new(unit))?)? {
+        if let Some(text) = crate::sys::fs::read_optional(&root.resolve(Path::new(unit))?)? {
             return Ok(text.lines().any(|l| {
                 l.trim().strip_prefix("ExecStop=").is_some_and(|cmd| {
                     cmd.split_whitespace()

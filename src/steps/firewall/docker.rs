@@ -21,7 +21,7 @@ const BIN_DIRS: [&str; 6] = [
 
 /// How Docker was found on the target (`package docker.io`, `/usr/sbin/dockerd`), if it was.
 pub fn found(root: &Root) -> Result<Option<String>> {
-    let status = fs::read_optional(&root.path(Path::new("/var/lib/dpkg/status"))?)?;
+    let status = fs::read_optional(&root.resolve(Path::new("/var/lib/dpkg/status"))?)?;
     if let Some(p) = status.as_deref().and_then(installed_package) {
         return Ok(Some(format!("package {p}")));
     }
@@ -34,7 +34,7 @@ pub fn found(root: &Root) -> Result<Option<String>> {
     let dirs = BIN_DIRS.iter().map(|d| d.to_string()).chain(on_path);
     for dir in dirs {
         let bin = Path::new(&dir).join("dockerd");
-        if root.path(&bin)?.is_file() {
+        if root.resolve(&bin)?.is_file() {
             return Ok(Some(bin.display().to_string()));
         }
     }

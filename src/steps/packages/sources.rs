@@ -59,7 +59,7 @@ pub fn plan(root: &Root, sources: &indexmap::IndexMap<String, AptSource>) -> Res
             (Written::Key, key_path(name), key),
             (Written::Source, source_path(name), render(name, s)),
         ] {
-            let old = fs::read_optional(&root.path(&path)?)?;
+            let old = fs::read_optional(&root.resolve(&path)?)?;
             if old.as_deref() != Some(text.as_str()) {
                 changes.push(Change::Write {
                     kind,
@@ -79,17 +79,17 @@ fn key_text(root: &Root, name: &str, s: &AptSource) -> Result<String> {
     let text = if let Some(k) = &s.key {
         return Ok(with_newline(&k.0));
     } else if let Some(file) = &s.key_file {
-        read_key_file(&root.path(file)?)
+        read_key_file(&root.resolve(file)?)
             .with_context(|| format!("packages.sources.{name}.key_file"))?
     } else if let (Some(url), Some(sha)) = (&s.key_url, &s.key_sha256) {
         // The digest pins the content: a key in place with it needs no fetch, so a converged
         // run stays off the network.
-        let have = fs::read_optional(&root.path(&key_path(name))?)?;
+        let have = fs::read_optional(&root.resolve(&key_path(name))?)?;
         if let Some(have) = have.filter(|h| config::hex(&Sha256::digest(h.as_bytes())) == sha.0) {
             return Ok(have);
         }
         let text = match url.local_path() {
-            Some(p) => std::fs::read_to_string(root.path(p)?)
+            Some(p) => std::fs::read_to_string(root.resolve(p)?)
                 .with_context(|| format!("cannot read {}", p.display()))?,
             None => crate::sys::http::get_text(&url.0, None)?,
         };
@@ -137,7 +137,7 @@ fn with_newline(s: &str) -> String {
 /// Whether apt has package lists of every URI of `sources` (apt names its list files after
 /// the URI without its scheme, `/` turned into `_`).
 pub fn lists_present(root: &Root, sources: &indexmap::IndexMap<String, AptSource>) -> Result<bool> {
-    let dir = root.path(Path::new("/var/lib/apt/lists"))?;
+    let dir = root.resolve(Path::new("/var/lib/apt/lists"))?;
     let names: Vec<String> = std::fs::read_dir(&dir)
         .map(|d| {
             d.flatten()
