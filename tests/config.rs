@@ -275,3 +275,200 @@ fn a_later_role_keeps_recommends_unless_it_sets_it() {
         Some(false)
     );
 }
+
+/// The error of each of `cases` (config text, the strings its one-line error must hold, the
+/// strings it must not hold): the checks of [`errors_name_file_position_and_key`] for cases
+/// that are each about one rule.
+fn assert_refused(cases: &[(&str, &[&str], &[&str])]) {
+    let mut bad = Vec::new();
+    for (text, wants, never) in cases {
+        let e = match parse(text).map(|c| c.for_host("ol-web1")) {
+            Err(e) => e,
+            Ok(Err(e)) => format!("{e:#}"),
+            Ok(Ok(_)) => {
+                bad.push(format!("accepted: {text:?}"));
+                continue;
+            }
+        };
+        for w in *wants {
+            if !e.contains(w) {
+                bad.push(format!("error for {text:?} lacks {w:?}: {e}"));
+            }
+        }
+        for n in *never {
+            if e.contains(n) {
+                bad.push(format!("error for {text:?} shows {n:?}: {e}"));
+            }
+        }
+        if !e.starts_with("fleet.yaml") || e.contains('\n') {
+            bad.push(format!("not one line starting with the file name: {e:?}"));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// A key written twice in any map is refused, naming it: last-one-wins would let
+/// `admin: [0.0.0.0/0]` below `admin: [10.0.0.0/8]` open SSH to the world.
+#[test]
+fn a_key_written_twice_is_refused() {
+    const FW: &str = "  allow:\n    - { port: 22, from: admin }\n";
+    let source = "    uris: [https://m.example/d]\n    suites: [trixie]\n    components: [stable]\n    key_file: /etc/k.asc\n";
+    assert_refused(&[
+        (
+            &format!("version: 1\nfirewall:\n  sets: {{admin: [10.0.0.0/8], admin: [0.0.0.0/0]}}\n{FW}"),
+            &["firewall.sets", "\"admin\" is written twice", "line 3"],
+            &[],
+        ),
+        (
+            &format!("version: 1\nfirewall:\n  sets:\n    admin: [10.0.0.0/8]\n    web: [10.0.1.0/24]\n    admin: [0.0.0.0/0]\n{FW}"),
+            &["firewall.sets", "\"admin\" is written twice", "line 6"],
+            &[],
+        ),
+        (
+            "version: 1\nhosts:\n  ol-web1: [base]\n  ol-web1: [web]\nroles:\n  base: {}\n  web: {}\n",
+            &["hosts", "\"ol-web1\" is written twice", "line 4"],
+            &[],
+        ),
+        (
+            "version: 1\nhosts:\n  ol-web1: [base]\nroles:\n  base: {}\n  base: { opt: { path: /srv/opt } }\n",
+            &["roles", "\"base\" is written twice", "line 6"],
+            &[],
+        ),
+        (
+            &format!("version: 1\npackages:\n  sources:\n    docker:\n{}    docker:\n{}", source.replace("    ", "      "), source.replace("    ", "      ")),
+            &["packages.sources", "\"docker\" is written twice", "line 9"],
+            &[],
+        ),
+        (
+            "version: 1\nhosts:\n  ol-web1: [base]\nroles:\n  base:\n    firewall:\n      sets: { admin: [10.0.0.0/8], admin: [0.0.0.0/0] }\n      allow: [{ port: 22, from: admin }]\n",
+            &["roles.base.firewall.sets", "\"admin\" is written twice", "line 7"],
+            &[],
+        ),
+        // Struct keys were refused already; they stay so.
+        ("version: 1\nversion: 1\n", &["duplicate field `version`"], &[]),
+        (
+            "version: 1\nopt:\n  path: /srv/opt\n  path: /opt/x\n",
+            &["opt", "duplicate field `path`", "line 3"],
+            &[],
+        ),
+    ]);
+}
+
+/// Values the spec calls impossible: each refused, naming its key.
+#[test]
+fn impossible_paths_are_refused() {
+    const V1: &str = "  - { device: /dev/vdb, mountpoint: /1 }\n";
+    // Two roles' volume lists, each given as the top-level lines it would be.
+    let fleet = |base: &str, db: &str| {
+        let ind = |l: &str| l.replace("  - ", "      - ");
+        format!(
+            "version: 1\nhosts:\n  ol-web1: [base, db]\nroles:\n  base:\n    volumes:\n{}  db:\n    volumes:\n{}",
+            ind(base),
+            ind(db)
+        )
+    };
+    let mut cases: Vec<(String, Vec<&str>)> = vec![
+        // opt.path
+        ("version: 1\nopt: { path: / }\n".into(), vec!["opt.path", "must not be /"]),
+        ("version: 1\nopt: { path: /opt/ }\n".into(), vec!["opt.path", "must not be /opt"]),
+        ("version: 1\nopt: { path: /opt/tree }\n".into(), vec!["opt.path", "/opt/tree", "inside /opt"]),
+        ("version: 1\nopt: { path: /etc }\n".into(), vec!["opt.path", "/etc", "system directory"]),
+        ("version: 1\nopt: { path: /proc/opt }\n".into(), vec!["opt.path", "/proc"]),
+        (format!("version: 1\nvolumes:\n{V1}opt: {{ path: /1 }}\n"), vec!["opt.path", "mountpoint of volumes[0]", "below it"]),
+        (format!("version: 1\nvolumes:\n{V1}opt: {{ path: /1/ }}\n"), vec!["opt.path", "mountpoint of volumes[0]"]),
+        (
+            format!("version: 1\nvolumes:\n{V1}  - {{ device: /dev/vdc, mountpoint: /2/opt/data }}\nopt: {{ path: /2/opt }}\n"),
+            vec!["volumes[1].mountpoint", "/2/opt/data", "inside opt.path"],
+        ),
+        (
+            "version: 1\nvolumes:\n  - { device: /dev/vdc, mountpoint: /opt/data }\nopt: { path: /1/opt }\n".into(),
+            vec!["volumes[0].mountpoint", "/opt/data", "inside /opt"],
+        ),
+        (fleet(V1, "      - { device: /dev/vdc, mountpoint: /2 }\n") + "    opt: { path: /2 }\n", vec!["opt.path", "mountpoint of volumes[1]", "(in hosts.ol-web1"]),
+        // Two volumes.
+        (format!("version: 1\nvolumes:\n{V1}  - {{ device: /dev/vdc, mountpoint: /1/ }}\n"), vec!["volumes[1].mountpoint", "/1 is also the mountpoint of volumes[0]"]),
+        (format!("version: 1\nvolumes:\n{V1}  - {{ device: /dev/vdc, mountpoint: /1/data }}\n"), vec!["volumes[1].mountpoint", "/1/data is inside /1, the mountpoint of volumes[0]"]),
+        (format!("version: 1\nvolumes:\n  - {{ device: /dev/vdc, mountpoint: /1/data }}\n{V1}"), vec!["volumes[1].mountpoint", "/1 holds /1/data, the mountpoint of volumes[0]"]),
+        (format!("version: 1\nvolumes:\n{V1}  - {{ device: [/dev/vdc, /dev/vdb], mountpoint: /2 }}\n"), vec!["volumes[1].device", "/dev/vdb is also a device of volumes[0]"]),
+        (
+            fleet(&format!("{V1}  - {{ device: /dev/vdc, mountpoint: //1 }}\n"), V1),
+            vec!["roles.base.volumes[1].mountpoint", "/1 is also the mountpoint of roles.base.volumes[0]"],
+        ),
+        (fleet(V1, "      - { device: /dev/vdc, mountpoint: /1/pg }\n"), vec!["volumes[1].mountpoint", "inside /1", "(in hosts.ol-web1 (roles base, db))"]),
+        (fleet(V1, "      - { device: /dev/vdb, mountpoint: /2 }\n"), vec!["volumes[1].device", "/dev/vdb is also a device of volumes[0]", "(in hosts.ol-web1"]),
+        // Paths anywhere.
+        ("version: 1\nvolumes:\n  - { device: /dev/vdb, mountpoint: \"/1\\0/x\" }\n".into(), vec!["volumes[0].mountpoint", "NUL", "line 3"]),
+        ("version: 1\nvolumes:\n  - { device: \"/dev/vdb\\0\", mountpoint: /1 }\n".into(), vec!["volumes[0].device", "NUL"]),
+        ("version: 1\nlinks:\n  - { from: \"/opt/x\\0\", to: /etc }\n".into(), vec!["links[0].from", "NUL"]),
+        ("version: 1\nopt:\n  path: /srv/opt\n  archive: { urls: \"file:///srv/o\\0.tar\" }\n".into(), vec!["opt.archive.urls", "NUL"]),
+        ("version: 1\nopt:\n  path: /srv/opt\n  archive: { urls: file:///srv/o.tar, identity_file: etc/age.key }\n".into(), vec!["opt.archive.identity_file", "not an absolute path"]),
+        ("version: 1\nopt: { path: /srv/../opt }\n".into(), vec!["opt.path", "contains `..`", "line 2"]),
+        ("version: 1\nlinks:\n  - { from: /opt/x, to: /etc/.. }\n".into(), vec!["links[0].to", "contains `..`"]),
+    ];
+    for mp in [
+        "/",
+        "/opt",
+        "/opt/",
+        "/etc",
+        "/usr",
+        "/var/",
+        "/boot",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/run",
+        "/bin",
+        "/lib",
+        "/sys/fs/x",
+    ] {
+        cases.push((
+            format!("version: 1\nvolumes:\n  - {{ device: /dev/vdb, mountpoint: \"{mp}\" }}\n"),
+            vec!["volumes[0].mountpoint", "system directory"],
+        ));
+    }
+    let cases: Vec<(&str, &[&str], &[&str])> = cases
+        .iter()
+        .map(|(t, w)| (t.as_str(), w.as_slice(), &[][..]))
+        .collect();
+    assert_refused(&cases);
+}
+
+/// A URL with user-info is refused (ureq sends no credential from it), and the error shows
+/// neither the user-info nor the query.
+#[test]
+fn a_url_with_user_info_is_refused_without_showing_it() {
+    const SHA: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+    let never: &[&str] = &["alice", "s3cret", "sig=", "X-Amz"];
+    assert_refused(&[
+        (
+            &format!("version: 1\nopt:\n  path: /srv/opt\n  archive:\n    urls: [https://archive.example/o.tar.zst, \"https://alice:s3cret@store.example/o.tar.zst?X-Amz-Signature=sig=1\"]\n    sha256: {SHA}\n"),
+            &["opt.archive.urls", "https://store.example/o.tar.zst?…", "user-info", "auth_file", "line 5"],
+            never,
+        ),
+        (
+            &format!("version: 1\nopt:\n  path: /srv/opt\n  archive:\n    urls: http://alice@store.example\n    sha256: {SHA}\n"),
+            &["opt.archive.urls", "http://store.example", "user-info"],
+            never,
+        ),
+        (
+            "version: 1\npackages:\n  sources:\n    d:\n      uris: [\"https://alice:s3cret@m.example/d\"]\n      suites: [trixie]\n      components: [main]\n      key_file: /etc/k.asc\n",
+            &["packages.sources.d.uris", "https://m.example/d", "user-info"],
+            never,
+        ),
+    ]);
+}
+
+/// What the new rules must leave alone: a volume below a system directory, opt.path below a
+/// volume's mountpoint written with a trailing slash, an `@` in a URL's path or query.
+#[test]
+fn paths_near_the_refused_ones_are_valid() {
+    let c = parse(
+        "version: 1\nvolumes:\n  - { device: /dev/vdb, mountpoint: /1/ }\n  - { device: [/dev/vdc, /dev/vdd], mountpoint: /var/lib/docker }\n  - { device: /dev/vde, mountpoint: /10 }\nopt:\n  path: /1/opt/\n  archive:\n    urls: [\"https://store.example/a@b/o.tar.zst?by=x@y\"]\n    sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n",
+    )
+    .unwrap();
+    let h = c.for_host("x").unwrap();
+    assert_eq!(h.opt.unwrap().path.to_string(), "/1/opt");
+    assert_eq!(h.volumes.len(), 3);
+    let c = parse("version: 1\nopt: { path: /srv/opt }\nvolumes:\n  - { device: /dev/vdb, mountpoint: /opt-data }\n").unwrap();
+    assert!(c.for_host("x").is_ok());
+}

@@ -1,9 +1,10 @@
 //! The checks that can only be made on a host's merged config (a set defined in one role and
-//! used in another, say). Each returns the key path and the message; `Config` adds the file
-//! and the fleet entry.
+//! used in another, say), and those between values (two volumes, `opt.path` and the volumes).
+//! Each returns the key path and the message; `Config` adds the file and the fleet entry.
 
 use super::steps::{Filesystem, Firewall, Link, Opt, Proto, Ssh, Volume, CONTAINERS};
 use super::values::ArchiveUrl;
+use std::path::Path;
 
 /// A failed check: the key path and what is wrong.
 pub(crate) type Failed = (String, String);
@@ -110,17 +111,138 @@ impl Volume {
         if self.device.is_empty() {
             return bad(format!("volumes[{i}].device"), "no candidate device");
         }
+        if let Some(why) = system_dir(&self.mountpoint) {
+            return bad(
+                format!("volumes[{i}].mountpoint"),
+                format!(
+                    "{} is {why}: a volume mounted there would hide or shadow the system's own files",
+                    self.mountpoint
+                ),
+            );
+        }
         Ok(())
     }
+}
+
+/// Directories of the system itself: never a volume's mountpoint, never `opt.path`.
+const SYSTEM_DIRS: [&str; 14] = [
+    "/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/opt", "/proc", "/run", "/sbin",
+    "/sys", "/usr", "/var",
+];
+
+/// The kernel's filesystems, below which nothing of a disk or of a tree can live.
+const KERNEL_DIRS: [&str; 3] = ["/dev", "/proc", "/sys"];
+
+/// Why `p` is a system directory or below a kernel filesystem, if it is. Below the others
+/// (`/var/lib/docker`, `/srv`, `/usr/local`) is the operator's choice.
+fn system_dir(p: &Path) -> Option<String> {
+    if SYSTEM_DIRS.iter().any(|d| p == Path::new(d)) {
+        return Some("a system directory".into());
+    }
+    KERNEL_DIRS
+        .iter()
+        .find(|d| p.starts_with(d))
+        .map(|d| format!("below {d}, a system directory the kernel fills"))
+}
+
+/// The volumes of one list (`prefix` says where it is written: `roles.db.` or nothing for
+/// a host's merged list): no two share a mountpoint (`/1` and `/1/` are one) or a candidate
+/// device, and none is mounted inside another's mountpoint. The spec mounts volumes side by
+/// side (`/1`, `/2`), in order; a volume inside another would be mounted before it or after
+/// it depending on the order of roles, and hidden or empty when the outer one comes later.
+pub(crate) fn check_volumes(vols: &[Volume], prefix: &str) -> Result<(), Failed> {
+    for (i, v) in vols.iter().enumerate() {
+        let key = |k: &str| format!("{prefix}volumes[{i}].{k}");
+        for (j, w) in vols[..i].iter().enumerate() {
+            let (mp, other) = (&v.mountpoint, &w.mountpoint);
+            if mp == other {
+                return bad(
+                    key("mountpoint"),
+                    format!("{mp} is also the mountpoint of {prefix}volumes[{j}]"),
+                );
+            }
+            if mp.starts_with(&**other) {
+                return bad(
+                    key("mountpoint"),
+                    format!("{mp} is inside {other}, the mountpoint of {prefix}volumes[{j}]: mount volumes side by side"),
+                );
+            }
+            if other.starts_with(&**mp) {
+                return bad(
+                    key("mountpoint"),
+                    format!("{mp} holds {other}, the mountpoint of {prefix}volumes[{j}]: mount volumes side by side"),
+                );
+            }
+            if let Some(d) = v.device.iter().find(|d| w.device.contains(d)) {
+                return bad(
+                    key("device"),
+                    format!("{d} is also a device of {prefix}volumes[{j}]"),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `opt.path` and the volumes: the path is on a volume only strictly below its mountpoint
+/// (the mountpoint itself holds `lost+found`, which would be taken for an unpacked tree and
+/// the archive never fetched), no volume is mounted inside the tree, and none below `/opt`,
+/// where the tree is exposed over whatever is there.
+pub(crate) fn check_opt_volumes(opt: &Opt, vols: &[Volume]) -> Result<(), Failed> {
+    let path = &opt.path;
+    for (i, v) in vols.iter().enumerate() {
+        let mp = &v.mountpoint;
+        if mp == path {
+            return bad(
+                "opt.path",
+                format!(
+                    "{path} is the mountpoint of volumes[{i}]: put the tree in a directory below it ({})",
+                    mp.join("opt").display()
+                ),
+            );
+        }
+        if mp.starts_with(&**path) {
+            return bad(
+                format!("volumes[{i}].mountpoint"),
+                format!("{mp} is inside opt.path ({path}): it would be taken for part of the tree"),
+            );
+        }
+        if mp.starts_with("/opt") {
+            return bad(
+                format!("volumes[{i}].mountpoint"),
+                format!("{mp} is inside /opt, where opt.path is exposed over it"),
+            );
+        }
+    }
+    Ok(())
 }
 
 impl Opt {
     /// The path, and the archive's mirrors, digest and trusted hosts.
     pub(crate) fn check(&self) -> Result<(), Failed> {
-        if self.path.as_os_str() == "/opt" {
+        let path = &self.path;
+        if path.as_os_str() == "/" {
+            return bad(
+                "opt.path",
+                "must not be /: the tree is exposed at /opt, inside it",
+            );
+        }
+        if path.as_os_str() == "/opt" {
             return bad(
                 "opt.path",
                 "must not be /opt itself: /opt is where it is exposed",
+            );
+        }
+        if path.starts_with("/opt") {
+            return bad(
+                "opt.path",
+                format!("{path} is inside /opt, where it is exposed: /opt would be mounted on a part of itself"),
+            );
+        }
+        if let Some(why) = system_dir(path) {
+            return bad(
+                "opt.path",
+                format!("{path} is {why}, not a place for /opt's tree"),
             );
         }
         let Some(a) = &self.archive else {

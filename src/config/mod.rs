@@ -65,7 +65,9 @@ pub struct HostConfig {
 #[serde(deny_unknown_fields)]
 struct File {
     version: u32,
+    #[serde(default, deserialize_with = "values::unique_keys")]
     hosts: Option<IndexMap<String, Vec<String>>>,
+    #[serde(default, deserialize_with = "values::unique_keys")]
     roles: Option<IndexMap<String, Role>>,
     firewall: Option<Firewall>,
     volumes: Option<Vec<Volume>>,
@@ -130,6 +132,13 @@ impl Config {
         }
         if !self.is_fleet() {
             return Ok(());
+        }
+        // Each role's own list: after the merge, a second volume of the same mountpoint in
+        // one role would silently have replaced the first.
+        for (name, role) in f.roles.iter().flatten() {
+            let prefix = format!("roles.{name}.");
+            check::check_volumes(role.volumes.as_deref().unwrap_or_default(), &prefix)
+                .map_err(|(key, msg)| self.err(&key, msg))?;
         }
         let steps = [
             ("firewall", f.firewall.is_some()),
@@ -272,8 +281,10 @@ impl Config {
         for (i, v) in cfg.volumes.iter().enumerate() {
             v.check(i).map_err(err)?;
         }
+        check::check_volumes(&cfg.volumes, "").map_err(err)?;
         if let Some(opt) = &cfg.opt {
             opt.check().map_err(err)?;
+            check::check_opt_volumes(opt, &cfg.volumes).map_err(err)?;
         }
         if let Some(p) = &cfg.packages {
             p.check().map_err(err)?;

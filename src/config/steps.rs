@@ -1,7 +1,8 @@
 //! The keys of each step, as the config file spells them.
 
 use super::values::{
-    one_or_many, AbsPath, AptWord, ArchiveUrl, ArmoredKey, Cidr, Dur, PackageName, Ports, Sha256Hex,
+    one_or_many, unique_keys, AbsPath, AptWord, ArchiveUrl, ArmoredKey, Cidr, Dur, PackageName,
+    Ports, Sha256Hex,
 };
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -13,7 +14,7 @@ use std::time::Duration;
 #[serde(deny_unknown_fields)]
 pub struct Firewall {
     /// Named address sets (IPv4 and IPv6 networks), referenced by `allow[].from`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub sets: IndexMap<String, Vec<Cidr>>,
     /// Inbound rules; everything else is dropped.
     #[serde(default)]
@@ -218,7 +219,7 @@ pub struct Archive {
 #[serde(deny_unknown_fields)]
 pub struct Packages {
     /// Extra apt sources by name: `/etc/apt/sources.list.d/NAME.sources`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     pub sources: IndexMap<String, AptSource>,
     /// Packages that must not be installed (removed before installing).
     #[serde(default)]

@@ -1,9 +1,11 @@
 //! Checked values of the config: each one refuses a bad value while it is parsed, so the
 //! YAML parser reports it with its line and column.
 
-use serde::de::{self, Deserializer};
+use indexmap::IndexMap;
+use serde::de::{self, DeserializeSeed, Deserializer};
 use serde::Deserialize;
 use std::fmt;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
@@ -15,6 +17,10 @@ pub struct AbsPath(PathBuf);
 impl AbsPath {
     /// Check and normalize `s`.
     pub fn parse(s: &str) -> Result<AbsPath, String> {
+        // The kernel ends a path at its first NUL: `/1\0x` would be `/1` to every syscall.
+        if s.contains('\0') {
+            return Err(format!("{s:?} contains a NUL byte"));
+        }
         let p = Path::new(s);
         if !p.is_absolute() {
             return Err(format!("{s:?} is not an absolute path"));
@@ -52,9 +58,29 @@ impl fmt::Display for AbsPath {
 
 impl<'de> Deserialize<'de> for AbsPath {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        AbsPath::parse(&s).map_err(de::Error::custom)
+        parse_str(d, AbsPath::parse)
     }
+}
+
+/// Deserialize a string with `parse`, refusing it from inside the string's own visit: the
+/// YAML parser then gives the error the key and line of the value (`opt.path: ... at line
+/// 3 column 9`), not those of the map around it.
+pub(crate) fn parse_str<'de, D, T, F>(d: D, parse: F) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    F: FnOnce(&str) -> Result<T, String>,
+{
+    struct V<F>(F);
+    impl<T, F: FnOnce(&str) -> Result<T, String>> de::Visitor<'_> for V<F> {
+        type Value = T;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+            (self.0)(v).map_err(E::custom)
+        }
+    }
+    d.deserialize_str(V(parse))
 }
 
 /// A duration written with a unit: `120s`, `2m`, `1h 30m`.
@@ -238,7 +264,7 @@ impl fmt::Display for Cidr {
 
 impl<'de> Deserialize<'de> for Cidr {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Cidr::parse(&String::deserialize(d)?).map_err(de::Error::custom)
+        parse_str(d, Cidr::parse)
     }
 }
 
@@ -271,27 +297,42 @@ impl fmt::Display for ArchiveUrl {
     }
 }
 
-impl<'de> Deserialize<'de> for ArchiveUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let ok = if let Some(rest) = s
+impl ArchiveUrl {
+    /// Check `s`: `http(s)://` with a host and no user-info, or `file://` and an absolute path.
+    /// Errors show the URL only as [`crate::secret::ShownUrl`] does.
+    pub fn parse(s: &str) -> Result<ArchiveUrl, String> {
+        let shown = crate::secret::ShownUrl::new(s);
+        if let Some(rest) = s
             .strip_prefix("http://")
             .or_else(|| s.strip_prefix("https://"))
         {
-            !rest.is_empty() && !rest.starts_with('/') && !s.contains(char::is_whitespace)
+            let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+            // ureq takes no credential from a URL: it would fetch without it, and fail as
+            // if the store had refused olboot.
+            if authority.contains('@') {
+                return Err(format!(
+                    "\"{shown}\" has user-info (`user:password@` before the host): olboot sends \
+                     no credential from a URL (an archive store's goes in opt.archive.auth_file)"
+                ));
+            }
+            if !authority.is_empty() && !s.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                return Ok(ArchiveUrl(s.to_string()));
+            }
         } else if let Some(p) = s.strip_prefix("file://") {
-            AbsPath::parse(p).is_ok()
-        } else {
-            false
-        };
-        if ok {
-            Ok(ArchiveUrl(s))
-        } else {
-            Err(de::Error::custom(format!(
-                "\"{}\" is not an http://, https:// or file:/// URL",
-                crate::secret::ShownUrl::new(&s)
-            )))
+            return match AbsPath::parse(p) {
+                Ok(_) => Ok(ArchiveUrl(s.to_string())),
+                Err(e) => Err(format!("a file:/// URL names an absolute path: {e}")),
+            };
         }
+        Err(format!(
+            "\"{shown}\" is not an http://, https:// or file:/// URL"
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for ArchiveUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        parse_str(d, ArchiveUrl::parse)
     }
 }
 
@@ -301,14 +342,14 @@ pub struct Sha256Hex(pub String);
 
 impl<'de> Deserialize<'de> for Sha256Hex {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?.to_ascii_lowercase();
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
-            Ok(Sha256Hex(s))
-        } else {
-            Err(de::Error::custom(format!(
-                "{s:?} is not a sha256 (64 hex digits)"
-            )))
-        }
+        parse_str(d, |s| {
+            let s = s.to_ascii_lowercase();
+            if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+                Ok(Sha256Hex(s))
+            } else {
+                Err(format!("{s:?} is not a sha256 (64 hex digits)"))
+            }
+        })
     }
 }
 
@@ -318,7 +359,12 @@ pub struct PackageName(pub String);
 
 impl<'de> Deserialize<'de> for PackageName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+        parse_str(d, PackageName::parse)
+    }
+}
+
+impl PackageName {
+    fn parse(s: &str) -> Result<PackageName, String> {
         let name = s.split(['=', '/']).next().unwrap_or("");
         let ok = name.len() >= 2
             && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -327,11 +373,9 @@ impl<'de> Deserialize<'de> for PackageName {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
             && !s.contains(char::is_whitespace);
         if ok {
-            Ok(PackageName(s))
+            Ok(PackageName(s.to_string()))
         } else {
-            Err(de::Error::custom(format!(
-                "{s:?} is not a Debian package name"
-            )))
+            Err(format!("{s:?} is not a Debian package name"))
         }
     }
 }
@@ -350,14 +394,15 @@ pub struct AptWord(pub String);
 
 impl<'de> Deserialize<'de> for AptWord {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
-            Ok(AptWord(s))
-        } else {
-            Err(de::Error::custom(format!(
-                "{s:?} is not one word of an apt source (printable, no blanks or #)"
-            )))
-        }
+        parse_str(d, |s| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+                Ok(AptWord(s.to_string()))
+            } else {
+                Err(format!(
+                    "{s:?} is not one word of an apt source (printable, no blanks or #)"
+                ))
+            }
+        })
     }
 }
 
@@ -367,11 +412,7 @@ pub struct ArmoredKey(pub String);
 
 impl<'de> Deserialize<'de> for ArmoredKey {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        match armored(&s) {
-            Ok(()) => Ok(ArmoredKey(s)),
-            Err(e) => Err(de::Error::custom(e)),
-        }
+        parse_str(d, |s| armored(s).map(|()| ArmoredKey(s.to_string())))
     }
 }
 
@@ -430,4 +471,73 @@ where
         }
     }
     d.deserialize_any(V(std::marker::PhantomData))
+}
+
+/// `deserialize_with` for every map of the config (`firewall.sets`, `hosts`, `roles`,
+/// `packages.sources`, as `IndexMap<String, _>` or an `Option` of one): a key written twice
+/// is refused, naming it. serde's maps keep the last value silently, and
+/// `sets: {admin: [10.0.0.0/8], admin: [0.0.0.0/0]}` would open SSH to the world. (serde's
+/// derived structs refuse a duplicate field already; yaml_serde has no option for maps.)
+pub(crate) fn unique_keys<'de, D, M>(d: D) -> Result<M, D::Error>
+where
+    D: Deserializer<'de>,
+    M: UniqueKeys<'de>,
+{
+    M::deserialize_unique(d)
+}
+
+/// A map type [`unique_keys`] can fill.
+pub(crate) trait UniqueKeys<'de>: Sized {
+    fn deserialize_unique<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error>;
+}
+
+impl<'de, V: Deserialize<'de>> UniqueKeys<'de> for IndexMap<String, V> {
+    fn deserialize_unique<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Map<V>(PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> de::Visitor<'de> for Map<V> {
+            type Value = IndexMap<String, V>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut out = IndexMap::new();
+                while let Some(k) = m.next_key_seed(NewKey(&out))? {
+                    let v = m.next_value()?;
+                    out.insert(k, v);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Map(PhantomData))
+    }
+}
+
+impl<'de, V: Deserialize<'de>> UniqueKeys<'de> for Option<IndexMap<String, V>> {
+    fn deserialize_unique<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Through `Option`'s own impl, so that `null` stays `None`.
+        struct Present<V>(IndexMap<String, V>);
+        impl<'de, V: Deserialize<'de>> Deserialize<'de> for Present<V> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                IndexMap::deserialize_unique(d).map(Present)
+            }
+        }
+        Ok(Option::<Present<V>>::deserialize(d)?.map(|p| p.0))
+    }
+}
+
+/// A map key not in the map yet. Refused inside the key's own visit, so the error carries
+/// the line of the second one.
+struct NewKey<'a, V>(&'a IndexMap<String, V>);
+
+impl<'de, V> DeserializeSeed<'de> for NewKey<'_, V> {
+    type Value = String;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        parse_str(d, |k| {
+            if self.0.contains_key(k) {
+                Err(format!("{k:?} is written twice; each key may appear once"))
+            } else {
+                Ok(k.to_string())
+            }
+        })
+    }
 }
