@@ -472,3 +472,29 @@ fn paths_near_the_refused_ones_are_valid() {
     let c = parse("version: 1\nopt: { path: /srv/opt }\nvolumes:\n  - { device: /dev/vdb, mountpoint: /opt-data }\n").unwrap();
     assert!(c.for_host("x").is_ok());
 }
+
+/// Brackets nested without end are refused before the YAML parser, whose time grows with the
+/// square of the depth; a fleet file's own brackets (host patterns, flow lists) are fine.
+#[test]
+fn brackets_nested_without_end_are_refused_at_once() {
+    let deep = format!("version: 1\nhosts: {}\n", "[".repeat(1_000_000));
+    let started = std::time::Instant::now();
+    let e = parse(&deep).unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(
+        e.contains("fleet.yaml: line 2: brackets nested deeper than 256"),
+        "{e}"
+    );
+    let nested = format!(
+        "version: 1\nhosts: {{ a: {}b{} }}\n",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let e = parse(&nested).unwrap_err();
+    assert!(!e.contains("nested deeper"), "{e}");
+    parse(FLEET).unwrap();
+}

@@ -87,9 +87,39 @@ struct Role {
     links: Option<Vec<Link>>,
 }
 
+/// Flow collections (`[`, `{`) nested deeper than this are refused before parsing: the YAML
+/// parser takes time quadratic in the depth (80,000 levels: 14 s), and a config may come
+/// from a URL.
+const MAX_DEPTH: usize = 256;
+
+/// The line where `text`'s brackets first nest deeper than [`MAX_DEPTH`], if they do. A
+/// rough count (quotes and comments are not told apart) that only ever over-counts by the
+/// unmatched brackets of plain scalars such as `ol-web[1-3]`, which are matched.
+fn too_deep(text: &str) -> Option<usize> {
+    let mut depth = 0usize;
+    for (i, line) in text.lines().enumerate() {
+        for b in line.bytes() {
+            match b {
+                b'[' | b'{' => depth += 1,
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+            if depth > MAX_DEPTH {
+                return Some(i + 1);
+            }
+        }
+    }
+    None
+}
+
 impl Config {
     /// Parse config text read from `source` (a path, `-` or a URL, used in messages).
     pub fn parse(source: &str, text: &str) -> Result<Config> {
+        if let Some(line) = too_deep(text) {
+            return Err(invalid(format!(
+                "{source}: line {line}: brackets nested deeper than {MAX_DEPTH} levels"
+            )));
+        }
         let file: File =
             serde_yaml::from_str(text).map_err(|e| invalid(format!("{source}: {e}")))?;
         let cfg = Config {
