@@ -2,6 +2,7 @@
 
 mod common;
 use common::*;
+use std::collections::BTreeMap;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -372,6 +373,193 @@ fn backups_never_go_through_an_earlier_backup_symlink() {
     assert_eq!(
         std::fs::read_to_string(b.join("nginx.1/nginx.conf")).unwrap(),
         "edited in place\n"
+    );
+}
+
+/// Everything below `root` but what any run writes (the report, the run lock): a refused run
+/// must leave the rest as it was. The directories they live in are made first, so that they
+/// are the same before and after.
+fn tree_but_the_report(root: &Path) -> BTreeMap<PathBuf, String> {
+    std::fs::create_dir_all(root.join("var/lib/olboot")).unwrap();
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    let mut t = snapshot(root);
+    t.retain(|p, _| {
+        p != Path::new("var/lib/olboot/report.json")
+            && !(p.starts_with("run") && p != Path::new("run"))
+    });
+    t
+}
+
+/// `apply` and `plan` both fail the links step with an error containing `want`, and change
+/// nothing below the root.
+fn assert_refused(s: &Scratch, want: &str) {
+    let before = tree_but_the_report(&s.root);
+    for cmd in ["apply", "plan"] {
+        let o = s.olboot(cmd);
+        assert_eq!(code(&o), 1, "{cmd}: {}", stderr(&o));
+        let r = report(&o);
+        assert_eq!(r["result"], "failed", "{cmd}: {r}");
+        let links = step(&r, "links");
+        assert_eq!(links["result"], "failed", "{cmd}: {r}");
+        assert_eq!(links["changes"].as_array().unwrap().len(), 0, "{cmd}: {r}");
+        let e = links["error"].as_str().unwrap();
+        assert!(e.contains(want), "{cmd}: {e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+        assert_eq!(
+            tree_but_the_report(&s.root),
+            before,
+            "{cmd} changed the root"
+        );
+    }
+}
+
+#[test]
+fn a_source_that_resolves_to_the_target_or_around_it_is_refused() {
+    // olsystem -> / makes /opt/openlibrary/olsystem/etc name /etc itself: linking would move
+    // every file of /etc to the backup and leave a link to itself in its place.
+    let s = Scratch::new();
+    write(&s.root.join("etc/passwd"), "root:x:0:0\n");
+    write(&s.root.join("etc/ssh/sshd_config"), "k\n");
+    let olsystem = s.root.join("opt/openlibrary/olsystem");
+    std::fs::remove_file(&olsystem).unwrap();
+    symlink("/", &olsystem).unwrap();
+    assert_refused(
+        &s,
+        "links[0]: source /opt/openlibrary/olsystem/etc resolves to /etc, the target /etc itself",
+    );
+
+    // The source inside the target: a deploy kept below /etc.
+    std::fs::remove_file(&olsystem).unwrap();
+    symlink("/etc/olsystem-deploy", &olsystem).unwrap();
+    write(&s.root.join("etc/olsystem-deploy/etc/app.conf"), "x\n");
+    assert_refused(
+        &s,
+        "links[0]: source /opt/openlibrary/olsystem/etc resolves to /etc/olsystem-deploy/etc, inside the target /etc",
+    );
+
+    // The target inside the source: `to` reaches into the checkout through a symlink.
+    std::fs::remove_file(&olsystem).unwrap();
+    symlink("/opt/openlibrary/deploys/olsystem/3f2a1b", &olsystem).unwrap();
+    symlink("/opt/openlibrary/olsystem/etc", s.root.join("srv")).unwrap();
+    write(
+        &s.config,
+        "version: 1\nlinks:\n  - { from: /opt/openlibrary/olsystem/etc, to: /srv/nginx }\n",
+    );
+    assert_refused(
+        &s,
+        "links[0]: target /srv/nginx resolves to /opt/openlibrary/deploys/olsystem/3f2a1b/etc/nginx, inside the source /opt/openlibrary/olsystem/etc",
+    );
+}
+
+/// A root with the sources /opt/a/etc and /opt/b/etc (each with `files`) and a config linking
+/// the entries `links` (source letter, target) in order.
+fn two_sources(a: &[&str], b: &[&str], links: &[(&str, &str)]) -> Scratch {
+    let s = Scratch::new();
+    for (src, files) in [("a", a), ("b", b)] {
+        for f in files {
+            write(
+                &s.root.join(format!("opt/{src}/etc/{f}")),
+                &format!("{src}: {f}\n"),
+            );
+        }
+    }
+    let mut cfg = String::from("version: 1\nlinks:\n");
+    for (src, to) in links {
+        cfg.push_str(&format!("  - {{ from: /opt/{src}/etc, to: {to} }}\n"));
+    }
+    write(&s.config, &cfg);
+    s
+}
+
+#[test]
+fn two_entries_wanting_one_target_path_are_refused_before_anything_changes() {
+    // Both sources hold app.conf: without the refusal, each run relinked it to the other
+    // source and backed the last link up, exit 0 every time.
+    let s = two_sources(
+        &["app.conf", "only-a.conf"],
+        &["app.conf", "only-b.conf"],
+        &[("a", "/etc"), ("b", "/etc")],
+    );
+    write(&s.root.join("etc/only-a.conf"), "distribution default\n");
+    for _ in 0..2 {
+        assert_refused(
+            &s,
+            "links[1]: conflicts with links[0] at /etc/app.conf: links[0] wants a link -> /opt/a/etc/app.conf there, links[1] a link -> /opt/b/etc/app.conf",
+        );
+    }
+
+    // A file of one source where the other has a directory.
+    let s = two_sources(
+        &["nginx"],
+        &["nginx/b.conf"],
+        &[("a", "/etc"), ("b", "/etc")],
+    );
+    assert_refused(
+        &s,
+        "links[1]: conflicts with links[0] at /etc/nginx: links[0] wants a link -> /opt/a/etc/nginx there, links[1] a directory",
+    );
+
+    // The same through a second entry whose target is below the first one's link.
+    let s = two_sources(
+        &["nginx"],
+        &["b.conf"],
+        &[("a", "/etc"), ("b", "/etc/nginx/sub")],
+    );
+    assert_refused(
+        &s,
+        "links[1]: conflicts with links[0] at /etc/nginx: links[0] wants a link -> /opt/a/etc/nginx there, links[1] a directory at /etc/nginx/sub, below it",
+    );
+
+    // And in the other order: the link comes after the directory below it.
+    let s = two_sources(
+        &["nginx"],
+        &["b.conf"],
+        &[("b", "/etc/nginx/sub"), ("a", "/etc")],
+    );
+    assert_refused(
+        &s,
+        "links[1]: conflicts with links[0] at /etc/nginx: links[1] wants a link -> /opt/a/etc/nginx there, links[0] a directory at /etc/nginx/sub, below it",
+    );
+}
+
+#[test]
+fn entries_merging_disjoint_files_into_one_target_converge() {
+    // Two sources share /etc and a directory that does not exist yet; a third entry repeats the
+    // first, as two roles that both list it merge to.
+    let s = two_sources(
+        &["app.conf", "nginx/a.conf", "gone.conf"],
+        &["other.conf", "nginx/b.conf"],
+        &[("a", "/etc"), ("b", "/etc"), ("a", "/etc")],
+    );
+    let p = s.olboot("plan");
+    assert_eq!(code(&p), 3, "{}", stderr(&p));
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_apply_did_what_plan_said(&report(&p), &report(&o), "links");
+    for (at, dest) in [
+        ("etc/app.conf", "/opt/a/etc/app.conf"),
+        ("etc/nginx/a.conf", "/opt/a/etc/nginx/a.conf"),
+        ("etc/other.conf", "/opt/b/etc/other.conf"),
+        ("etc/nginx/b.conf", "/opt/b/etc/nginx/b.conf"),
+    ] {
+        assert_eq!(s.link(at), Path::new(dest));
+    }
+    let again = s.olboot("apply");
+    assert_eq!(code(&again), 0, "{}", stderr(&again));
+    assert_eq!(report(&again)["result"], "unchanged", "{}", report(&again));
+
+    // A file gone from the repeated source is unlinked once, not once per entry.
+    std::fs::remove_file(s.root.join("opt/a/etc/gone.conf")).unwrap();
+    let o = s.olboot("apply");
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(
+        change_lines(&report(&o), "links"),
+        ["removed /etc/gone.conf -> /opt/a/etc/gone.conf (its source is gone)"]
+    );
+    assert_eq!(report(&s.olboot("apply"))["result"], "unchanged");
+    assert!(
+        !s.root.join("var/lib/olboot/backup").exists(),
+        "nothing was in the way, nothing backed up"
     );
 }
 

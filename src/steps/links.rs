@@ -8,12 +8,21 @@
 //! like any other file: it is moved under `/var/lib/olboot/backup/` and replaced by a real
 //! directory, so nothing is ever written through it. A link of ours whose source file is gone
 //! is removed rather than left dangling.
+//!
+//! Two refusals keep a run from doing harm with exit 0, both made while planning, before
+//! anything changes: an entry whose source and target resolve to the same directory, or one
+//! inside the other (linking `/etc` into itself replaces every file by a link to itself), and
+//! two entries that want different things at one target path (each run would undo the other).
+//! Entries that share a target directory but not its files are merged, which is what several
+//! sources for one `/etc` need.
 
 use super::{Ctx, Describe, Done, Plan, Step, Tense};
 use crate::config::Link;
 use anyhow::{bail, Context, Result};
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
+use std::ops::Bound;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -130,11 +139,11 @@ impl Step for Links<'_> {
     type Change = Change;
 
     fn plan(&self, ctx: &Ctx) -> Result<Plan<Change>> {
-        let mut plan = Plan::default();
-        for link in self.cfg {
-            plan_one(ctx, link, &mut plan)?;
+        let mut p = Planner::default();
+        for (index, link) in self.cfg.iter().enumerate() {
+            plan_one(ctx, index, link, &mut p).with_context(|| format!("links[{index}]"))?;
         }
-        Ok(plan)
+        Ok(p.finish())
     }
 
     fn apply(ctx: &Ctx, changes: &[Change], done: &mut Done<Change>) -> Result<()> {
@@ -167,7 +176,172 @@ fn what_is(host: &Path) -> Result<Option<(InTheWay, fs::Metadata)>> {
     }
 }
 
-fn plan_one(ctx: &Ctx, link: &Link, plan: &mut Plan<Change>) -> Result<()> {
+/// One entry of the config, with its directories resolved on this machine.
+struct Entry<'a> {
+    /// Its place in `links`, to name it.
+    index: usize,
+    link: &'a Link,
+    /// The source directory `from` names, symlinks followed.
+    src_host: PathBuf,
+    /// The target directory `to` names, symlinks followed.
+    to_host: PathBuf,
+}
+
+/// What an entry wants at a target path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Want {
+    Dir,
+    /// A symlink with this content.
+    Link(PathBuf),
+}
+
+impl fmt::Display for Want {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Want::Dir => f.write_str("a directory"),
+            Want::Link(dest) => write!(f, "a link -> {}", dest.display()),
+        }
+    }
+}
+
+/// The entry that first wanted something at a target path.
+struct Claim {
+    entry: usize,
+    /// The path as that entry's `to` writes it.
+    target: PathBuf,
+    want: Want,
+}
+
+/// The plan of all entries so far, and what they want where, by host path.
+#[derive(Default)]
+struct Planner {
+    plan: Plan<Change>,
+    claims: BTreeMap<PathBuf, Claim>,
+    /// Host path and place in `plan.changes` of each `RemoveStale`: another entry may claim the
+    /// path later, or find the same link stale.
+    stale: Vec<(PathBuf, usize)>,
+}
+
+impl Planner {
+    /// Record that `entry` wants `want` at `target` (host path `host`). `false`: an earlier
+    /// entry wants the same thing there, and the change, if one is needed, is planned already.
+    /// Different wishes for one path, or a link above a path another entry needs, are refused.
+    fn claim(&mut self, entry: usize, target: &Path, host: &Path, want: Want) -> Result<bool> {
+        let new = Claim {
+            entry,
+            target: target.to_path_buf(),
+            want,
+        };
+        if let Some(c) = self.claims.get(host) {
+            if c.want == new.want {
+                return Ok(false);
+            }
+            return Err(conflict(c, &new));
+        }
+        for up in host.ancestors().skip(1) {
+            if let Some(
+                c @ Claim {
+                    want: Want::Link(_),
+                    ..
+                },
+            ) = self.claims.get(up)
+            {
+                return Err(conflict(c, &new));
+            }
+        }
+        if let Want::Link(_) = new.want {
+            // Paths below `host` sort right after it (`Path` orders by components).
+            let next = self
+                .claims
+                .range::<Path, _>((Bound::Excluded(host), Bound::Unbounded))
+                .next();
+            if let Some((below, c)) = next {
+                if below.starts_with(host) {
+                    return Err(conflict(&new, c));
+                }
+            }
+        }
+        self.claims.insert(host.to_path_buf(), new);
+        Ok(true)
+    }
+
+    /// The plan, without the removal of a stale link at a path an entry claims (it makes
+    /// that path what the entry wants) and without a second removal of the same link.
+    fn finish(self) -> Plan<Change> {
+        let mut seen = HashSet::new();
+        let drop: HashSet<usize> = self
+            .stale
+            .iter()
+            .filter(|(host, _)| self.claims.contains_key(host) || !seen.insert(host))
+            .map(|(_, at)| *at)
+            .collect();
+        let mut plan = self.plan;
+        plan.changes = std::mem::take(&mut plan.changes)
+            .into_iter()
+            .enumerate()
+            .filter(|(at, _)| !drop.contains(at))
+            .map(|(_, c)| c)
+            .collect();
+        plan
+    }
+}
+
+/// The refusal of two claims, `upper` at or above `lower`'s path, one of them the entry being
+/// planned (which the error's context names).
+fn conflict(upper: &Claim, lower: &Claim) -> anyhow::Error {
+    let earlier = upper.entry.min(lower.entry);
+    let lower_at = if lower.target == upper.target {
+        String::new()
+    } else {
+        format!(" at {}, below it", lower.target.display())
+    };
+    anyhow::anyhow!(
+        "conflicts with links[{earlier}] at {}: links[{}] wants {} there, links[{}] {}{lower_at}; \
+         refusing, as each run would undo the other",
+        upper.target.display(),
+        upper.entry,
+        upper.want,
+        lower.entry,
+        lower.want,
+    )
+}
+
+/// `host` as the target system sees it.
+fn as_target(ctx: &Ctx, host: &Path) -> PathBuf {
+    Path::new("/").join(host.strip_prefix(ctx.root.dir()).unwrap_or(host))
+}
+
+/// Refuse an entry whose source and target are one directory, or one inside the other: its
+/// links would point at themselves, or the source would fill with links to itself.
+fn refuse_overlap(ctx: &Ctx, e: &Entry) -> Result<()> {
+    let (from, to) = (&e.link.from, &e.link.to);
+    let src = as_target(ctx, &e.src_host);
+    let dst = as_target(ctx, &e.to_host);
+    if e.src_host == e.to_host {
+        bail!(
+            "source {from} resolves to {}, the target {to} itself: every file there would be \
+             replaced by a link to itself; refusing",
+            src.display()
+        );
+    }
+    if e.src_host.starts_with(&e.to_host) {
+        bail!(
+            "source {from} resolves to {}, inside the target {to} ({}); refusing",
+            src.display(),
+            dst.display()
+        );
+    }
+    if e.to_host.starts_with(&e.src_host) {
+        bail!(
+            "target {to} resolves to {}, inside the source {from} ({}); refusing",
+            dst.display(),
+            src.display()
+        );
+    }
+    Ok(())
+}
+
+fn plan_one(ctx: &Ctx, index: usize, link: &Link, p: &mut Planner) -> Result<()> {
     let src_host = ctx.root.resolve(&link.from)?;
     if !src_host.is_dir() {
         bail!(
@@ -181,26 +355,27 @@ fn plan_one(ctx: &Ctx, link: &Link, plan: &mut Plan<Change>) -> Result<()> {
     if !to_host.is_dir() && to_host.exists() {
         bail!("target {} is not a directory", link.to);
     }
-    if !to_host.exists() {
-        plan.changes.push(Change::Dir {
+    let e = Entry {
+        index,
+        link,
+        src_host,
+        to_host,
+    };
+    refuse_overlap(ctx, &e)?;
+    if p.claim(index, &link.to, &e.to_host, Want::Dir)? && !e.to_host.exists() {
+        p.plan.changes.push(Change::Dir {
             dir: link.to.to_path_buf(),
             in_way: None,
         });
     }
-    walk(link, &src_host, &to_host, Path::new(""), false, plan)
+    walk(&e, Path::new(""), false, p)
 }
 
 /// Plan the directory `rel` (relative to `from` and `to`). `fresh` says that the target
 /// directory will be created by an earlier change, so everything below it is missing.
-fn walk(
-    link: &Link,
-    src_host: &Path,
-    to_host: &Path,
-    rel: &Path,
-    fresh: bool,
-    plan: &mut Plan<Change>,
-) -> Result<()> {
-    let src_dir = src_host.join(rel);
+fn walk(e: &Entry, rel: &Path, fresh: bool, p: &mut Planner) -> Result<()> {
+    let link = e.link;
+    let src_dir = e.src_host.join(rel);
     let mut entries: Vec<(std::ffi::OsString, fs::FileType)> = fs::read_dir(&src_dir)
         .with_context(|| format!("cannot read {}", link.from.join(rel).display()))?
         .map(|e| {
@@ -213,24 +388,30 @@ fn walk(
     for (name, ftype) in &entries {
         let rel = rel.join(name);
         let target = link.to.join(&rel);
-        let host = to_host.join(&rel);
+        let host = e.to_host.join(&rel);
         let found = if fresh { None } else { what_is(&host)? };
         if ftype.is_dir() {
+            let first = p.claim(e.index, &target, &host, Want::Dir)?;
             let sub_fresh = match &found {
                 Some((InTheWay::Directory, _)) => false,
                 other => {
-                    plan.changes.push(Change::Dir {
-                        dir: target,
-                        in_way: other.as_ref().map(|(kind, _)| *kind),
-                    });
+                    if first {
+                        p.plan.changes.push(Change::Dir {
+                            dir: target,
+                            in_way: other.as_ref().map(|(kind, _)| *kind),
+                        });
+                    }
                     true
                 }
             };
-            walk(link, src_host, to_host, &rel, sub_fresh, plan)?;
+            walk(e, &rel, sub_fresh, p)?;
         } else {
             // Files and symlinks of the source alike: consumers follow the link.
             let dest = link.from.join(&rel);
-            warn_ignored(&target, &src_host.join(&rel), plan);
+            if !p.claim(e.index, &target, &host, Want::Link(dest.clone()))? {
+                continue;
+            }
+            warn_ignored(&target, &e.src_host.join(&rel), &mut p.plan);
             let in_way = match &found {
                 None => None,
                 Some((InTheWay::Symlink, _)) => {
@@ -243,7 +424,7 @@ fn walk(
                 }
                 Some((kind, _)) => Some(*kind),
             };
-            plan.changes.push(Change::Link {
+            p.plan.changes.push(Change::Link {
                 link: target,
                 dest,
                 in_way,
@@ -251,7 +432,7 @@ fn walk(
         }
     }
     if !fresh {
-        stale_links(link, to_host, rel, &entries, plan)?;
+        stale_links(e, rel, &entries, p)?;
     }
     Ok(())
 }
@@ -260,41 +441,45 @@ fn walk(
 /// the source directory no longer has, and everything below target directories whose source
 /// directory is gone as a whole.
 fn stale_links(
-    link: &Link,
-    to_host: &Path,
+    e: &Entry,
     rel: &Path,
     src_entries: &[(std::ffi::OsString, fs::FileType)],
-    plan: &mut Plan<Change>,
+    p: &mut Planner,
 ) -> Result<()> {
+    let link = e.link;
     let mut stale = Vec::new();
     let mut todo = vec![(rel.to_path_buf(), true)];
     while let Some((dir, top)) = todo.pop() {
-        let Ok(rd) = fs::read_dir(to_host.join(&dir)) else {
+        let Ok(rd) = fs::read_dir(e.to_host.join(&dir)) else {
             continue;
         };
-        for e in rd {
-            let e = e.with_context(|| format!("cannot read {}", link.to.join(&dir).display()))?;
-            if top && src_entries.iter().any(|(n, _)| *n == e.file_name()) {
+        for de in rd {
+            let de = de.with_context(|| format!("cannot read {}", link.to.join(&dir).display()))?;
+            if top && src_entries.iter().any(|(n, _)| *n == de.file_name()) {
                 continue;
             }
-            let Ok(t) = e.file_type() else { continue };
+            let Ok(t) = de.file_type() else { continue };
             if t.is_dir() {
-                todo.push((dir.join(e.file_name()), false));
+                todo.push((dir.join(de.file_name()), false));
             } else if t.is_symlink() {
-                let Ok(dest) = fs::read_link(e.path()) else {
+                let Ok(dest) = fs::read_link(de.path()) else {
                     continue;
                 };
                 if dest.starts_with(&*link.from) {
-                    stale.push(Change::RemoveStale {
-                        link: link.to.join(&dir).join(e.file_name()),
+                    let change = Change::RemoveStale {
+                        link: link.to.join(&dir).join(de.file_name()),
                         dest,
-                    });
+                    };
+                    stale.push((de.path(), change));
                 }
             }
         }
     }
-    stale.sort_by_key(|c| c.describe(Tense::Plan));
-    plan.changes.extend(stale);
+    stale.sort_by_key(|(_, c)| c.describe(Tense::Plan));
+    for (host, change) in stale {
+        p.stale.push((host, p.plan.changes.len()));
+        p.plan.changes.push(change);
+    }
     Ok(())
 }
 
