@@ -55,11 +55,10 @@ impl Root {
     }
 
     /// Like [`Root::path`], but a symlink in the last component is followed too: the path of
-    /// the directory or file that `target` finally names.
+    /// the directory or file that `target` finally names. Missing components are kept
+    /// literally after the existing ones are resolved, on the running system too (where
+    /// `canonicalize` would give up on the whole path).
     pub fn resolve(&self, target: &Path) -> Result<PathBuf> {
-        if self.is_live() {
-            return Ok(std::fs::canonicalize(target).unwrap_or_else(|_| target.to_path_buf()));
-        }
         self.walk(target, true)
     }
 
@@ -188,6 +187,20 @@ mod tests {
             r.resolve(Path::new("/opt/olsystem/etc")).unwrap(),
             d.join("opt/deploys/x/etc")
         );
+    }
+
+    #[test]
+    fn resolve_on_the_live_system_resolves_the_existing_part() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().canonicalize().unwrap();
+        std::fs::create_dir_all(d.join("real")).unwrap();
+        symlink(d.join("real"), d.join("link")).unwrap();
+        let r = Root::live();
+        assert_eq!(
+            r.resolve(&d.join("link/missing/f")).unwrap(),
+            d.join("real/missing/f")
+        );
+        assert_eq!(r.resolve(&d.join("link")).unwrap(), d.join("real"));
     }
 
     #[test]
