@@ -479,3 +479,32 @@ fn sigterm_during_a_retry_backoff_stops_at_once() {
     sigterm_when(&s, &cfg, &env, ready, Duration::from_millis(1500));
     assert_eq!(srv.requests().len(), 1, "retried after SIGTERM");
 }
+
+/// An `opt.path` that is a symlink to an empty directory cannot take the unpacked tree (the
+/// staging directory is renamed over the path): refused before anything is fetched, rather
+/// than after the whole download. The symlink is absolute and followed inside the root.
+#[test]
+fn an_opt_path_that_is_a_symlink_to_an_empty_directory_is_refused_before_fetching() {
+    let p = packed(0);
+    let srv = Server::start(p.bytes.clone(), vec![]);
+    let s = Scratch::new();
+    std::fs::create_dir_all(s.root().join("srv/empty")).unwrap();
+    std::os::unix::fs::symlink("/srv/empty", s.opt()).unwrap();
+    let cfg = s.config(&[srv.url("opt.tar.zst")], Some(&p.sha256), "", "symlink");
+    let out = s.apply(&cfg);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("/1/opt is a symlink to /srv/empty, which holds no tree"),
+        "{err}"
+    );
+    assert!(
+        srv.requests().is_empty(),
+        "fetched: {:?}",
+        srv.requests().len()
+    );
+    assert_eq!(
+        std::fs::read_link(s.opt()).unwrap(),
+        Path::new("/srv/empty")
+    );
+}

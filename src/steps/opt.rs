@@ -132,16 +132,19 @@ impl Opt<'_> {
     }
 
     /// Whether the tree at `path` holds a tree (a symlink to a tree counts).
-    fn holds_tree(&self, host: &Path) -> Result<bool> {
+    fn holds_tree(&self, ctx: &Ctx, host: &Path) -> Result<bool> {
         match look(host)? {
             Found::Missing | Found::EmptyDir => Ok(false),
             Found::Tree => Ok(true),
-            Found::Symlink(_) => match sysfs::look_through(host)? {
+            // Followed inside the root. A tree there is kept; nothing can be unpacked into
+            // place through it: the staging directory is renamed over the path itself.
+            Found::Symlink(t) => match sysfs::look_through(&ctx.root.resolve(&self.cfg.path)?)? {
                 Found::Tree => Ok(true),
-                Found::EmptyDir => Ok(false),
                 _ => bail!(
-                    "{} is a symlink to something that is not a directory",
-                    self.cfg.path
+                    "{} is a symlink to {}, which holds no tree: olboot unpacks into a \
+                     directory it renames into place; set opt.path to a directory",
+                    self.cfg.path,
+                    t.display()
                 ),
             },
             Found::Other => bail!("{} exists and is not a directory", self.cfg.path),
@@ -224,7 +227,7 @@ impl Step for Opt<'_> {
         if !matches!(look(&staging)?, Found::Missing) {
             plan.changes.push(Change::RemoveStaging(staging));
         }
-        let fetching = !self.holds_tree(&host)?;
+        let fetching = !self.holds_tree(ctx, &host)?;
         if fetching {
             let a = self.cfg.archive.as_ref().with_context(|| {
                 format!(
