@@ -74,25 +74,38 @@ fn slow_server(body: Vec<u8>) -> String {
     format!("http://{addr}/opt.tar")
 }
 
-/// Apply `config` on the scratch root `root`.
-fn apply(root: &Path, config: &str) -> Output {
-    let mut c = olboot();
-    c.args(["apply", "-c", "-", "--host", "h", "--json", "--root"])
+/// Start `olboot apply` of `config` (fed on stdin) on the scratch root `root`, with `PATH`
+/// set to `path`.
+fn spawn_apply(root: &Path, config: &str, path: &str) -> std::process::Child {
+    let mut child = olboot()
+        .args(["apply", "-c", "-", "--host", "h", "--json", "--root"])
         .arg(root)
-        .env("OLBOOT_PROGRESS_MS", "200");
-    c.stdin(std::process::Stdio::piped())
+        .env("OLBOOT_PROGRESS_MS", "200")
+        .env("PATH", path)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = c.spawn().unwrap();
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     child
         .stdin
         .take()
         .unwrap()
         .write_all(config.as_bytes())
         .unwrap();
+    child
+}
+
+/// Wait for `child` and show its log.
+fn output(child: std::process::Child) -> Output {
     let out = child.wait_with_output().unwrap();
     eprintln!("--- olboot apply\n{}", stderr(&out));
     out
+}
+
+/// Apply `config` on the scratch root `root`.
+fn apply(root: &Path, config: &str) -> Output {
+    output(spawn_apply(root, config, &std::env::var("PATH").unwrap()))
 }
 
 fn config(url: &str, sha: &str, opt_path: &str) -> String {
@@ -230,26 +243,10 @@ fn a_signal_between_steps_fails_the_run() {
 /// Apply `config` on `root` with `PATH` set to `path`, send SIGTERM after 700 ms, and wait up
 /// to `within` for olboot to end.
 fn apply_until_sigterm(root: &Path, config: &str, path: &str, within: Duration) -> Output {
-    let mut child = olboot()
-        .args(["apply", "-c", "-", "--host", "h", "--json", "--root"])
-        .arg(root)
-        .env("PATH", path)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(config.as_bytes())
-        .unwrap();
+    let mut child = spawn_apply(root, config, path);
     std::thread::sleep(Duration::from_millis(700));
     common::sigterm_and_wait(&mut child, within).expect("still running after SIGTERM");
-    let o = child.wait_with_output().unwrap();
-    eprintln!("--- olboot apply\n{}", stderr(&o));
-    o
+    output(child)
 }
 
 /// A SIGTERM while `volumes` waits for its device ends the wait at once.
