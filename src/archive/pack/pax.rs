@@ -1,9 +1,10 @@
 //! Tar headers as GNU tar's `--format=pax` writes them: a ustar header, preceded by a PAX
 //! extended header (`x`) when the entry needs more than ustar holds: a long name or link
-//! target, a nanosecond or negative mtime, extended attributes (`SCHILY.xattr.NAME`), POSIX
-//! ACLs (`SCHILY.acl.access`/`.default` in the text form `tar --acls` reads, with numeric ids,
-//! and the raw `system.posix_acl_*` attributes as well, as GNU tar 1.34 does), and the
-//! records of a PAX 1.0 sparse file (`GNU.sparse.*`).
+//! target, a nanosecond or negative mtime, extended attributes (`SCHILY.xattr.NAME`, with `%`
+//! and `=` in NAME escaped as GNU tar escapes them), POSIX ACLs (`SCHILY.acl.access`/`.default`
+//! in the text form `tar --acls` reads, with numeric ids, and the raw `system.posix_acl_*`
+//! attributes as well, as GNU tar 1.34 does), and the records of a PAX 1.0 sparse file
+//! (`GNU.sparse.*`).
 
 use anyhow::{Context, Result};
 use std::ffi::OsStr;
@@ -164,14 +165,6 @@ pub fn xattrs(path: &Path, rec: &mut Records) -> Result<Vec<String>> {
                 )
             })?,
         };
-        if name.contains(&b'=') {
-            warnings.push(format!(
-                "{}: extended attribute {:?} not stored (a PAX key cannot hold '=')",
-                path.display(),
-                String::from_utf8_lossy(&name)
-            ));
-            continue;
-        }
         let acl_key: &[u8] = match name.as_slice() {
             b"system.posix_acl_access" => b"SCHILY.acl.access",
             b"system.posix_acl_default" => b"SCHILY.acl.default",
@@ -187,11 +180,24 @@ pub fn xattrs(path: &Path, rec: &mut Records) -> Result<Vec<String>> {
                 )),
             }
         }
-        let mut key = b"SCHILY.xattr.".to_vec();
-        key.extend_from_slice(&name);
-        rec.push(&key, &value);
+        rec.push(&xattr_key(&name), &value);
     }
     Ok(warnings)
+}
+
+/// The PAX key of the xattr `name` as GNU tar 1.34 writes it (`xattr_encode_keyword`): `%` as
+/// `%25` and `=` as `%3D`, since the first `=` of a record ends its key; GNU tar (and the
+/// unpacker) decode exactly these two.
+fn xattr_key(name: &[u8]) -> Vec<u8> {
+    let mut key = b"SCHILY.xattr.".to_vec();
+    for &b in name {
+        match b {
+            b'%' => key.extend_from_slice(b"%25"),
+            b'=' => key.extend_from_slice(b"%3D"),
+            _ => key.push(b),
+        }
+    }
+    key
 }
 
 /// The names of the extended attributes of `path`, sorted.
@@ -312,6 +318,14 @@ mod tests {
             rest = &rest[len..];
         }
         assert!(text.starts_with("17 mtime=-100.25\n"), "{text:?}");
+    }
+
+    #[test]
+    fn xattr_keys_escape_what_gnu_tar_escapes() {
+        assert_eq!(xattr_key(b"user.a=b"), b"SCHILY.xattr.user.a%3Db");
+        assert_eq!(xattr_key(b"user.pct%41"), b"SCHILY.xattr.user.pct%2541");
+        assert_eq!(xattr_key(b"user.%3D"), b"SCHILY.xattr.user.%253D");
+        assert_eq!(xattr_key(b"trusted.t"), b"SCHILY.xattr.trusted.t");
     }
 
     #[test]

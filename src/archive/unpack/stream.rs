@@ -1,8 +1,8 @@
 //! The tar stream, read header by header with every special header olboot understands folded
 //! into the entry it describes: GNU long names and link names (`L`, `K`), PAX extended and
 //! global headers (`x`, `g`: path, linkpath, size, uid, gid, mtime with nanoseconds, xattrs,
-//! ACLs, the GNU sparse records of formats 0.0, 0.1 and 1.0) and old-GNU sparse members
-//! (`S`, with extended sparse headers).
+//! ACLs, the GNU sparse records of formats 0.0, 0.1 and 1.0; each global header replacing the
+//! one before, as with GNU tar) and old-GNU sparse members (`S`, with extended sparse headers).
 //!
 //! Written here rather than taken from the `tar` crate because every special header must be
 //! bounded ([`MAX_SPECIAL`]: a 1 GiB long name in a 33 KB archive must not become 1 GiB of
@@ -50,8 +50,8 @@ pub struct Sparse {
     pub map: Vec<(u64, u64)>,
     /// The file's size, holes included.
     pub size: u64,
-    /// Whether GNU tar ends the file where the map ends rather than at `size` (old GNU and
-    /// 1.0 maps; 0.0 and 0.1 ones are extended to `size`).
+    /// Whether GNU tar ends the file where the map ends rather than at `size`: it does for
+    /// every format (its last region is written, or an empty one truncates the file there).
     pub ends_with_map: bool,
 }
 
@@ -89,7 +89,8 @@ pub struct Stream<R> {
     /// Data bytes of the current entry not read yet, then its padding.
     left: u64,
     pad: u64,
-    /// PAX global records, applied to every later entry under its own records.
+    /// The records of the last PAX global header that olboot applies (see [`globals`]), applied
+    /// to every later entry under its own records.
     global: Vec<(String, Vec<u8>)>,
 }
 
@@ -115,10 +116,12 @@ impl<R: BufRead> Stream<R> {
         self.skip_rest()?;
         let mut long_name = None;
         let mut long_link = None;
-        let mut pax: Vec<(String, Vec<u8>)> = Vec::new();
+        // A malformed PAX header fails with the entry it describes, named once it comes.
+        let mut pax: Result<Vec<(String, Vec<u8>)>> = Ok(Vec::new());
         loop {
             let Some(h) = self.header()? else {
-                if long_name.is_some() || long_link.is_some() || !pax.is_empty() {
+                let pending = pax.as_ref().map_or(true, |p| !p.is_empty());
+                if long_name.is_some() || long_link.is_some() || pending {
                     bail!("the archive ends after a special header, without its entry");
                 }
                 return Ok(None);
@@ -130,29 +133,28 @@ impl<R: BufRead> Stream<R> {
                 b'L' => long_name = Some(cstr(&self.special(size, "GNU long name")?).to_vec()),
                 b'K' => long_link = Some(cstr(&self.special(size, "GNU long link")?).to_vec()),
                 // Of several PAX headers in a row, GNU tar uses the last.
-                b'x' => pax = records(&self.special(size, "PAX header")?)?,
+                b'x' => pax = records(&self.special(size, "PAX header")?),
                 b'g' => {
-                    for (k, v) in records(&self.special(size, "PAX global header")?)? {
-                        // GNU tar would make every later entry sparse by them.
-                        if k.starts_with("GNU.sparse.") {
-                            bail!("a PAX global header with the sparse record {k} refused");
-                        }
-                        self.global.retain(|(g, _)| *g != k);
-                        self.global.push((k, v));
-                    }
-                    if bytes(&self.global) > MAX_SPECIAL {
-                        bail!("PAX global headers over {MAX_SPECIAL} bytes refused");
-                    }
+                    let data = self.special(size, "PAX global header")?;
+                    // Each global header replaces the records of the one before.
+                    self.global = globals(&data).with_context(|| {
+                        format!(
+                            "archive entry {}: a PAX global header",
+                            shown(&header_name(&h))
+                        )
+                    })?;
                 }
                 _ => {
                     // Errors name the entry (a long name is kept for that: they are rare).
                     let long = long_name.as_deref().map(shown);
+                    let name = || {
+                        let name = long.clone().unwrap_or_else(|| shown(&header_name(&h)));
+                        format!("archive entry {name}")
+                    };
+                    let pax = pax.with_context(name)?;
                     let mut e = self
                         .entry(&h, size, long_name, long_link, &pax)
-                        .with_context(|| {
-                            let name = long.unwrap_or_else(|| shown(&header_name(&h)));
-                            format!("archive entry {name}")
-                        })?;
+                        .with_context(name)?;
                     self.sparse_1_0(&mut e, &pax)
                         .with_context(|| format!("archive entry {}", shown(&e.name)))?;
                     return Ok(Some(e));
@@ -259,6 +261,8 @@ impl<R: BufRead> Stream<R> {
             acl_access: None,
             acl_default: None,
         };
+        let pax_sparse = pax.iter().any(|(k, _)| k.starts_with("GNU.sparse."));
+        sparse_where_gnu_tar_reads_it(h, e.kind, pax_sparse)?;
         if h[156] == b'S' {
             e.sparse = Some(self.old_gnu_sparse(h)?);
         }
@@ -267,7 +271,6 @@ impl<R: BufRead> Stream<R> {
             apply_record(&mut e, k, v).with_context(|| format!("PAX record {k}"))?;
         }
         sparse_0_x(&mut e, pax)?;
-        let pax_sparse = pax.iter().any(|(k, _)| k.starts_with("GNU.sparse."));
         if pax_sparse || h[156] == b'S' {
             // GNU tar names a sparse file by GNU.sparse.name whatever comes after it, and
             // makes a file of it even if the name ends in '/'.
@@ -289,10 +292,15 @@ impl<R: BufRead> Stream<R> {
     /// The sparse map of an old-GNU `S` header and its extension blocks.
     fn old_gnu_sparse(&mut self, h: &[u8; BLOCK]) -> Result<Sparse> {
         let mut map = Vec::new();
-        sparse_slots(&h[386..482], &mut map)?;
+        let mut open = sparse_slots(&h[386..482], &mut map)?;
         let mut extended = h[482] != 0;
         let mut blocks = 0u64;
         while extended {
+            // GNU tar reads no extension block once a slot has ended the map: it reads them
+            // as the file's data.
+            if !open {
+                bail!("an old-GNU sparse map that ends before its extension blocks refused");
+            }
             blocks += 1;
             if blocks * BLOCK as u64 > MAX_SPECIAL {
                 bail!("an old-GNU sparse map over {MAX_SPECIAL} bytes refused");
@@ -301,7 +309,7 @@ impl<R: BufRead> Stream<R> {
             if !self.block(&mut b)? {
                 bail!("the archive ends inside an old-GNU sparse map");
             }
-            sparse_slots(&b[..504], &mut map)?;
+            open = sparse_slots(&b[..504], &mut map)?;
             extended = b[504] != 0;
         }
         let size = number(&h[483..495]).context("bad real size of a sparse file")?;
@@ -316,26 +324,23 @@ impl<R: BufRead> Stream<R> {
     fn sparse_1_0(&mut self, e: &mut Entry, pax: &[(String, Vec<u8>)]) -> Result<()> {
         let major = pax.iter().rev().find(|(k, _)| k == "GNU.sparse.major");
         let Some((_, major)) = major else {
+            // Without a map GNU tar reads that many bytes of data, whatever the header says.
+            if pax.iter().any(|(k, _)| k == "GNU.sparse.realsize") {
+                bail!("GNU.sparse.realsize without GNU.sparse.major refused");
+            }
             return Ok(());
         };
         let minor = pax.iter().rev().find(|(k, _)| k == "GNU.sparse.minor");
         if major.as_slice() != b"1" || minor.map(|(_, v)| v.as_slice()) != Some(b"0") {
             bail!("GNU sparse format {} refused", shown(major));
         }
-        let real = pax
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "GNU.sparse.realsize")
-            .context("GNU sparse 1.0 without GNU.sparse.realsize")?;
-        let size = decimal(&real.1).context("bad GNU.sparse.realsize")?;
+        let size = real_size(pax)?.context("GNU sparse 1.0 without GNU.sparse.realsize")?;
         let mut nums: Vec<u64> = Vec::new();
+        // The count, then an offset and a length per region: 1 + 2 × count numbers.
+        let mut want = None;
         let mut line = Vec::new();
         let mut read = 0u64;
-        // The count, then an offset and a length per region.
-        while nums
-            .first()
-            .is_none_or(|&n| (nums.len() as u64) < 1 + 2 * n)
-        {
+        while want.is_none_or(|w| (nums.len() as u64) < w) {
             if self.left < BLOCK as u64 || read >= MAX_SPECIAL {
                 bail!("a GNU sparse 1.0 map that is cut short or over {MAX_SPECIAL} bytes");
             }
@@ -352,10 +357,11 @@ impl<R: BufRead> Stream<R> {
                 }
                 nums.push(decimal(&line).context("bad GNU sparse 1.0 map")?);
                 line.clear();
-                if nums
-                    .first()
-                    .is_some_and(|&n| nums.len() as u64 == 1 + 2 * n)
-                {
+                if nums.len() == 1 {
+                    let count = nums[0].checked_mul(2).and_then(|n| n.checked_add(1));
+                    want = Some(count.context("a GNU sparse 1.0 map of too many regions")?);
+                }
+                if want == Some(nums.len() as u64) {
                     break;
                 }
             }
@@ -411,14 +417,6 @@ impl<R: BufRead> Stream<R> {
     }
 }
 
-/// The size of some PAX records.
-fn bytes(records: &[(String, Vec<u8>)]) -> u64 {
-    records
-        .iter()
-        .map(|(k, v)| (k.len() + v.len()) as u64)
-        .sum()
-}
-
 /// The entry type of type flag `t`; types olboot does not know are refused.
 fn kind(t: u8, name: &[u8]) -> Result<Kind> {
     Ok(match t {
@@ -441,6 +439,45 @@ fn kind(t: u8, name: &[u8]) -> Result<Kind> {
     })
 }
 
+/// The PAX keys [`apply_record`] acts on (`SCHILY.xattr.*` aside): any other record changes
+/// nothing.
+const APPLIED: &[&str] = &[
+    "path",
+    "linkpath",
+    "size",
+    "uid",
+    "gid",
+    "mtime",
+    "SCHILY.acl.access",
+    "SCHILY.acl.default",
+    "GNU.dumpdir",
+];
+
+/// The records of a PAX global header as GNU tar 1.34 applies them to every later entry, until
+/// the next global header replaces them all (`xheader_decode_global`). It keeps each value as
+/// a C string (cut at a NUL) and applies them last to first, so of a key given twice the first
+/// wins. Only the keys olboot acts on are kept, each once: applying them to an entry costs
+/// the same whatever the header's size.
+fn globals(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out: Vec<(String, Vec<u8>)> = Vec::new();
+    for (k, v) in records(data)? {
+        // GNU tar would make every later entry sparse by them.
+        if k.starts_with("GNU.sparse.") {
+            bail!("the sparse record {k} refused");
+        }
+        // GNU tar 1.34 reads the name of a global xattr from past the end of its keyword
+        // (here it tried to set ''): what it sets cannot be known.
+        if k.starts_with("SCHILY.xattr.") {
+            bail!("the xattr record {k} refused (GNU tar reads no name from it)");
+        }
+        if APPLIED.contains(&k.as_str()) && !out.iter().any(|(g, _)| *g == k) {
+            let v = cstr(&v).to_vec();
+            out.push((k, v));
+        }
+    }
+    Ok(out)
+}
+
 /// Apply one PAX record to `e`.
 fn apply_record(e: &mut Entry, k: &str, v: &[u8]) -> Result<()> {
     match k {
@@ -457,13 +494,13 @@ fn apply_record(e: &mut Entry, k: &str, v: &[u8]) -> Result<()> {
         "GNU.dumpdir" => bail!("a GNU incremental dumpdir is not supported"),
         _ => {
             if let Some(name) = k.strip_prefix("SCHILY.xattr.") {
-                e.xattrs.push((name.as_bytes().to_vec(), v.to_vec()));
-            } else if let Some(name) = k.strip_prefix("LIBARCHIVE.xattr.") {
-                let name = percent_decode(name)?;
-                let value = base64(v)?;
-                e.xattrs.push((name, value));
+                if name.is_empty() {
+                    bail!("an xattr record without a name");
+                }
+                e.xattrs.push((xattr_name(name), v.to_vec()));
             }
-            // Other records (atime, ctime, uname, gname, charset, comment, vendor records)
+            // Other records (atime, ctime, uname, gname, charset, comment, vendor records,
+            // bsdtar's LIBARCHIVE.xattr.* too: GNU tar ignores them as unknown keywords)
             // change nothing GNU tar -xp --numeric-owner restores.
         }
     }
@@ -472,7 +509,8 @@ fn apply_record(e: &mut Entry, k: &str, v: &[u8]) -> Result<()> {
 
 /// GNU sparse 0.0 (repeated offset/numbytes records) and 0.1 (`GNU.sparse.map`).
 fn sparse_0_x(e: &mut Entry, pax: &[(String, Vec<u8>)]) -> Result<()> {
-    let Some(size) = pax.iter().rev().find(|(k, _)| k == "GNU.sparse.size") else {
+    let has = |key: &str| pax.iter().any(|(k, _)| k == key);
+    if !has("GNU.sparse.size") {
         // GNU tar takes a map without its size as sparse too (and gives it another size).
         let map = [
             "GNU.sparse.map",
@@ -483,76 +521,152 @@ fn sparse_0_x(e: &mut Entry, pax: &[(String, Vec<u8>)]) -> Result<()> {
             bail!("a GNU sparse map without GNU.sparse.size refused");
         }
         return Ok(());
-    };
-    if pax.iter().any(|(k, _)| k == "GNU.sparse.major") {
+    }
+    if has("GNU.sparse.major") {
         return Ok(());
     }
-    let size = decimal(&size.1).context("bad GNU.sparse.size")?;
-    let mut map = Vec::new();
-    if let Some((_, m)) = pax.iter().rev().find(|(k, _)| k == "GNU.sparse.map") {
-        let nums: Vec<u64> = if m.is_empty() {
-            Vec::new()
-        } else {
-            m.split(|&c| c == b',')
-                .map(decimal)
-                .collect::<Result<_>>()?
-        };
-        if nums.len() % 2 != 0 {
-            bail!("GNU.sparse.map with an odd number of values");
-        }
-        map = nums.chunks(2).map(|p| (p[0], p[1])).collect();
-    } else {
-        let mut off = None;
-        for (k, v) in pax {
-            match (k.as_str(), off) {
-                ("GNU.sparse.offset", None) => off = Some(decimal(v)?),
-                ("GNU.sparse.numbytes", Some(o)) => {
-                    map.push((o, decimal(v)?));
-                    off = None;
-                }
-                ("GNU.sparse.offset" | "GNU.sparse.numbytes", _) => {
-                    bail!("GNU sparse 0.0 records out of order")
-                }
-                _ => {}
-            }
-        }
-    }
-    if let Some((_, n)) = pax.iter().rev().find(|(k, _)| k == "GNU.sparse.numblocks") {
-        if decimal(n)? != map.len() as u64 {
+    let size = real_size(pax)?.context("GNU sparse 0.x without its size")?;
+    let map = sparse_0_x_map(pax)?;
+    if !map.is_empty() || has("GNU.sparse.numblocks") {
+        // GNU tar keeps no region beyond GNU.sparse.numblocks ("excess"), none without it.
+        let n = pax.iter().rev().find(|(k, _)| k == "GNU.sparse.numblocks");
+        let n = n.context("a GNU sparse map without GNU.sparse.numblocks refused")?;
+        if decimal(&n.1)? != map.len() as u64 {
             bail!("GNU.sparse.numblocks does not match the map");
         }
     }
     e.sparse = Some(Sparse {
         map,
         size,
-        ends_with_map: false,
+        // GNU tar ends the file at its last region, not at GNU.sparse.size: a map that ends
+        // before it is refused (unpack checks), as a map GNU tar writes never does.
+        ends_with_map: true,
     });
     Ok(())
 }
 
-/// The sparse slots of an old-GNU header area: 24-byte (offset, length) pairs, the first
-/// empty one ending the list.
-fn sparse_slots(area: &[u8], map: &mut Vec<(u64, u64)>) -> Result<()> {
+/// The regions of a GNU sparse 0.1 `GNU.sparse.map` record, or of 0.0's `GNU.sparse.offset`
+/// and `GNU.sparse.numbytes` pairs.
+fn sparse_0_x_map(pax: &[(String, Vec<u8>)]) -> Result<Vec<(u64, u64)>> {
+    let pairs = ["GNU.sparse.offset", "GNU.sparse.numbytes"];
+    let has_pairs = pax.iter().any(|(k, _)| pairs.contains(&k.as_str()));
+    if let Some((_, m)) = pax.iter().rev().find(|(k, _)| k == "GNU.sparse.map") {
+        // GNU tar adds the pairs to the map it has read when they follow it.
+        if has_pairs {
+            bail!("GNU.sparse.map with GNU.sparse.offset records refused");
+        }
+        // GNU tar refuses an empty map ("invalid GNU.sparse.map").
+        let nums: Vec<u64> = m
+            .split(|&c| c == b',')
+            .map(decimal)
+            .collect::<Result<_>>()
+            .context("bad GNU.sparse.map")?;
+        if nums.len() % 2 != 0 {
+            bail!("GNU.sparse.map with an odd number of values");
+        }
+        return Ok(nums.chunks(2).map(|p| (p[0], p[1])).collect());
+    }
+    let mut map = Vec::new();
+    let mut off = None;
+    for (k, v) in pax {
+        match (k.as_str(), off) {
+            ("GNU.sparse.offset", None) => off = Some(decimal(v)?),
+            ("GNU.sparse.numbytes", Some(o)) => {
+                map.push((o, decimal(v)?));
+                off = None;
+            }
+            ("GNU.sparse.offset" | "GNU.sparse.numbytes", _) => {
+                bail!("GNU sparse 0.0 records out of order")
+            }
+            _ => {}
+        }
+    }
+    if off.is_some() {
+        bail!("GNU.sparse.offset without its GNU.sparse.numbytes");
+    }
+    Ok(map)
+}
+
+/// The sparse file's size: the last of `GNU.sparse.size` and `GNU.sparse.realsize`, which GNU
+/// tar reads alike.
+fn real_size(pax: &[(String, Vec<u8>)]) -> Result<Option<u64>> {
+    let keys = ["GNU.sparse.size", "GNU.sparse.realsize"];
+    let Some((k, v)) = pax.iter().rev().find(|(k, _)| keys.contains(&k.as_str())) else {
+        return Ok(None);
+    };
+    decimal(v).with_context(|| format!("bad {k}")).map(Some)
+}
+
+/// The sparse slots of an old-GNU header area, 24-byte (offset, length) pairs, added to `map`;
+/// false once one ends the map. As GNU tar's `oldgnu_add_sparse`: a slot whose length field
+/// starts with NUL ends it, whatever its offset field holds.
+fn sparse_slots(area: &[u8], map: &mut Vec<(u64, u64)>) -> Result<bool> {
     for slot in area.chunks_exact(24) {
+        if slot[12] == 0 {
+            return Ok(false);
+        }
+        // GNU tar reads such an offset past its NUL, and refuses the member when that
+        // lands outside the file: not a map any tar writes.
         if slot[0] == 0 {
-            break;
+            bail!("an old-GNU sparse slot whose offset field starts with NUL refused");
         }
         let off = number(&slot[..12]).context("bad sparse offset")?;
         let len = number(&slot[12..]).context("bad sparse length")?;
         map.push((off, len));
     }
+    Ok(true)
+}
+
+/// Refuse sparse records where GNU tar does not read them as a sparse file: an old-GNU map
+/// (type `S`) under another magic than the old-GNU one (GNU tar then reads the map's blocks as
+/// data); PAX sparse records (`pax_sparse`) on a header that is not POSIX, where GNU tar reads
+/// the data as a plain file of the sparse size, the headers after it included; PAX sparse
+/// records on an entry of `kind` other than a file (GNU tar makes an empty file of it).
+fn sparse_where_gnu_tar_reads_it(h: &[u8; BLOCK], kind: Kind, pax_sparse: bool) -> Result<()> {
+    if h[156] == b'S' && &h[257..265] != b"ustar  \0" {
+        bail!("an old-GNU sparse header (type S) without the old-GNU magic refused");
+    }
+    if pax_sparse && !posix_header(h) {
+        bail!("PAX sparse records on a header that is not POSIX ustar refused (GNU tar would read its data otherwise)");
+    }
+    if pax_sparse && kind != Kind::File {
+        bail!("PAX sparse records on an entry that is not a regular file refused (GNU tar would make a file of it)");
+    }
     Ok(())
+}
+
+/// Whether GNU tar reads header `h` as POSIX (`decode_header`): the magic `ustar\0`, and not
+/// star's layout (a NUL at the prefix's end and octal atime and ctime ending in a blank).
+fn posix_header(h: &[u8; BLOCK]) -> bool {
+    let octal = |b: u8| (b'0'..=b'7').contains(&b);
+    let star = h[475] == 0 && octal(h[476]) && h[487] == b' ' && octal(h[488]) && h[499] == b' ';
+    &h[257..263] == b"ustar\0" && !star
 }
 
 /// The PAX records of `data`: `LEN KEY=VALUE\n`, in order.
 fn records(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
     let mut out = Vec::new();
     let mut rest = data;
-    while !rest.is_empty() {
-        // "LEN KEY=VALUE\n" as GNU tar's decode_record reads it: LEN decimal digits counting
-        // the whole record, then one or more spaces or tabs; the key ends at the first '='.
-        let digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-        let len: usize = std::str::from_utf8(&rest[..digits])
+    loop {
+        // "LEN KEY=VALUE\n" as GNU tar's decode_record reads it: blanks, LEN decimal digits
+        // counting the whole record (those blanks included), then one or more spaces or tabs;
+        // the key ends at the first '='. Where a record would start, the end of the data or a
+        // NUL ends the records, whatever follows the NUL (GNU tar reads them as a C string).
+        let lead = rest
+            .iter()
+            .take_while(|&&b| b == b' ' || b == b'\t')
+            .count();
+        match rest.get(lead) {
+            None | Some(0) => return Ok(out),
+            Some(b) if !b.is_ascii_digit() => bail!("a PAX record without a length"),
+            Some(_) => {}
+        }
+        let digits = lead
+            + rest[lead..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .count();
+        let len: usize = std::str::from_utf8(&rest[lead..digits])
             .ok()
             .and_then(|s| s.parse().ok())
             .context("a PAX record without a length")?;
@@ -581,22 +695,21 @@ fn records(data: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         out.push((key.to_string(), kv[eq + 1..].to_vec()));
         rest = &rest[len..];
     }
-    Ok(out)
 }
 
 /// A PAX time: `[-]SECONDS[.FRACTION]`.
 fn pax_time(v: &[u8]) -> Result<Time> {
-    let s = std::str::from_utf8(v).context("not a number")?;
-    let (neg, s) = match s.strip_prefix('-') {
+    let written = std::str::from_utf8(v).context("not a number")?;
+    let (neg, s) = match written.strip_prefix('-') {
         Some(rest) => (true, rest),
-        None => (false, s),
+        None => (false, written),
     };
     let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
     if whole.is_empty() || !whole.bytes().all(|b| b.is_ascii_digit()) {
-        bail!("bad time {s:?}");
+        bail!("bad time {written:?}");
     }
     if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        bail!("bad time {s:?}");
+        bail!("bad time {written:?}");
     }
     let sec: i64 = whole.parse().context("time out of range")?;
     let mut nsec = 0u32;
@@ -730,48 +843,26 @@ fn padding(size: u64) -> u64 {
     (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
 }
 
-/// `%XX` escapes decoded (libarchive escapes xattr names that way).
-fn percent_decode(s: &str) -> Result<Vec<u8>> {
-    let b = s.as_bytes();
+/// The xattr name of a `SCHILY.xattr.NAME` key as GNU tar decodes it (`xattr_decode_keyword`,
+/// the reverse of how it writes `=` and `%`): `%3D` is `=`, `%25` is `%`, read left to right;
+/// any other `%` stays as it is.
+fn xattr_name(key: &str) -> Vec<u8> {
+    let b = key.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .context("a bad %-escape in an xattr name")?;
-            let hex = std::str::from_utf8(hex).context("a bad %-escape in an xattr name")?;
-            out.push(u8::from_str_radix(hex, 16).context("a bad %-escape in an xattr name")?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
+        match b.get(i..i + 3) {
+            Some(b"%3D") => out.push(b'='),
+            Some(b"%25") => out.push(b'%'),
+            _ => {
+                out.push(b[i]);
+                i += 1;
+                continue;
+            }
         }
+        i += 3;
     }
-    Ok(out)
-}
-
-/// Standard base64, padding optional (libarchive writes xattr values without it).
-fn base64(v: &[u8]) -> Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(v.len() * 3 / 4);
-    let (mut acc, mut bits) = (0u32, 0);
-    for &c in v.iter().take_while(|&&c| c != b'=') {
-        let d = match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => bail!("an xattr value that is not base64"),
-        };
-        acc = (acc << 6) | u32::from(d);
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -860,10 +951,13 @@ mod tests {
     }
 
     #[test]
-    fn base64_and_percent_escapes() {
-        assert_eq!(base64(b"aGVsbG8").unwrap(), b"hello");
-        assert_eq!(base64(b"aGVsbG8=").unwrap(), b"hello");
-        assert_eq!(percent_decode("user.a%3Db").unwrap(), b"user.a=b");
+    fn xattr_names_are_decoded_as_gnu_tar_decodes_them() {
+        assert_eq!(xattr_name("user.a%3Db"), b"user.a=b");
+        assert_eq!(xattr_name("user.pct%2541"), b"user.pct%41");
+        // Only those two, upper case, in one pass.
+        assert_eq!(xattr_name("user.a%3d%41%253D%3D"), b"user.a%3d%41%3D=");
+        assert_eq!(xattr_name("user.%"), b"user.%");
+        assert_eq!(xattr_name("user.%3"), b"user.%3");
     }
 
     #[test]
@@ -878,5 +972,27 @@ mod tests {
         assert!(records(b"10path=ab\n").is_err());
         assert!(records(b"15 pa\0th=ab\n").is_err());
         assert!(records(b"0 ").is_err());
+        // As GNU tar: blanks before a length are part of the record, a NUL where a record
+        // would start ends them, anything else there is refused.
+        assert_eq!(records(b" 12 path=ab\n").unwrap()[0].1, b"ab");
+        assert_eq!(records(b"11 path=ab\n\0\0").unwrap().len(), 1);
+        assert_eq!(records(b"11 path=ab\n  \0junk").unwrap().len(), 1);
+        assert!(records(b"11 path=ab\njunk").is_err());
+    }
+
+    #[test]
+    fn a_global_header_keeps_what_gnu_tar_applies() {
+        let g = globals(b"8 uid=1\n8 uid=2\n11 kabcd=x\n12 gid=12\0x\n").unwrap();
+        // The first of a key wins, a value ends at a NUL, unknown keys are dropped.
+        assert_eq!(
+            g,
+            vec![
+                ("uid".into(), b"1".to_vec()),
+                ("gid".into(), b"12".to_vec())
+            ]
+        );
+        let err = |d: &[u8]| globals(d).unwrap_err().to_string();
+        assert!(err(b"25 SCHILY.xattr.user.g=v\n").contains("xattr record"));
+        assert!(err(b"23 GNU.sparse.size=512\n").contains("sparse record"));
     }
 }
