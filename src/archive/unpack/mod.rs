@@ -578,10 +578,13 @@ impl Unpacker {
     }
 
     /// Create the missing directories of `rel` one by one, each beneath the previous one.
+    /// GNU tar gives the parents an archive omits 0777 less the umask (it creates them
+    /// private and sets that mode when it leaves them; they get no owner or mtime of the
+    /// archive): mkdir with 0777 leaves the kernel to apply the same umask.
     fn make_dirs(&mut self, rel: &Path) -> Result<OwnedFd> {
         let mut fd = rustix::io::dup(&self.root).context("cannot dup the staging directory")?;
         for c in rel.iter() {
-            match rustix::fs::mkdirat(&fd, c, Mode::from_raw_mode(0o755)) {
+            match rustix::fs::mkdirat(&fd, c, Mode::from_raw_mode(0o777)) {
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(errno(e, &format!("cannot create {}", rel.display()))),
             }

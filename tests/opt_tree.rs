@@ -1,0 +1,231 @@
+//! The shape of the tree the unpacker makes, against GNU tar 1.34's extraction of the same
+//! archive (`tar --numeric-owner --xattrs --xattrs-include='*' --acls -xpf`, as root): the
+//! parents an archive omits, names ending in `/.`, the top directory's own metadata, ACLs
+//! inherited from a parent, xattrs of symlinks, and the memory the waiting directories take.
+//! The archives are built here from raw headers, so each one holds exactly the corner it tests.
+//! Must run as root (owners, trusted.* xattrs).
+
+mod common;
+#[path = "opt/support.rs"]
+mod support;
+
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A ustar header (512 bytes) as GNU tar reads it: `kind` is the type flag.
+fn header(name: &str, kind: u8, size: usize, mode: u32, mtime: u64, link: &str) -> Vec<u8> {
+    assert!(
+        name.len() <= 100 && link.len() <= 100,
+        "names of at most 100 bytes"
+    );
+    let mut h = vec![0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    let octal = |h: &mut [u8], at: usize, width: usize, v: u64| {
+        let s = format!("{v:0w$o}\0", w = width - 1);
+        h[at..at + width].copy_from_slice(s.as_bytes());
+    };
+    octal(&mut h, 100, 8, mode.into());
+    octal(&mut h, 108, 8, 0);
+    octal(&mut h, 116, 8, 0);
+    octal(&mut h, 124, 12, size as u64);
+    octal(&mut h, 136, 12, mtime);
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..265].copy_from_slice(b"ustar\x0000");
+    h[148..156].fill(b' ');
+    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+fn padded(mut data: Vec<u8>) -> Vec<u8> {
+    data.resize(data.len().div_ceil(512) * 512, 0);
+    data
+}
+
+/// A regular file entry with its data.
+fn file(name: &str, data: &[u8], mode: u32) -> Vec<u8> {
+    let mut v = header(name, b'0', data.len(), mode, 1_000_000_000, "");
+    v.extend(padded(data.to_vec()));
+    v
+}
+
+fn dir(name: &str, mode: u32, mtime: u64) -> Vec<u8> {
+    header(name, b'5', 0, mode, mtime, "")
+}
+
+fn link(name: &str, kind: u8, target: &str) -> Vec<u8> {
+    header(name, kind, 0, 0o777, 1_000_000_000, target)
+}
+
+/// One PAX record `LEN KEY=VALUE\n`.
+fn record(key: &str, value: &[u8]) -> Vec<u8> {
+    let body = key.len() + value.len() + 3;
+    let mut n = body + 1;
+    while n != body + n.to_string().len() {
+        n = body + n.to_string().len();
+    }
+    let mut r = format!("{n} {key}=").into_bytes();
+    r.extend_from_slice(value);
+    r.push(b'\n');
+    r
+}
+
+/// A PAX extended header holding `records`, for the entry after it.
+fn pax(records: &[Vec<u8>]) -> Vec<u8> {
+    let data = records.concat();
+    let mut v = header("PaxHeaders/x", b'x', data.len(), 0o644, 0, "");
+    v.extend(padded(data));
+    v
+}
+
+/// The entries and the end-of-archive blocks, written to `dir/name`.
+fn archive(dir: &Path, name: &str, entries: &[Vec<u8>]) -> PathBuf {
+    let mut bytes = entries.concat();
+    bytes.extend_from_slice(&[0u8; 1024]);
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// `c` run with the umask `umask` (set in the child only: the tests' threads share ours).
+fn with_umask(mut c: Command, umask: u32) -> Command {
+    // SAFETY: umask is async-signal-safe and touches nothing but the child's own state.
+    unsafe {
+        c.pre_exec(move || {
+            libc::umask(umask as libc::mode_t);
+            Ok(())
+        });
+    }
+    c
+}
+
+/// GNU tar's extraction of `archive` into the new directory `dest`: Ok, or its stderr.
+fn gnu_tar(archive: &Path, dest: &Path, umask: u32) -> Result<(), String> {
+    // Made as olboot makes its staging directory: 0777 less the umask.
+    std::fs::create_dir_all(dest).unwrap();
+    let mode = std::fs::Permissions::from_mode(0o777 & !umask);
+    std::fs::set_permissions(dest, mode).unwrap();
+    let mut c = Command::new("tar");
+    c.args([
+        "--numeric-owner",
+        "--xattrs",
+        "--xattrs-include=*",
+        "--acls",
+        "-xpf",
+    ])
+    .arg(archive)
+    .arg("-C")
+    .arg(dest);
+    let o = with_umask(c, umask).output().unwrap();
+    if o.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&o.stderr).into_owned())
+    }
+}
+
+/// `olboot apply` of `archive` (zstd-compressed, as the store holds it) under `umask`, into
+/// the scratch root `s` (see [`support::Scratch`]).
+fn olboot_unpack(s: &support::Scratch, archive: &Path, umask: u32) -> Output {
+    let zst = s.dir.path().join("a.tar.zst");
+    let st = Command::new("zstd")
+        .args(["-q", "-f", "-o"])
+        .arg(&zst)
+        .arg(archive)
+        .status()
+        .unwrap();
+    assert!(st.success(), "zstd failed on {}", archive.display());
+    let sha: String = Sha256::digest(std::fs::read(&zst).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let url = format!("file://{}", zst.display());
+    let config = s.config(&[url], Some(&sha), "", "symlink");
+    s.run_with(with_umask(support::olboot(), umask), "apply", &config, &[])
+}
+
+fn now_ns() -> i128 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    d.as_nanos() as i128
+}
+
+fn assert_root() {
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "these tests compare with GNU tar as root: run them as root"
+    );
+}
+
+/// The top directory's mode and, when the archive lists it, its mtime (a top the archive
+/// does not list has the time of the last entry made in it: not compared).
+fn top(p: &Path, with_mtime: bool) -> (u32, Option<i64>) {
+    let m = std::fs::metadata(p).unwrap();
+    (m.mode() & 0o7777, with_mtime.then(|| m.mtime()))
+}
+
+/// Unpack the archive made of `entries` with GNU tar and with olboot under `umask`, and
+/// assert both trees are the same, entry by entry and at the top (its mtime too if
+/// `top_mtime`). Returns the scratch root, for more checks.
+fn assert_as_gnu(entries: &[Vec<u8>], umask: u32, top_mtime: bool) -> support::Scratch {
+    assert_root();
+    let s = support::Scratch::new();
+    let a = archive(s.dir.path(), "a.tar", entries);
+    let started = now_ns() - 1_000_000_000;
+    let gnu = s.dir.path().join("gnu");
+    gnu_tar(&a, &gnu, umask).expect("GNU tar extracts it");
+    let out = olboot_unpack(&s, &a, umask);
+    assert!(
+        out.status.success(),
+        "olboot failed: {}",
+        common::stderr(&out)
+    );
+    let want = common::tree_manifest(&gnu);
+    let got = common::tree_manifest(&s.opt());
+    let diff = common::manifest_diff(&got, &want, 16, started);
+    assert!(
+        diff.is_empty(),
+        "olboot's tree, then GNU tar's:\n{}",
+        diff.join("\n")
+    );
+    assert_eq!(
+        top(&s.opt(), top_mtime),
+        top(&gnu, top_mtime),
+        "the top directory (olboot's, then GNU tar's)"
+    );
+    s
+}
+
+/// Assert GNU tar fails on the archive made of `entries` and olboot refuses it with an error
+/// naming the entry `name`, leaving nothing.
+fn assert_refused(entries: &[Vec<u8>], name: &str) {
+    assert_root();
+    let s = support::Scratch::new();
+    let a = archive(s.dir.path(), "a.tar", entries);
+    let gnu = gnu_tar(&a, &s.dir.path().join("gnu"), 0o022);
+    assert!(gnu.is_err(), "GNU tar extracts it: the test means nothing");
+    let out = olboot_unpack(&s, &a, 0o022);
+    assert_eq!(common::code(&out), 1, "olboot did not refuse it");
+    let step = support::opt_step(&s.root());
+    let error = step["error"].as_str().unwrap_or_default();
+    assert_eq!(step["result"], "failed", "{step}");
+    let named = format!("archive entry {name:?}");
+    assert!(
+        error.contains(&named),
+        "the error names no {named}: {error}"
+    );
+    assert!(!s.opt().exists(), "opt.path made");
+    s.assert_nothing_beside();
+}
+
+#[test]
+fn omitted_parents_get_0777_less_the_umask() {
+    for umask in [0o002, 0o022, 0o077] {
+        assert_as_gnu(&[file("a/b/f", b"x", 0o644)], umask, false);
+    }
+}
