@@ -229,3 +229,32 @@ fn omitted_parents_get_0777_less_the_umask() {
         assert_as_gnu(&[file("a/b/f", b"x", 0o644)], umask, false);
     }
 }
+
+#[test]
+fn a_non_directory_named_with_a_trailing_dot_is_refused() {
+    assert_refused(&[file("x/.", b"data", 0o644)], "x/.");
+    assert_refused(&[link("s/.//", b'2', "t")], "s/.//");
+    assert_refused(&[file("a", b"x", 0o644), link("b/.", b'1', "a")], "b/.");
+}
+
+#[test]
+fn a_hard_link_to_a_name_ending_in_a_slash_or_dot_is_refused() {
+    for target in ["a/", "a/.", "a//"] {
+        assert_refused(&[file("a", b"data", 0o644), link("b", b'1', target)], "b");
+    }
+}
+
+#[test]
+fn a_symlink_keeps_a_target_ending_in_a_slash_or_dot() {
+    // GNU tar makes these as they are: no refusal here.
+    assert_as_gnu(
+        &[
+            file("a", b"data", 0o644),
+            link("s", b'2', "a/"),
+            link("t", b'2', "a/."),
+            link("l/", b'1', "a"),
+        ],
+        0o022,
+        false,
+    );
+}

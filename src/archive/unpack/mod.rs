@@ -241,6 +241,14 @@ fn relative(name: &[u8]) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Whether `name`, trailing slashes cut, ends in a `.` component. `relative` drops it, but
+/// GNU tar keeps it: a file or link made at `x/.` fails ("File exists"), and a hard link to
+/// `a/.` or `a/` fails ("Not a directory"); olboot refuses those rather than make `x` or `a`.
+fn ends_in_dot(name: &[u8]) -> bool {
+    let t = delayed::trimmed(name);
+    t == b"." || t.ends_with(b"/.")
+}
+
 fn split(path: &Path) -> (&Path, &OsStr) {
     (
         path.parent().unwrap_or(Path::new("")),
@@ -251,6 +259,9 @@ fn split(path: &Path) -> (&Path, &OsStr) {
 impl Unpacker {
     fn entry<R: BufRead>(&mut self, e: &Entry, ar: &mut Stream<R>) -> Result<()> {
         crate::sys::signal::check()?;
+        if e.kind != Kind::Dir && ends_in_dot(&e.name) {
+            bail!("a name ending in '/.' for what is not a directory (GNU tar fails on it)");
+        }
         let path = relative(&e.name)?;
         self.leave_dirs(&e.name)?;
         self.links.check(&path)?;
@@ -509,6 +520,12 @@ impl Unpacker {
     }
 
     fn hard_link(&mut self, path: &Path, target: &[u8]) -> Result<()> {
+        if target.last() == Some(&b'/') || ends_in_dot(target) {
+            bail!(
+                "a hard link to {} (ending in '/' or '/.': GNU tar fails on it)",
+                shown(target)
+            );
+        }
         let target = relative(target).context("hard link target")?;
         let (tparent, tbase) = split(&target);
         if tbase.is_empty() {
@@ -660,5 +677,10 @@ mod tests {
         assert_eq!(relative(b"./").unwrap(), PathBuf::new());
         assert!(relative(b"/etc/passwd").is_err());
         assert!(relative(b"a/../../x").is_err());
+        assert!(ends_in_dot(b"x/."));
+        assert!(ends_in_dot(b"x/.//"));
+        assert!(ends_in_dot(b"."));
+        assert!(!ends_in_dot(b"x/.a"));
+        assert!(!ends_in_dot(b"x/./y"));
     }
 }
