@@ -131,6 +131,12 @@ fn gnu_tar(archive: &Path, dest: &Path, umask: u32) -> Result<(), String> {
 /// `olboot apply` of `archive` (zstd-compressed, as the store holds it) under `umask`, into
 /// the scratch root `s` (see [`support::Scratch`]).
 fn olboot_unpack(s: &support::Scratch, archive: &Path, umask: u32) -> Output {
+    let config = serve(s, archive);
+    s.run_with(with_umask(support::olboot(), umask), "apply", &config, &[])
+}
+
+/// A config of `s` whose archive is `archive`, zstd-compressed, by its sha256.
+fn serve(s: &support::Scratch, archive: &Path) -> PathBuf {
     let zst = s.dir.path().join("a.tar.zst");
     let st = Command::new("zstd")
         .args(["-q", "-f", "-o"])
@@ -144,8 +150,7 @@ fn olboot_unpack(s: &support::Scratch, archive: &Path, umask: u32) -> Output {
         .map(|b| format!("{b:02x}"))
         .collect();
     let url = format!("file://{}", zst.display());
-    let config = s.config(&[url], Some(&sha), "", "symlink");
-    s.run_with(with_umask(support::olboot(), umask), "apply", &config, &[])
+    s.config(&[url], Some(&sha), "", "symlink")
 }
 
 fn now_ns() -> i128 {
@@ -257,4 +262,62 @@ fn a_symlink_keeps_a_target_ending_in_a_slash_or_dot() {
         0o022,
         false,
     );
+}
+
+/// 45 nested directories, each after a 1 MiB PAX header of 50,000 xattrs of 3-byte names
+/// and empty values: 150 KB of names per directory, but 4 MB of memory while it waits.
+#[test]
+fn directories_with_many_small_xattrs_wait_in_bounded_memory() {
+    assert_root();
+    let chars: Vec<u8> = (b'a'..=b'z')
+        .chain(b'A'..=b'Z')
+        .chain(b'0'..=b'9')
+        .collect();
+    let mut records = Vec::new();
+    let mut len = 0;
+    'fill: for a in &chars {
+        for b in &chars {
+            for c in &chars {
+                let name = String::from_utf8(vec![*a, *b, *c]).unwrap();
+                let r = record(&format!("SCHILY.xattr.{name}"), b"");
+                if len + r.len() > (1 << 20) - 64 {
+                    break 'fill;
+                }
+                len += r.len();
+                records.push(r);
+            }
+        }
+    }
+    let header = pax(&records);
+    let mut entries = Vec::new();
+    let mut name = String::new();
+    for _ in 0..45 {
+        name.push_str("d/");
+        entries.push(header.clone());
+        entries.push(dir(&name, 0o755, 5));
+    }
+    let s = support::Scratch::new();
+    let config = serve(&s, &archive(s.dir.path(), "a.tar", &entries));
+    // Through GNU time, not wait4 here: a child's peak RSS counts this process's memory as
+    // it was at the fork (the archive built above, 45 MB).
+    let mut c = Command::new("/usr/bin/time");
+    c.arg("-v").arg(env!("CARGO_BIN_EXE_olboot"));
+    let out = s.run_with(c, "apply", &config, &[]);
+    let stderr = common::stderr(&out);
+    let rss: u64 = stderr
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("Maximum resident set size (kbytes): ")
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no RSS in: {stderr}"));
+    eprintln!("peak RSS {rss} KiB");
+    assert_eq!(common::code(&out), 1);
+    let error = support::opt_step(&s.root())["error"].to_string();
+    assert!(
+        error.contains("directories waiting for their metadata"),
+        "{error}"
+    );
+    assert!(rss <= 32 * 1024, "peak RSS {rss} KiB over 32 MiB");
 }

@@ -15,9 +15,18 @@ use std::collections::HashSet;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 
-/// What the waiting directories may hold (names, xattrs, ACLs): each xattr record may be up
-/// to 1 MiB, and a chain of nested directories must not add them up past the memory bound.
-const MAX_WAITING_BYTES: usize = 4 << 20;
+/// The memory the waiting directories may take (names, xattrs, ACLs, and what each
+/// directory and each xattr costs beside them: `DIR_OVERHEAD`, `super::RECORD_OVERHEAD`).
+/// Each PAX header may be up to 1 MiB, and a chain of nested directories must not add them up
+/// past the process's bound of 32 MiB: unpacking a large archive takes 20 MiB without them
+/// (the pipes' buffers fill), and the stream takes 8 MiB more while it reads a 1 MiB header of
+/// 50,000 xattrs. About 11,000 directories held to the end (see the module doc), or one with
+/// 36,000 xattrs, fit in it; real directories carry a few xattrs.
+const MAX_WAITING_BYTES: usize = 3 << 20;
+/// What a waiting directory costs beside its names and xattrs: the `Dir` (112 bytes, twice
+/// that in the vector's spare capacity at worst) and the allocator's headers of the two
+/// names' buffers.
+const DIR_OVERHEAD: usize = 256;
 /// Directories that may wait at once.
 const MAX_WAITING: usize = 1 << 16;
 /// Symlinks out of the tree remembered (as 8-byte hashes of their paths).
@@ -33,7 +42,7 @@ struct Dir {
 }
 
 fn size(d: &Dir) -> usize {
-    d.path.as_os_str().len() + d.name.len() + super::attrs_len(&d.meta)
+    d.path.as_os_str().len() + d.name.len() + super::attrs_len(&d.meta) + DIR_OVERHEAD
 }
 
 /// `name` without its trailing slashes (a lone `/` kept), as GNU tar compares names.
@@ -85,7 +94,7 @@ impl Waiting {
         if self.bytes > MAX_WAITING_BYTES || self.dirs.len() > MAX_WAITING {
             bail!(
                 "directories waiting for their metadata: over {MAX_WAITING} of them or over \
-                 {MAX_WAITING_BYTES} bytes of their names and xattrs, refused"
+                 {MAX_WAITING_BYTES} bytes of memory for their names and xattrs, refused"
             );
         }
         Ok(())
@@ -191,6 +200,15 @@ mod tests {
             mtime: Default::default(),
             attrs: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_overheads_counted_cover_the_structures() {
+        // Twice a `Dir` (the vector's spare capacity) and two allocator headers.
+        assert!(2 * std::mem::size_of::<Dir>() + 32 <= DIR_OVERHEAD);
+        // The pair of vectors and the smallest allocation of a name (32 bytes).
+        let pair = std::mem::size_of::<(Vec<u8>, Vec<u8>)>();
+        assert!(pair + 32 <= super::super::RECORD_OVERHEAD);
     }
 
     #[test]

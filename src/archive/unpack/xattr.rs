@@ -25,18 +25,19 @@ const OTHER: u16 = 0x20;
 const UNDEFINED_ID: u32 = u32::MAX;
 
 /// Everything to set on one entry, as xattr name → value (later entries of a name win).
+/// `xattrs` is taken, not copied: one PAX header may hold 50,000 of them, and every copy of
+/// such a list costs megabytes (see `RECORD_OVERHEAD`).
 pub fn collect(
-    xattrs: &[(Vec<u8>, Vec<u8>)],
+    mut all: Vec<(Vec<u8>, Vec<u8>)>,
     access: Option<&str>,
     default: Option<&str>,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let mut all: Vec<(Vec<u8>, Vec<u8>)> = xattrs.to_vec();
     for (text, name, record) in [
         (access, "system.posix_acl_access", "SCHILY.acl.access"),
         (default, "system.posix_acl_default", "SCHILY.acl.default"),
     ] {
         let Some(text) = text else { continue };
-        let binary = xattrs.iter().any(|(k, _)| k == name.as_bytes());
+        let binary = all.iter().any(|(k, _)| k == name.as_bytes());
         match acl(text) {
             Ok(v) => all.push((name.as_bytes().to_vec(), v)),
             // GNU tar stores an ACL twice: as text (with names where the archiving system
@@ -46,19 +47,17 @@ pub fn collect(
         }
     }
     // Of a name given twice the last wins, where it comes: what setting them in turn leaves.
-    // Through a set, not a search per record: one PAX header may hold 36,000 of them.
-    let mut seen = std::collections::HashSet::new();
-    let mut keep: Vec<bool> = all
-        .iter()
-        .rev()
-        .map(|(k, _)| seen.insert(k.clone()))
-        .collect();
+    // Through a set of borrowed names, not a search per record nor copies of the names.
+    let mut keep: Vec<bool> = {
+        let mut seen = std::collections::HashSet::new();
+        all.iter().rev().map(|(k, _)| seen.insert(&k[..])).collect()
+    };
     keep.reverse();
-    Ok(all
-        .into_iter()
-        .zip(keep)
-        .filter_map(|(x, k)| k.then_some(x))
-        .collect())
+    let mut kept = keep.into_iter();
+    all.retain(|_| kept.next().unwrap_or(true));
+    // These wait with their directory: no spare capacity kept (see `RECORD_OVERHEAD`).
+    all.shrink_to_fit();
+    Ok(all)
 }
 
 /// Set `attrs` on `fd`; names the filesystem does not support are returned for a warning.
@@ -164,9 +163,18 @@ mod tests {
         assert_eq!(acl("user:bob:r--:77").unwrap()[8..12], 77u32.to_le_bytes());
         assert!(acl("bogus::r--").is_err());
         let named = "user::rw-,user:bob:r--,group::r--,mask::r--,other::r--";
-        assert!(collect(&[], Some(named), None).is_err());
+        assert!(collect(Vec::new(), Some(named), None).is_err());
         let binary = (b"system.posix_acl_access".to_vec(), b"\x02\0\0\0".to_vec());
-        let kept = collect(std::slice::from_ref(&binary), Some(named), None).unwrap();
+        let kept = collect(vec![binary.clone()], Some(named), None).unwrap();
         assert_eq!(kept, vec![binary]);
+        let twice = vec![
+            (b"user.a".to_vec(), b"1".to_vec()),
+            (b"user.b".to_vec(), b"2".to_vec()),
+            (b"user.a".to_vec(), b"3".to_vec()),
+        ];
+        let kept = collect(twice, None, None).unwrap();
+        let want = [(&b"user.b"[..], &b"2"[..]), (b"user.a", b"3")];
+        let want: Vec<_> = want.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(kept, want);
     }
 }
