@@ -190,20 +190,26 @@ fn assert_as_gnu(entries: &[Vec<u8>], umask: u32, top_mtime: bool) -> support::S
         "olboot failed: {}",
         common::stderr(&out)
     );
-    let want = common::tree_manifest(&gnu);
-    let got = common::tree_manifest(&s.opt());
-    let diff = common::manifest_diff(&got, &want, 16, started);
-    assert!(
-        diff.is_empty(),
-        "olboot's tree, then GNU tar's:\n{}",
-        diff.join("\n")
-    );
+    assert_same_entries(&s.opt(), &gnu, started);
     assert_eq!(
         top(&s.opt(), top_mtime),
         top(&gnu, top_mtime),
         "the top directory (olboot's, then GNU tar's)"
     );
     s
+}
+
+/// Assert olboot's tree `opt` and GNU tar's `gnu` hold the same entries (directories both
+/// made after `started` are not compared by mtime).
+fn assert_same_entries(opt: &Path, gnu: &Path, started: i128) {
+    let want = common::tree_manifest(gnu);
+    let got = common::tree_manifest(opt);
+    let diff = common::manifest_diff(&got, &want, 16, started);
+    assert!(
+        diff.is_empty(),
+        "olboot's tree, then GNU tar's:\n{}",
+        diff.join("\n")
+    );
 }
 
 /// Assert GNU tar fails on the archive made of `entries` and olboot refuses it with an error
@@ -320,4 +326,73 @@ fn directories_with_many_small_xattrs_wait_in_bounded_memory() {
         "{error}"
     );
     assert!(rss <= 32 * 1024, "peak RSS {rss} KiB over 32 MiB");
+}
+
+/// A directory gets its default ACL when the archive leaves it; entries put in it after that
+/// inherit nothing: GNU tar sets their modes and ACLs as the archive has them.
+#[test]
+fn entries_made_in_a_directory_with_a_default_acl_inherit_nothing() {
+    let acl = record(
+        "SCHILY.acl.default",
+        b"user::rwx,user:1234:rwx,group::---,mask::rwx,other::---",
+    );
+    let s = assert_as_gnu(
+        &[
+            pax(&[acl]),
+            dir("d/", 0o755, 5),
+            dir("e/", 0o755, 6),
+            file("d/f", b"x", 0o644),
+            file("d/p", b"x", 0o600),
+            file("d/x/g", b"y", 0o644),
+            dir("d/y/", 0o751, 7),
+            file("d/y/h", b"z", 0o640),
+        ],
+        0o002,
+        false,
+    );
+    assert_eq!(top(&s.opt().join("d/f"), false).0, 0o644);
+}
+
+/// opt.path's parent has a default ACL: the staging directory inherits it, and must not pass
+/// it on: GNU tar's entries come out with the archive's modes and no ACLs.
+#[test]
+fn a_default_acl_above_opt_path_is_not_inherited() {
+    assert_root();
+    let s = support::Scratch::new();
+    let a = archive(
+        s.dir.path(),
+        "a.tar",
+        &[
+            dir("d/", 0o755, 5),
+            file("d/f", b"x", 0o644),
+            file("g", b"y", 0o664),
+            file("i/h", b"z", 0o644),
+        ],
+    );
+    let above = s.dir.path().join("above");
+    std::fs::create_dir(&above).unwrap();
+    for d in [&above, &s.root().join("1")] {
+        let st = Command::new("setfacl")
+            .args(["-d", "-m", "u::rwx,u:1234:rwx,g::---,o::---"])
+            .arg(d)
+            .status()
+            .unwrap();
+        assert!(st.success(), "setfacl");
+    }
+    // GNU tar into a directory made where opt.path is made, as the staging directory is.
+    let gnu = above.join("gnu");
+    std::fs::create_dir(&gnu).unwrap();
+    let started = now_ns() - 1_000_000_000;
+    gnu_tar(&a, &gnu, 0o022).expect("GNU tar extracts it");
+    let out = olboot_unpack(&s, &a, 0o022);
+    assert!(
+        out.status.success(),
+        "olboot failed: {}",
+        common::stderr(&out)
+    );
+    assert_same_entries(&s.opt(), &gnu, started);
+    let default = common::xattrs(&s.opt())
+        .into_iter()
+        .any(|(k, _)| k == "system.posix_acl_default");
+    assert!(!default, "opt.path kept the default ACL it inherited");
 }

@@ -105,6 +105,17 @@ pub fn unpack(r: impl BufRead, dir: &Path) -> Result<Stats> {
     let setgid_root = rustix::fs::fstat(&root)
         .map(|st| st.st_mode & 0o2000 != 0)
         .with_context(|| format!("cannot stat {}", dir.display()))?;
+    // The staging directory inherits the default ACL of the directory it is made in (that of
+    // opt.path): entries made in it would inherit it in turn, and their modes would be masked
+    // by it, not by the umask; GNU tar resets both. Without it nothing in the tree inherits
+    // anything until the archive gives a directory a default ACL (see `Unpacker::inherits`).
+    match rustix::fs::fremovexattr(&root, OsStr::from_bytes(xattr::DEFAULT_ACL)) {
+        Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
+        Err(e) => {
+            return Err(io::Error::from(e))
+                .with_context(|| format!("cannot remove the default ACL of {}", dir.display()))
+        }
+    }
     let mut u = Unpacker {
         root,
         parent: None,
@@ -112,6 +123,7 @@ pub fn unpack(r: impl BufRead, dir: &Path) -> Result<Stats> {
         links: delayed::Links::default(),
         chown: rustix::process::geteuid().is_root(),
         umask: current_umask(),
+        inherits: false,
         // New files get the process's ids unless the directory is setgid; the directories
         // made here are not setgid until their metadata is set (see `set_dir_meta`).
         ids: (!setgid_root).then(|| {
@@ -173,6 +185,10 @@ struct Unpacker {
     chown: bool,
     /// The bits the umask clears from a new file's mode.
     umask: u32,
+    /// Whether a directory of the tree has a default ACL (from the archive): then a new
+    /// entry may inherit ACLs, and its mode is masked by them, not by the umask; so each one
+    /// made from then on has its inherited ACLs removed and its mode set (as GNU tar does).
+    inherits: bool,
     stats: Stats,
     dropped_warnings: u64,
     flusher: Flusher,
@@ -312,8 +328,14 @@ impl Unpacker {
     fn dir(&mut self, path: PathBuf, name: &[u8], meta: Meta) -> Result<()> {
         if !path.as_os_str().is_empty() {
             let (parent, base) = split(&path);
+            let inherits = self.inherits;
             let pfd = self.parent_fd(parent)?;
             match rustix::fs::mkdirat(pfd, base, Mode::from_raw_mode(0o700)) {
+                Ok(()) if inherits => {
+                    // Before anything is made in it (its mode is set when it is left).
+                    let fd = open_dir(pfd, base, OFlags::RDONLY, &path)?;
+                    xattr::drop_inherited(&fd, true)?;
+                }
                 Ok(()) => {}
                 Err(Errno::EXIST) => {
                     let st = rustix::fs::statat(pfd, base, AtFlags::SYMLINK_NOFOLLOW)
@@ -360,13 +382,18 @@ impl Unpacker {
         let plain = meta.attrs.is_empty();
         let owner = (self.chown && self.ids != Some((meta.uid, meta.gid)))
             .then(|| (Uid::from_raw(meta.uid), Gid::from_raw(meta.gid)));
-        let final_mode =
-            plain && meta.mode & self.umask == 0 && (owner.is_none() || meta.mode & 0o6000 == 0);
+        let final_mode = plain
+            && !self.inherits
+            && meta.mode & self.umask == 0
+            && (owner.is_none() || meta.mode & 0o6000 == 0);
         let mode = if final_mode { meta.mode } else { 0o600 };
         let fd = self.create(parent, base, |pfd| {
             rustix::fs::openat(pfd, base, flags, Mode::from_raw_mode(mode))
         })?;
         let mut file = std::fs::File::from(fd);
+        if self.inherits {
+            xattr::drop_inherited(&file, false)?;
+        }
         if !plain {
             self.contents(ar, &mut file, e)?;
             return self.set_meta_fd(&file, &meta, path);
@@ -619,6 +646,14 @@ impl Unpacker {
         let mut fd = rustix::io::dup(&self.root).context("cannot dup the staging directory")?;
         for c in rel.iter() {
             match rustix::fs::mkdirat(&fd, c, Mode::from_raw_mode(0o777)) {
+                Ok(()) if self.inherits => {
+                    // The default ACL it inherited masked its mode instead of the umask.
+                    let made = open_dir(&fd, c, OFlags::RDONLY, rel)?;
+                    xattr::drop_inherited(&made, true)?;
+                    rustix::fs::fchmod(&made, Mode::from_raw_mode(0o777 & !self.umask)).map_err(
+                        |e| errno(e, &format!("cannot set the mode of {}", rel.display())),
+                    )?;
+                }
                 Ok(()) | Err(Errno::EXIST) => {}
                 Err(e) => return Err(errno(e, &format!("cannot create {}", rel.display()))),
             }
@@ -667,7 +702,11 @@ impl Unpacker {
             open_dir(&self.root, rel, OFlags::RDONLY, rel)?
         };
         self.set_meta_fd(&fd, meta, rel)
-            .with_context(|| format!("directory {}", shown(rel.as_os_str().as_bytes())))
+            .with_context(|| format!("directory {}", shown(rel.as_os_str().as_bytes())))?;
+        if meta.attrs.iter().any(|(k, _)| k == xattr::DEFAULT_ACL) {
+            self.inherits = true;
+        }
+        Ok(())
     }
 }
 

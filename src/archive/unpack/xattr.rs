@@ -77,6 +77,31 @@ pub fn set(fd: impl AsFd, attrs: &[(Vec<u8>, Vec<u8>)]) -> Result<Vec<String>> {
     Ok(unsupported)
 }
 
+/// The xattr a directory's default ACL is kept in: what new entries in it inherit.
+pub const DEFAULT_ACL: &[u8] = b"system.posix_acl_default";
+
+/// Remove the ACLs `fd` inherited when it was made in a directory with a default ACL: the
+/// access ACL, and for a directory its default ACL. GNU tar with `--acls` sets every entry's
+/// access ACL to the archive's (or to the one its mode says) and drops a default ACL the
+/// archive does not give. None there, or none on this filesystem: nothing to do.
+pub fn drop_inherited(fd: impl AsFd, dir: bool) -> Result<()> {
+    let names: &[&[u8]] = if dir {
+        &[b"system.posix_acl_access", DEFAULT_ACL]
+    } else {
+        &[b"system.posix_acl_access"]
+    };
+    for name in names {
+        match rustix::fs::fremovexattr(&fd, std::ffi::OsStr::from_bytes(name)) {
+            Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("cannot remove the inherited {}", shown(name)))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A text ACL in the kernel's xattr form.
 fn acl(text: &str) -> Result<Vec<u8>> {
     let mut entries = Vec::new();
