@@ -220,7 +220,12 @@ fn assert_refused(entries: &[Vec<u8>], name: &str) {
     let a = archive(s.dir.path(), "a.tar", entries);
     let gnu = gnu_tar(&a, &s.dir.path().join("gnu"), 0o022);
     assert!(gnu.is_err(), "GNU tar extracts it: the test means nothing");
-    let out = olboot_unpack(&s, &a, 0o022);
+    assert_olboot_refuses(&s, &a, name);
+}
+
+/// Assert olboot refuses `archive` with an error naming the entry `name`, leaving nothing.
+fn assert_olboot_refuses(s: &support::Scratch, archive: &Path, name: &str) {
+    let out = olboot_unpack(s, archive, 0o022);
     assert_eq!(common::code(&out), 1, "olboot did not refuse it");
     let step = support::opt_step(&s.root());
     let error = step["error"].as_str().unwrap_or_default();
@@ -395,4 +400,70 @@ fn a_default_acl_above_opt_path_is_not_inherited() {
         .into_iter()
         .any(|(k, _)| k == "system.posix_acl_default");
     assert!(!default, "opt.path kept the default ACL it inherited");
+}
+
+/// GNU tar gives the top directory its metadata at the end of the archive however it is
+/// spelled and whatever comes after it (entries without `./`, say): its mtime is the
+/// archive's, not the time of the last entry made in it.
+#[test]
+fn the_top_directory_gets_its_metadata_at_the_end() {
+    for top in ["./", ".", "./.", ".//"] {
+        assert_as_gnu(
+            &[
+                dir(top, 0o750, 5),
+                file("./a", b"x", 0o644),
+                dir("c/", 0o700, 6),
+                file("c/f", b"y", 0o644),
+                file("b", b"x", 0o644),
+            ],
+            0o022,
+            true,
+        );
+    }
+    // Listed after other entries too.
+    assert_as_gnu(
+        &[
+            dir("a/", 0o755, 3),
+            dir("./", 0o751, 5),
+            file("b", b"x", 0o644),
+        ],
+        0o022,
+        true,
+    );
+}
+
+/// `d/.` where there is no `d` yet is the directory `d` (its metadata waits while entries go
+/// in it); `d/.` while `d` waits is a second entry GNU tar leaves at once; `d/.` for a `d`
+/// made for a deeper entry mixes two entries' metadata in GNU tar: refused.
+#[test]
+fn directories_named_with_a_trailing_dot() {
+    for name in ["d/.", "d/./.", "d/.//", "a/d/./"] {
+        let inner = format!("{}/f", name.trim_end_matches(['/', '.']));
+        assert_as_gnu(
+            &[
+                dir(name, 0o750, 5),
+                file(&inner, b"x", 0o644),
+                file("e", b"x", 0o644),
+            ],
+            0o022,
+            false,
+        );
+    }
+    assert_as_gnu(
+        &[
+            dir("d/", 0o755, 3),
+            dir("d/.", 0o750, 5),
+            file("d/f", b"x", 0o644),
+        ],
+        0o022,
+        false,
+    );
+    let s = support::Scratch::new();
+    let entries = [
+        file("d/f", b"x", 0o644),
+        dir("d/.", 0o750, 5),
+        file("e", b"x", 0o644),
+    ];
+    let a = archive(s.dir.path(), "a.tar", &entries);
+    assert_olboot_refuses(&s, &a, "d/.");
 }

@@ -90,6 +90,27 @@ impl Waiting {
         self.check()
     }
 
+    /// [`Waiting::push`] for the top directory, held to the end of the archive (GNU tar
+    /// gives it its metadata last, whatever comes after it).
+    pub fn push_top(&mut self, name: &[u8], meta: Meta) -> Result<()> {
+        self.push(PathBuf::new(), name, meta)?;
+        let top = self
+            .dirs
+            .iter_mut()
+            .rev()
+            .find(|d| d.path.as_os_str().is_empty());
+        if let Some(d) = top.filter(|d| !d.to_the_end) {
+            d.to_the_end = true;
+            self.held += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether the directory at `path` waits for its metadata.
+    pub fn has(&self, path: &Path) -> bool {
+        self.dirs.iter().any(|d| d.path == path)
+    }
+
     fn check(&self) -> Result<()> {
         if self.bytes > MAX_WAITING_BYTES || self.dirs.len() > MAX_WAITING {
             bail!(

@@ -276,6 +276,15 @@ fn ends_in_dot(name: &[u8]) -> bool {
     t == b"." || t.ends_with(b"/.")
 }
 
+/// `name` without its trailing `/.` components and slashes: `d/././/` is `d`.
+fn without_dots(name: &[u8]) -> &[u8] {
+    let mut n = delayed::trimmed(name);
+    while let Some(rest) = n.strip_suffix(b"/.") {
+        n = delayed::trimmed(rest);
+    }
+    n
+}
+
 fn split(path: &Path) -> (&Path, &OsStr) {
     (
         path.parent().unwrap_or(Path::new("")),
@@ -326,30 +335,59 @@ impl Unpacker {
     }
 
     fn dir(&mut self, path: PathBuf, name: &[u8], meta: Meta) -> Result<()> {
-        if !path.as_os_str().is_empty() {
-            let (parent, base) = split(&path);
-            let inherits = self.inherits;
-            let pfd = self.parent_fd(parent)?;
-            match rustix::fs::mkdirat(pfd, base, Mode::from_raw_mode(0o700)) {
-                Ok(()) if inherits => {
-                    // Before anything is made in it (its mode is set when it is left).
-                    let fd = open_dir(pfd, base, OFlags::RDONLY, &path)?;
-                    xattr::drop_inherited(&fd, true)?;
-                }
-                Ok(()) => {}
-                Err(Errno::EXIST) => {
-                    let st = rustix::fs::statat(pfd, base, AtFlags::SYMLINK_NOFOLLOW)
-                        .map_err(|e| errno(e, "cannot stat it"))?;
-                    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
-                        bail!("something that is not a directory is in the way");
-                    }
-                }
-                Err(e) => return Err(errno(e, "cannot create the directory")),
+        if path.as_os_str().is_empty() {
+            // The top directory (`./`, `.`, `./.`): GNU tar gives it its metadata at the end
+            // of the archive, whatever comes after it.
+            return self.waiting.push_top(name, meta);
+        }
+        let made = self.make_dir(&path)?;
+        let mut name = name;
+        if ends_in_dot(name) {
+            if made {
+                // `d/.` where there was no `d`: GNU tar makes `d` and gives it this entry's
+                // metadata when the archive leaves `d`, as for an entry named `d/`.
+                name = without_dots(name);
+            } else if !self.waiting.has(&path) {
+                // Made for a deeper entry (or listed and left already): GNU tar gives it this
+                // entry's mtime, then the mode of a directory it made itself.
+                bail!(
+                    "a directory named with a trailing '/.' that exists already and is not \
+                     waiting for its metadata (GNU tar would mix two entries' metadata)"
+                );
             }
+            // Else `d/.` while `d` waits: a second one, left by the next entry not inside
+            // `d/./`, as in GNU tar (then `d`'s own metadata comes last).
         }
         // A directory listed again was left just before (see `leave_dirs`), or is held to
         // the end: either way its later metadata wins, as with GNU tar.
         self.waiting.push(path, name, meta)
+    }
+
+    /// Make the directory `path` (private until its metadata is set); whether it was made
+    /// (or was a directory already).
+    fn make_dir(&mut self, path: &Path) -> Result<bool> {
+        let (parent, base) = split(path);
+        let inherits = self.inherits;
+        let pfd = self.parent_fd(parent)?;
+        match rustix::fs::mkdirat(pfd, base, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {
+                if inherits {
+                    // Before anything is made in it (its mode is set when it is left).
+                    let fd = open_dir(pfd, base, OFlags::RDONLY, path)?;
+                    xattr::drop_inherited(&fd, true)?;
+                }
+                Ok(true)
+            }
+            Err(Errno::EXIST) => {
+                let st = rustix::fs::statat(pfd, base, AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(|e| errno(e, "cannot stat it"))?;
+                if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_dir() {
+                    bail!("something that is not a directory is in the way");
+                }
+                Ok(false)
+            }
+            Err(e) => Err(errno(e, "cannot create the directory")),
+        }
     }
 
     /// Set the metadata of the waiting directories the entry `name` is not inside of,
@@ -738,5 +776,8 @@ mod tests {
         assert!(ends_in_dot(b"."));
         assert!(!ends_in_dot(b"x/.a"));
         assert!(!ends_in_dot(b"x/./y"));
+        assert_eq!(without_dots(b"d/././/"), b"d");
+        assert_eq!(without_dots(b"./d/."), b"./d");
+        assert_eq!(without_dots(b"d/"), b"d");
     }
 }
