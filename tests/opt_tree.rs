@@ -467,3 +467,29 @@ fn directories_named_with_a_trailing_dot() {
     let a = archive(s.dir.path(), "a.tar", &entries);
     assert_olboot_refuses(&s, &a, "d/.");
 }
+
+/// GNU tar sets a symlink's xattrs on the symlink (lsetxattr): trusted.* and security.* ones;
+/// the kernel refuses user.* ones there (GNU tar warns), and the target is left alone.
+#[test]
+fn xattrs_of_a_symlink_are_set_on_the_symlink() {
+    let xattrs = pax(&[
+        record("SCHILY.xattr.trusted.sl", b"yes"),
+        record("SCHILY.xattr.user.u", b"no"),
+        record("SCHILY.xattr.security.s", b"\x00\x01"),
+    ]);
+    let s = assert_as_gnu(
+        &[
+            file("t", b"target", 0o644),
+            xattrs.clone(),
+            link("s", b'2', "t"),
+            xattrs,
+            link("out", b'2', "/etc/hostname"),
+        ],
+        0o022,
+        false,
+    );
+    let on = |p: &str| common::xattrs(&s.opt().join(p));
+    assert_eq!(on("s").len(), 2, "{:?}", on("s"));
+    assert_eq!(on("out").len(), 2, "{:?}", on("out"));
+    assert!(on("t").is_empty(), "the target got xattrs: {:?}", on("t"));
+}

@@ -586,17 +586,21 @@ impl Unpacker {
             )
             .map_err(|e| errno(e, "cannot set the symlink's owner"))?;
         }
+        // After the owner, as for files (chown clears `security.capability`); GNU tar sets
+        // them with lsetxattr (trusted.* and security.* ones; the kernel refuses user.* ones
+        // on a symlink, which GNU tar warns about).
+        let refused = xattr::set_on_symlink(pfd, base, &meta.attrs)?;
         rustix::fs::utimensat(pfd, base, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| errno(e, "cannot set the symlink's mtime"))?;
+        for name in refused {
+            self.warn(format!(
+                "archive entry {}: the xattr {name} cannot be set on a symlink here",
+                shown(path.as_os_str().as_bytes())
+            ));
+        }
         if delayed::out_of_tree(target) {
             self.links.add(path)?;
             self.waiting.hold_for_link(&e.name)?;
-        }
-        if !meta.attrs.is_empty() {
-            self.warn(format!(
-                "archive entry {}: xattrs of a symlink are not restored",
-                shown(path.as_os_str().as_bytes())
-            ));
         }
         Ok(())
     }

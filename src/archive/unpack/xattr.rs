@@ -102,6 +102,42 @@ pub fn drop_inherited(fd: impl AsFd, dir: bool) -> Result<()> {
     Ok(())
 }
 
+/// Set `attrs` on the symlink `base` in the directory `dir`, not following it; the names
+/// the kernel refuses on a symlink (EPERM: user.*) or the filesystem does not support are
+/// returned for a warning. There is no fsetxattr for a symlink (an `O_PATH` descriptor
+/// refuses it) nor an lsetxattr relative to a directory descriptor: the path goes through
+/// `/proc/self/fd`, whose link to `dir` is followed, and then `base`, which is not.
+pub fn set_on_symlink(
+    dir: impl AsFd,
+    base: &std::ffi::OsStr,
+    attrs: &[(Vec<u8>, Vec<u8>)],
+) -> Result<Vec<String>> {
+    use std::os::fd::AsRawFd;
+    let mut refused = Vec::new();
+    if attrs.is_empty() {
+        return Ok(refused);
+    }
+    let dir = dir.as_fd();
+    let mut path = std::path::PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+    path.push(base);
+    for (name, value) in attrs {
+        let n = std::ffi::OsStr::from_bytes(name);
+        match rustix::fs::lsetxattr(&path, n, value, XattrFlags::empty()) {
+            Ok(()) => {}
+            Err(Errno::OPNOTSUPP | Errno::PERM) => refused.push(shown(name)),
+            Err(e) => {
+                return Err(std::io::Error::from(e)).with_context(|| {
+                    format!(
+                        "cannot set the xattr {} (through /proc/self/fd)",
+                        shown(name)
+                    )
+                })
+            }
+        }
+    }
+    Ok(refused)
+}
+
 /// A text ACL in the kernel's xattr form.
 fn acl(text: &str) -> Result<Vec<u8>> {
     let mut entries = Vec::new();
