@@ -493,3 +493,21 @@ fn xattrs_of_a_symlink_are_set_on_the_symlink() {
     assert_eq!(on("out").len(), 2, "{:?}", on("out"));
     assert!(on("t").is_empty(), "the target got xattrs: {:?}", on("t"));
 }
+
+/// bsdtar lists a directory's subdirectories before their contents: `top/d/s` (a symlink out
+/// of the tree) comes after `top/d/` was left. GNU tar then holds no directory to the end.
+#[test]
+fn a_symlink_out_of_the_tree_in_a_directory_left_already() {
+    assert_as_gnu(
+        &[
+            dir("top/", 0o755, 5),
+            dir("top/d/", 0o750, 6),
+            dir("top/e/", 0o700, 7),
+            link("top/d/s", b'2', "/usr/bin/python3"),
+            file("top/e/f", b"x", 0o644),
+            link("top/e/t", b'2', "../d"),
+        ],
+        0o022,
+        false,
+    );
+}

@@ -31,6 +31,9 @@ const DIR_OVERHEAD: usize = 256;
 const MAX_WAITING: usize = 1 << 16;
 /// Symlinks out of the tree remembered (as 8-byte hashes of their paths).
 const MAX_LINKS: usize = 1 << 18;
+/// Directories the archive listed remembered (as 8-byte hashes of their paths): past that,
+/// a symlink out of the tree in a directory left already is refused (see `hold_for_link`).
+const MAX_LISTED: usize = 1 << 17;
 
 struct Dir {
     path: PathBuf,
@@ -63,6 +66,8 @@ pub struct Waiting {
     bytes: usize,
     /// How many are held to the end.
     held: usize,
+    /// The directories the archive listed, waiting or not (up to [`MAX_LISTED`]).
+    listed: HashSet<u64>,
 }
 
 impl Waiting {
@@ -78,6 +83,9 @@ impl Waiting {
                 self.bytes += size(d);
                 return self.check();
             }
+        }
+        if self.listed.len() < MAX_LISTED {
+            self.listed.insert(key(&path));
         }
         let d = Dir {
             path,
@@ -143,8 +151,10 @@ impl Waiting {
     /// that one waits, and the ones waiting before it down to one already held, wait to the
     /// end of the archive (GNU tar's `find_direct_ancestor` and `mark_after_links`). GNU tar
     /// also counts a directory it made itself for a deeper entry, which olboot does not keep:
-    /// such a symlink below a waiting directory is refused.
-    pub fn hold_for_link(&mut self, name: &[u8]) -> Result<()> {
+    /// such a symlink below a waiting directory is refused. A directory the archive listed
+    /// and left already (`top/d/s` after `top/d/`, `top/e/`: bsdtar's order) GNU tar no
+    /// longer keeps either: nothing is held. `path` is the symlink's.
+    pub fn hold_for_link(&mut self, name: &[u8], path: &Path) -> Result<()> {
         let name = trimmed(name);
         let base = name.iter().rposition(|&b| b == b'/').map_or(0, |i| i + 1);
         let direct = self
@@ -152,6 +162,10 @@ impl Waiting {
             .iter()
             .rposition(|d| inside(name, &d.name) && d.name.len() + 1 == base);
         let Some(i) = direct else {
+            let parent = path.parent().unwrap_or(Path::new(""));
+            if self.listed.contains(&key(parent)) {
+                return Ok(());
+            }
             if self.dirs.iter().any(|d| inside(name, &d.name)) {
                 bail!(
                     "a symlink out of the tree in a directory the archive does not list, below \
@@ -247,9 +261,9 @@ mod tests {
         let mut w = Waiting::default();
         w.push("a".into(), b"a/", meta()).unwrap();
         w.push("a/b".into(), b"a/b/", meta()).unwrap();
-        w.hold_for_link(b"a/b/s").unwrap();
+        w.hold_for_link(b"a/b/s", Path::new("a/b/s")).unwrap();
         // Below a/b, in a directory the archive does not list: refused.
-        assert!(w.hold_for_link(b"a/b/x/s").is_err());
+        assert!(w.hold_for_link(b"a/b/x/s", Path::new("a/b/x/s")).is_err());
         w.push("c".into(), b"c/", meta()).unwrap();
         // c is left when d comes; a/b and a stay to the end.
         assert_eq!(w.left_by(b"d").map(|d| d.0), Some(PathBuf::from("c")));

@@ -600,7 +600,7 @@ impl Unpacker {
         }
         if delayed::out_of_tree(target) {
             self.links.add(path)?;
-            self.waiting.hold_for_link(&e.name)?;
+            self.waiting.hold_for_link(&e.name, path)?;
         }
         Ok(())
     }
