@@ -511,3 +511,27 @@ fn a_symlink_out_of_the_tree_in_a_directory_left_already() {
         false,
     );
 }
+
+/// bsdtar writes ACL qualifiers as names with the archiving machine's id as a fourth field;
+/// GNU tar looks the names up on the extracting machine (even with --numeric-owner) and
+/// ignores that field. A name unknown here: GNU tar sets no ACL and warns; olboot refuses.
+#[test]
+fn acl_names_are_looked_up_on_this_machine() {
+    let acl = "user::rw-,group::r--,other::r--,user:daemon:r-x:4321,group:root:rw-:4321,mask::rwx";
+    assert_as_gnu(
+        &[
+            pax(&[record("SCHILY.acl.access", acl.as_bytes())]),
+            file("f", b"x", 0o644),
+        ],
+        0o022,
+        false,
+    );
+    let s = support::Scratch::new();
+    let unknown = "user::rw-,group::r--,other::r--,user:olboot-no-such-user:r-x:1,mask::rwx";
+    let entries = [
+        pax(&[record("SCHILY.acl.access", unknown.as_bytes())]),
+        file("f", b"x", 0o644),
+    ];
+    let a = archive(s.dir.path(), "a.tar", &entries);
+    assert_olboot_refuses(&s, &a, "f");
+}

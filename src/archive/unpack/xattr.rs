@@ -3,9 +3,12 @@
 //!
 //! ACLs come as text (`SCHILY.acl.access`: `user::rw-,user:1234:r-x,...`, entries separated
 //! by commas or newlines); the kernel takes them as the `system.posix_acl_access` and
-//! `system.posix_acl_default` xattrs in their binary form, built here. A named entry needs a
-//! numeric id (olboot restores numeric owners, as `tar --numeric-owner` does): a name alone is
-//! refused, unless the entry also carries the binary xattr (GNU tar writes both). A filesystem that does not support an attribute (EOPNOTSUPP) gives a warning
+//! `system.posix_acl_default` xattrs in their binary form, built here. A named qualifier is
+//! looked up in this machine's users and groups, as GNU tar's libacl does even with
+//! `--numeric-owner` (bsdtar's fourth field, the archiving machine's id, is ignored, as GNU
+//! tar ignores it); a name unknown here is refused (GNU tar would set no ACL). When the entry
+//! also carries the binary xattr (GNU tar writes both), the binary one is kept, as GNU tar
+//! sets it last. A filesystem that does not support an attribute (EOPNOTSUPP) gives a warning
 //! naming the entry; any other failure is an error.
 
 use super::shown;
@@ -37,14 +40,14 @@ pub fn collect(
         (default, "system.posix_acl_default", "SCHILY.acl.default"),
     ] {
         let Some(text) = text else { continue };
-        let binary = all.iter().any(|(k, _)| k == name.as_bytes());
-        match acl(text) {
-            Ok(v) => all.push((name.as_bytes().to_vec(), v)),
-            // GNU tar stores an ACL twice: as text (with names where the archiving system
-            // had them) and as the binary xattr (numeric ids), which is then kept as it is.
-            Err(_) if binary => {}
-            Err(e) => return Err(e.context(record)),
+        // GNU tar stores an ACL twice: as text (with names where the archiving system had
+        // them) and as the binary xattr (numeric ids); it sets the xattrs after the ACLs, so
+        // the binary one is what it leaves.
+        if all.iter().any(|(k, _)| k == name.as_bytes()) {
+            continue;
         }
+        let v = acl(text).context(record)?;
+        all.push((name.as_bytes().to_vec(), v));
     }
     // Of a name given twice the last wins, where it comes: what setting them in turn leaves.
     // Through a set of borrowed names, not a search per record nor copies of the names.
@@ -174,14 +177,21 @@ fn entry(e: &str) -> Result<(u16, u32, u16)> {
         ("other" | "o", false) => OTHER,
         _ => bail!("unknown tag"),
     };
+    // A qualifier is a number, or a name GNU tar (libacl's acl_from_text) looks up in this
+    // machine's users or groups, even with --numeric-owner, dropping any fourth field (the id
+    // bsdtar adds); a name unknown here makes it set no ACL at all: refused.
     let id = if !named {
         UNDEFINED_ID
     } else if let Ok(n) = f[1].parse::<u32>() {
         n
-    } else if let Some(n) = f.get(3).and_then(|s| s.parse::<u32>().ok()) {
+    } else if let Some(n) = lookup(f[1], tag == GROUP) {
         n
     } else {
-        bail!("a name without a numeric id is refused (ids are restored numerically)");
+        let what = if tag == GROUP { "group" } else { "user" };
+        bail!(
+            "no {what} of that name on this machine: GNU tar would set no ACL (and warn); \
+             refused"
+        );
     };
     let mut perm = 0u16;
     for (i, c) in f[2].chars().enumerate() {
@@ -194,6 +204,38 @@ fn entry(e: &str) -> Result<(u16, u32, u16)> {
         };
     }
     Ok((tag, id, perm))
+}
+
+/// The id of the user (or group) `name` in this machine's databases (getpwnam_r, getgrnam_r:
+/// libacl's lookup for GNU tar); None when there is none.
+fn lookup(name: &str, group: bool) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut len = 16 << 10;
+    // Groups with many members need a larger buffer (ERANGE); 1 MiB at most.
+    while len <= 1 << 20 {
+        let mut buf = vec![0 as libc::c_char; len];
+        // SAFETY: every pointer is valid for the call: the name is NUL-terminated, the
+        // buffer is `len` bytes long, the record and result are written by the call; the
+        // record's strings point into `buf`, which is not read after it is dropped.
+        let (rc, id) = unsafe {
+            if group {
+                let mut g: libc::group = std::mem::zeroed();
+                let mut out = std::ptr::null_mut();
+                let rc = libc::getgrnam_r(c.as_ptr(), &mut g, buf.as_mut_ptr(), len, &mut out);
+                (rc, (!out.is_null()).then_some(g.gr_gid))
+            } else {
+                let mut p: libc::passwd = std::mem::zeroed();
+                let mut out = std::ptr::null_mut();
+                let rc = libc::getpwnam_r(c.as_ptr(), &mut p, buf.as_mut_ptr(), len, &mut out);
+                (rc, (!out.is_null()).then_some(p.pw_uid))
+            }
+        };
+        if rc != libc::ERANGE {
+            return if rc == 0 { id } else { None };
+        }
+        len *= 4;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -220,10 +262,13 @@ mod tests {
             acl("user::rw-\nother::r--\ngroup::r--\n").unwrap().len(),
             4 + 3 * 8
         );
-        assert!(acl("user:bob:r--").is_err());
-        assert_eq!(acl("user:bob:r--:77").unwrap()[8..12], 77u32.to_le_bytes());
+        assert!(acl("user:olboot-no-such-user:r--").is_err());
+        assert!(acl("user:olboot-no-such-user:r--:77").is_err());
+        // A name is looked up here, its fourth field ignored (as GNU tar does).
+        assert_eq!(acl("user:root:r--:77").unwrap()[8..12], 0u32.to_le_bytes());
+        assert_eq!(acl("group:root:r--").unwrap()[8..12], 0u32.to_le_bytes());
         assert!(acl("bogus::r--").is_err());
-        let named = "user::rw-,user:bob:r--,group::r--,mask::r--,other::r--";
+        let named = "user::rw-,user:olboot-no-such-user:r--,group::r--,mask::r--,other::r--";
         assert!(collect(Vec::new(), Some(named), None).is_err());
         let binary = (b"system.posix_acl_access".to_vec(), b"\x02\0\0\0".to_vec());
         let kept = collect(vec![binary.clone()], Some(named), None).unwrap();
