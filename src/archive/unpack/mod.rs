@@ -8,13 +8,14 @@
 //! an error naming the entry. Symlinks are created as they are and never followed. Owners are numeric; the mode
 //! is set after the owner (chown clears setuid/setgid), then xattrs and ACLs, the mtime last
 //! (see `Unpacker::set_meta_fd`). Directories get their metadata when the archive leaves them,
-//! deepest first, as GNU tar does, so a read-only directory can still be filled and the times
-//! come out as GNU tar's whatever the order of the entries. The tar stream is read by
+//! deepest first, and the top directory at the end, as GNU tar does, so a read-only directory
+//! can still be filled and the times come out as GNU tar's whatever the order of the entries.
+//! No entry keeps an ACL it inherited (see `Unpacker::inherits`). The tar stream is read by
 //! [`stream`], which bounds every special header.
 //!
 //! Speed: a file without xattrs is created with its final mode when the umask leaves that mode
-//! alone (the umask is never changed: it is the process's, shared with the steps that run at
-//! the same time and their children), so it costs open, write, futimens and close, and a
+//! alone and no directory has a default ACL (the umask is never changed: it is the process's,
+//! shared with the steps that run at the same time and their children), so it costs open, write, futimens and close, and a
 //! chown if another user owns it (a chmod too only if it is setuid or setgid, or the umask
 //! would clear some of its bits); the contents of small ones are written (and the files
 //! finished and closed) by writer threads while this thread goes on with the tree
@@ -109,13 +110,7 @@ pub fn unpack(r: impl BufRead, dir: &Path) -> Result<Stats> {
     // opt.path): entries made in it would inherit it in turn, and their modes would be masked
     // by it, not by the umask; GNU tar resets both. Without it nothing in the tree inherits
     // anything until the archive gives a directory a default ACL (see `Unpacker::inherits`).
-    match rustix::fs::fremovexattr(&root, OsStr::from_bytes(xattr::DEFAULT_ACL)) {
-        Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
-        Err(e) => {
-            return Err(io::Error::from(e))
-                .with_context(|| format!("cannot remove the default ACL of {}", dir.display()))
-        }
-    }
+    xattr::remove(&root, xattr::DEFAULT_ACL).with_context(|| dir.display().to_string())?;
     let mut u = Unpacker {
         root,
         parent: None,

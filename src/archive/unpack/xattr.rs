@@ -88,21 +88,20 @@ pub const DEFAULT_ACL: &[u8] = b"system.posix_acl_default";
 /// access ACL to the archive's (or to the one its mode says) and drops a default ACL the
 /// archive does not give. None there, or none on this filesystem: nothing to do.
 pub fn drop_inherited(fd: impl AsFd, dir: bool) -> Result<()> {
-    let names: &[&[u8]] = if dir {
-        &[b"system.posix_acl_access", DEFAULT_ACL]
-    } else {
-        &[b"system.posix_acl_access"]
-    };
-    for name in names {
-        match rustix::fs::fremovexattr(&fd, std::ffi::OsStr::from_bytes(name)) {
-            Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => {}
-            Err(e) => {
-                return Err(std::io::Error::from(e))
-                    .with_context(|| format!("cannot remove the inherited {}", shown(name)))
-            }
-        }
+    remove(&fd, b"system.posix_acl_access")?;
+    if dir {
+        remove(&fd, DEFAULT_ACL)?;
     }
     Ok(())
+}
+
+/// Remove the xattr `name` of `fd`; none there, or none on this filesystem: nothing to do.
+pub fn remove(fd: impl AsFd, name: &[u8]) -> Result<()> {
+    match rustix::fs::fremovexattr(&fd, std::ffi::OsStr::from_bytes(name)) {
+        Ok(()) | Err(Errno::NODATA | Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(std::io::Error::from(e))
+            .with_context(|| format!("cannot remove the inherited {}", shown(name))),
+    }
 }
 
 /// Set `attrs` on the symlink `base` in the directory `dir`, not following it; the names
