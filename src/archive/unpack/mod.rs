@@ -15,12 +15,12 @@
 //!
 //! Speed: a file without xattrs is created with its final mode when the umask leaves that mode
 //! alone and no directory has a default ACL (the umask is never changed: it is the process's,
-//! shared with the steps that run at the same time and their children), so it costs open, write, futimens and close, and a
-//! chown if another user owns it (a chmod too only if it is setuid or setgid, or the umask
-//! would clear some of its bits); the contents of small ones are written (and the files
-//! finished and closed) by writer threads while this thread goes on with the tree
-//! (writer.rs); large ones are written straight from the stream's buffer; and a background
-//! thread starts the writeback every 64 MiB so the final sync is short.
+//! shared with the steps that run at the same time and their children), so it costs open, write,
+//! futimens and close, and a chown if another user owns it (a chmod too only if it is setuid or
+//! setgid, or the umask would clear some of its bits); the contents of small ones are written (and
+//! the files finished and closed) by writer threads while this thread goes on with the tree
+//! (writer.rs); large ones are written straight from the stream's buffer; and a background thread
+//! starts the writeback every 64 MiB so the final sync is short.
 
 mod beneath;
 mod delayed;
