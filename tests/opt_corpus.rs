@@ -5,12 +5,15 @@
 //! leaves nothing. Must run as root (owners, trusted.* and security.* xattrs).
 
 mod common;
+#[path = "opt/gnu.rs"]
+mod gnu;
 #[path = "opt/support.rs"]
 mod support;
 
+use gnu::{assert_root, gnu_tar, now_ns, olboot_unpack, pax_record, sh, sum_again, tar_file};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
 /// Archives of the corpus olboot refuses by design, and why.
@@ -54,64 +57,6 @@ fn corpus() -> PathBuf {
         PathBuf::from("/work/shared/corpus")
     };
     base.join("tar-go")
-}
-
-fn now_ns() -> i128 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    d.as_nanos() as i128
-}
-
-fn assert_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "these tests compare with GNU tar as root: run them as root"
-    );
-}
-
-/// GNU tar's extraction of `archive` into `dest`: Ok, or its stderr.
-fn gnu_tar(archive: &Path, dest: &Path) -> Result<(), String> {
-    let o = Command::new("tar")
-        .args([
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--acls",
-            "-xpf",
-        ])
-        .arg(archive)
-        .arg("-C")
-        .arg(dest)
-        .output()
-        .unwrap();
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
-}
-
-/// Serve `archive` (zstd-compressed here, as the store holds it) to `olboot apply` through
-/// `cmd` and return the scratch root and the run's output.
-fn olboot_unpack(archive: &Path, cmd: Command) -> (support::Scratch, Output) {
-    let s = support::Scratch::new();
-    let zst = s.dir.path().join("a.tar.zst");
-    let st = Command::new("zstd")
-        .args(["-q", "-f", "-o"])
-        .arg(&zst)
-        .arg(archive)
-        .status()
-        .unwrap();
-    assert!(st.success(), "zstd failed on {}", archive.display());
-    let sha: String = Sha256::digest(std::fs::read(&zst).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let url = format!("file://{}", zst.display());
-    let config = s.config(&[url], Some(&sha), "", "symlink");
-    let out = s.run_with(cmd, "apply", &config, &[]);
-    (s, out)
 }
 
 /// What went wrong with one archive (empty: olboot did what GNU tar did, or refused cleanly
@@ -231,16 +176,6 @@ fn zstd_to(
     (z, w)
 }
 
-fn sh(cmd: &str) {
-    let o = Command::new("sh").arg("-ec").arg(cmd).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 /// A tree with every feature the unpacker must restore: owners, setuid, nanosecond, negative
 /// and far-future mtimes, a sparse file with a hole at the end, xattrs in the user, trusted
 /// and security namespaces, access and default ACLs, a file capability, hard links, symlinks,
@@ -355,19 +290,7 @@ fn assert_features_kept(archive: &Path) {
 
 /// A GNU-format header: `name`, type `kind`, `size` bytes of content following.
 fn header(name: &str, kind: u8, size: u64) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..107].copy_from_slice(b"0000644");
-    h[108..115].copy_from_slice(b"0000000");
-    h[116..123].copy_from_slice(b"0000000");
-    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    h[136..147].copy_from_slice(b"00000000000");
-    h[156] = kind;
-    h[257..265].copy_from_slice(b"ustar  \0");
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
-    h
+    gnu::ustar(name, kind, size, gnu::OLD_GNU, 0)
 }
 
 /// A zstd archive of one special header of type `kind` holding `size` bytes of 'a', then a
@@ -659,19 +582,6 @@ fn a_file_put_in_a_setgid_directory_after_it_was_left_keeps_its_group() {
     );
 }
 
-/// One PAX record `KEY=VALUE` with its length prefix.
-fn pax_record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    let mut r = format!("{len} {key}=").into_bytes();
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
-}
-
 #[test]
 fn nested_directories_with_big_xattrs_are_refused_in_bounded_memory() {
     use std::io::Write;
@@ -716,13 +626,6 @@ fn nested_directories_with_big_xattrs_are_refused_in_bounded_memory() {
         "{error}"
     );
     assert!(!s.opt().exists() && !s.staging().exists());
-}
-
-/// `h`'s checksum computed again after a field was changed.
-fn sum_again(h: &mut [u8; 512]) {
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
 }
 
 /// A file entry `name` holding `data`, its header changed by `edit`.
@@ -823,13 +726,6 @@ fn a_base_256_checksum_is_refused_as_gnu_tar_does() {
     let reference = tempfile::tempdir().unwrap();
     assert!(gnu_tar(&archive, reference.path()).is_err());
     assert_no_problems(&compare(&archive, support::olboot(), &[]));
-}
-
-/// A tar of `entries` (each already whole blocks) and the end blocks, in `dir/name.tar`.
-fn tar_file(dir: &Path, name: &str, entries: &[Vec<u8>]) -> PathBuf {
-    let archive = dir.join(format!("{name}.tar"));
-    std::fs::write(&archive, [entries.concat(), vec![0; 1024]].concat()).unwrap();
-    archive
 }
 
 /// A PAX extended header holding `records`, as whole blocks.

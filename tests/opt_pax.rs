@@ -7,53 +7,30 @@
 //! and GNU tar's extraction of it is the reference. Must run as root.
 
 mod common;
+#[path = "opt/gnu.rs"]
+mod gnu;
 #[path = "opt/support.rs"]
 mod support;
 
-use sha2::{Digest, Sha256};
+use gnu::{
+    assert_root, gnu_tar, now_ns, olboot_unpack, pax_record as record, sh, sum_again, tar_file,
+    OLD_GNU, POSIX,
+};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Sectors two trees' allocations of one file may differ by (ext4 rounds regions to blocks).
 const BLOCK_SLACK: u64 = 16;
 
-fn assert_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "these tests compare with GNU tar as root: run them as root"
-    );
-}
-
-/// A ustar header: `name`, type `kind`, `size` bytes following, the magic `magic` (8 bytes:
-/// `ustar\0` `00` is POSIX, `ustar  \0` old GNU).
+/// A ustar header: `name`, type `kind`, `size` bytes following, the magic `magic`.
 fn header_with(name: &str, kind: u8, size: u64, magic: &[u8; 8]) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..107].copy_from_slice(b"0000644");
-    h[108..115].copy_from_slice(b"0000000");
-    h[116..123].copy_from_slice(b"0000000");
-    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    h[136..147].copy_from_slice(b"01670000000");
-    h[156] = kind;
-    h[257..265].copy_from_slice(magic);
-    sum_again(&mut h);
-    h
+    gnu::ustar(name, kind, size, magic, 0o1670000000)
 }
-
-const POSIX: &[u8; 8] = b"ustar\x0000";
-const OLD_GNU: &[u8; 8] = b"ustar  \0";
 
 fn header(name: &str, kind: u8, size: u64) -> [u8; 512] {
     header_with(name, kind, size, POSIX)
-}
-
-/// `h`'s checksum computed again after a field was changed.
-fn sum_again(h: &mut [u8; 512]) {
-    h[148..156].fill(b' ');
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..155].copy_from_slice(format!("{sum:06o}\0").as_bytes());
 }
 
 /// Header `h` and `data`, padded to whole blocks.
@@ -69,19 +46,6 @@ fn file(name: &str, data: &[u8]) -> Vec<u8> {
     member(header(name, b'0', data.len() as u64), data)
 }
 
-/// One PAX record `KEY=VALUE` with its length prefix.
-fn record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3; // ' ', '=', '\n'
-    let mut len = body + 1;
-    while len != body + len.to_string().len() {
-        len = body + len.to_string().len();
-    }
-    let mut r = format!("{len} {key}=").into_bytes();
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
-}
-
 fn records(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     pairs.iter().flat_map(|(k, v)| record(k, v)).collect()
 }
@@ -89,77 +53,6 @@ fn records(pairs: &[(&str, &[u8])]) -> Vec<u8> {
 /// A PAX header of type `kind` (`x` or `g`) whose data is `data`.
 fn pax(kind: u8, data: &[u8]) -> Vec<u8> {
     member(header("PaxHeaders/x", kind, data.len() as u64), data)
-}
-
-/// A tar of `parts` (whole blocks) and the end blocks, in `dir/name.tar`.
-fn tar_file(dir: &Path, name: &str, parts: &[Vec<u8>]) -> PathBuf {
-    let archive = dir.join(format!("{name}.tar"));
-    fs::write(&archive, [parts.concat(), vec![0; 1024]].concat()).unwrap();
-    archive
-}
-
-fn sh(cmd: &str) {
-    let o = Command::new("sh").arg("-ec").arg(cmd).output().unwrap();
-    assert!(
-        o.status.success(),
-        "{cmd}: {}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
-/// GNU tar's extraction of `archive` into `dest`: Ok, or its stderr.
-fn gnu_tar(archive: &Path, dest: &Path) -> Result<(), String> {
-    let o = Command::new("tar")
-        .args([
-            "--numeric-owner",
-            "--xattrs",
-            "--xattrs-include=*",
-            "--acls",
-            "-xpf",
-        ])
-        .arg(archive)
-        .arg("-C")
-        .arg(dest)
-        .output()
-        .unwrap();
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
-}
-
-/// `olboot apply` of `archive` (zstd-compressed, as the store holds it) run by `cmd`.
-fn olboot_unpack(archive: &Path, cmd: Command) -> (support::Scratch, Output) {
-    let s = support::Scratch::new();
-    let zst = s.dir.path().join("a.tar.zst");
-    let st = Command::new("zstd")
-        .args(["-q", "-f", "-o"])
-        .arg(&zst)
-        .arg(archive)
-        .status()
-        .unwrap();
-    assert!(st.success(), "zstd failed on {}", archive.display());
-    let sha: String = Sha256::digest(fs::read(&zst).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let config = s.config(
-        &[format!("file://{}", zst.display())],
-        Some(&sha),
-        "",
-        "symlink",
-    );
-    let out = s.run_with(cmd, "apply", &config, &[]);
-    (s, out)
-}
-
-fn now_ns() -> i128 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    d.as_nanos() as i128
 }
 
 /// What olboot must do with an archive.

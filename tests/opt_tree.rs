@@ -6,10 +6,12 @@
 //! Must run as root (owners, trusted.* xattrs).
 
 mod common;
+#[path = "opt/gnu.rs"]
+mod gnu;
 #[path = "opt/support.rs"]
 mod support;
 
-use sha2::{Digest, Sha256};
+use gnu::{assert_root, now_ns, pax_record as record, zstd_config as serve};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -61,19 +63,6 @@ fn link(name: &str, kind: u8, target: &str) -> Vec<u8> {
     header(name, kind, 0, 0o777, 1_000_000_000, target)
 }
 
-/// One PAX record `LEN KEY=VALUE\n`.
-fn record(key: &str, value: &[u8]) -> Vec<u8> {
-    let body = key.len() + value.len() + 3;
-    let mut n = body + 1;
-    while n != body + n.to_string().len() {
-        n = body + n.to_string().len();
-    }
-    let mut r = format!("{n} {key}=").into_bytes();
-    r.extend_from_slice(value);
-    r.push(b'\n');
-    r
-}
-
 /// A PAX extended header holding `records`, for the entry after it.
 fn pax(records: &[Vec<u8>]) -> Vec<u8> {
     let data = records.concat();
@@ -103,29 +92,14 @@ fn with_umask(mut c: Command, umask: u32) -> Command {
     c
 }
 
-/// GNU tar's extraction of `archive` into the new directory `dest`: Ok, or its stderr.
+/// GNU tar's extraction of `archive` into the new directory `dest` under `umask`: Ok, or its
+/// stderr.
 fn gnu_tar(archive: &Path, dest: &Path, umask: u32) -> Result<(), String> {
     // Made as olboot makes its staging directory: 0777 less the umask.
     std::fs::create_dir_all(dest).unwrap();
     let mode = std::fs::Permissions::from_mode(0o777 & !umask);
     std::fs::set_permissions(dest, mode).unwrap();
-    let mut c = Command::new("tar");
-    c.args([
-        "--numeric-owner",
-        "--xattrs",
-        "--xattrs-include=*",
-        "--acls",
-        "-xpf",
-    ])
-    .arg(archive)
-    .arg("-C")
-    .arg(dest);
-    let o = with_umask(c, umask).output().unwrap();
-    if o.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&o.stderr).into_owned())
-    }
+    gnu::run_gnu(with_umask(gnu::gnu_tar_command(archive, dest), umask))
 }
 
 /// `olboot apply` of `archive` (zstd-compressed, as the store holds it) under `umask`, into
@@ -133,38 +107,6 @@ fn gnu_tar(archive: &Path, dest: &Path, umask: u32) -> Result<(), String> {
 fn olboot_unpack(s: &support::Scratch, archive: &Path, umask: u32) -> Output {
     let config = serve(s, archive);
     s.run_with(with_umask(support::olboot(), umask), "apply", &config, &[])
-}
-
-/// A config of `s` whose archive is `archive`, zstd-compressed, by its sha256.
-fn serve(s: &support::Scratch, archive: &Path) -> PathBuf {
-    let zst = s.dir.path().join("a.tar.zst");
-    let st = Command::new("zstd")
-        .args(["-q", "-f", "-o"])
-        .arg(&zst)
-        .arg(archive)
-        .status()
-        .unwrap();
-    assert!(st.success(), "zstd failed on {}", archive.display());
-    let sha: String = Sha256::digest(std::fs::read(&zst).unwrap())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let url = format!("file://{}", zst.display());
-    s.config(&[url], Some(&sha), "", "symlink")
-}
-
-fn now_ns() -> i128 {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    d.as_nanos() as i128
-}
-
-fn assert_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "these tests compare with GNU tar as root: run them as root"
-    );
 }
 
 /// The top directory's mode and, when the archive lists it, its mtime (a top the archive
