@@ -343,9 +343,12 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<Ran> {
     let stderr = child.stderr.take().context("no stderr pipe")?;
     let stdout = child.stdout.take().context("no stdout pipe")?;
     let (mut lines, err_lines) = std::thread::scope(|s| {
-        let err = s.spawn(|| read_lines(stderr, what));
+        // A thread named after the step, so that the log lines of apt's stderr name it too.
+        // Should none be had, the pipe is closed and apt's writes to it fail.
+        let err = crate::engine::same_step().spawn_scoped(s, || read_lines(stderr, what));
         let out = read_lines(stdout, what);
-        (out, err.join().unwrap_or_default())
+        let err_lines = err.map(|t| t.join().unwrap_or_default());
+        (out, err_lines.unwrap_or_default())
     });
     lines.extend(err_lines);
     let status = child
