@@ -676,7 +676,10 @@ fn waits_for_the_dpkg_lock() {
     let apt_lines: Vec<&str> = err.lines().filter(|l| l.contains("apt-get: ")).collect();
     assert!(apt_lines.iter().any(|l| l.contains("W: ")), "{err}");
     for l in apt_lines {
-        assert!(l.contains("packages: apt-get: "), "a line without its step: {l}");
+        assert!(
+            l.contains("packages: apt-get: "),
+            "a line without its step: {l}"
+        );
     }
     assert_eq!(s.installed("hello"), Some(repo_version("hello")));
 }
