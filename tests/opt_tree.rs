@@ -477,3 +477,25 @@ fn acl_names_are_looked_up_on_this_machine() {
     let a = archive(s.dir.path(), "a.tar", &entries);
     assert_olboot_refuses(&s, &a, "f");
 }
+
+/// A hard link to itself (what `tar cf a.tar f f` writes when f has another link) or to the
+/// file its name holds already: GNU tar leaves the file as it is; olboot used to unlink the
+/// name first and then fail to link to it.
+#[test]
+fn a_hard_link_to_itself_or_to_its_own_file_is_left_as_it_is() {
+    assert_as_gnu(
+        &[file("f", b"data", 0o644), link("f", b'1', "f")],
+        0o022,
+        false,
+    );
+    assert_as_gnu(
+        &[
+            file("a", b"data", 0o644),
+            link("b", b'1', "a"),
+            link("b", b'1', "a"),
+            link("a", b'1', "b"),
+        ],
+        0o022,
+        false,
+    );
+}

@@ -614,11 +614,29 @@ impl Unpacker {
         }
         let tfd = self.open_beneath(tparent)?;
         let (parent, base) = split(path);
+        // A link to itself (`tar cf a.tar f f` with f linked elsewhere), or to the file the
+        // name holds already, is done: GNU tar leaves it so. Replacing it would unlink the
+        // only name of its target first.
+        if target == path || self.same_file(&tfd, tbase, parent, base) {
+            return Ok(());
+        }
         self.create(parent, base, |pfd| {
             rustix::fs::linkat(&tfd, tbase, pfd, base, AtFlags::empty())
         })
         .with_context(|| format!("hard link to {}", shown(target.as_os_str().as_bytes())))?;
         Ok(())
+    }
+
+    /// Whether `tbase` in the directory `tfd` and `base` in `parent` are one inode.
+    fn same_file(&mut self, tfd: &OwnedFd, tbase: &OsStr, parent: &Path, base: &OsStr) -> bool {
+        let Ok(a) = rustix::fs::statat(tfd, tbase, AtFlags::SYMLINK_NOFOLLOW) else {
+            return false;
+        };
+        let Ok(pfd) = self.parent_fd(parent) else {
+            return false;
+        };
+        rustix::fs::statat(pfd, base, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|b| (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
     }
 
     /// Run `make` (which creates `base` in the parent directory it is given); if `base`
